@@ -1,0 +1,271 @@
+"""COCO reader on pycocotools.
+
+Labels are contiguous ``1..K`` in increasing category-id order (``classes[k-1]`` is the
+name of label k). Boxes: COCO ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]``
+(continuous coordinates, so converting back to xywh is exact). ``iscrowd`` annotations
+are kept with ``ignore=True``. Images without annotations are kept (empty ``boxes [0, 4]``).
+
+Semantic masks (``keep_masks=True``) are rasterised from the instance polygons / RLE with
+pycocotools: 0 background, k = label k. Crowd regions are painted 255 (void) first
+(``crowd_mask="void"``, default; ``"class"`` paints them with their label like other
+instances), then the non-crowd instances from the largest area to the smallest, so a
+small object lying on a larger one keeps its pixels. An instance without a usable
+segmentation has its box painted void rather than left as background.
+
+Box validity: ``w > 0`` and ``h > 0``; the box must lie inside the image up to
+``BOX_TOLERANCE`` pixels (COCO boxes are floats derived from polygons and sometimes end a
+hair beyond the border); such boxes are kept unchanged, never clipped. A degenerate or
+outside box raises :class:`DataError` (or, with ``on_error="skip"``, drops that image with
+a logged warning, counted in ``skipped``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+from typing import Dict, List, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from incdet.data.images import load_rgb
+from incdet.data.sample import Sample
+from incdet.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BOX_TOLERANCE = 1.0  # pixels a COCO box may extend beyond the image border
+
+
+def _load_coco(ann_file: str):
+    try:
+        from pycocotools.coco import COCO
+    except ImportError as e:  # pragma: no cover - pycocotools is a dependency
+        raise ImportError("pycocotools is required for COCODetection (pip install pycocotools)") from e
+    if not os.path.isfile(ann_file):
+        raise DataError(f"{ann_file}: COCO annotation file does not exist")
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{ann_file}: cannot parse COCO json ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{ann_file}: top level must be a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{ann_file}: missing or non-list key {key!r}")
+    for k, im in enumerate(data["images"]):
+        for f_ in ("id", "file_name", "width", "height"):
+            if not isinstance(im, dict) or f_ not in im:
+                raise DataError(f"{ann_file}: images[{k}] has no {f_!r}")
+    for k, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise DataError(f"{ann_file}: categories[{k}] needs 'id' and 'name'")
+    for k, a in enumerate(data["annotations"]):
+        for f_ in ("id", "image_id", "category_id", "bbox"):
+            if not isinstance(a, dict) or f_ not in a:
+                raise DataError(f"{ann_file}: annotations[{k}] has no {f_!r}")
+    coco = COCO()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.dataset = data
+        coco.createIndex()
+    return coco
+
+
+class COCODetection(Dataset):
+    """COCO-format detection (+ semantic masks from instances) dataset of :class:`Sample`.
+
+    Args:
+        ann_file: ``instances_*.json``.
+        img_dir: folder with the images (``file_name`` is relative to it).
+        keep_masks: rasterise the semantic mask (costs a polygon/RLE decode per instance).
+        crowd_mask: ``"void"`` (crowd pixels 255) or ``"class"`` (crowd pixels get the label).
+        on_error: ``"raise"`` or ``"skip"`` (see the module docstring).
+        check_images: decode every image at construction (see :class:`VOCDetection`).
+
+    ``image_id`` of a sample is the COCO image id (``int``); ``ids`` lists them in order
+    (increasing id). ``cat_ids[k-1]`` is the COCO category id of label k.
+    """
+
+    def __init__(
+        self,
+        ann_file: Union[str, os.PathLike],
+        img_dir: Union[str, os.PathLike],
+        keep_masks: bool = True,
+        crowd_mask: str = "void",
+        on_error: str = "raise",
+        check_images: bool = False,
+    ):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if crowd_mask not in ("void", "class"):
+            raise ValueError(f"crowd_mask must be 'void' or 'class', got {crowd_mask!r}")
+        self.ann_file = os.fspath(ann_file)
+        self.img_dir = os.fspath(img_dir)
+        if not os.path.isdir(self.img_dir):
+            raise DataError(f"{self.img_dir}: COCO image directory does not exist")
+        self.keep_masks = keep_masks
+        self.crowd_mask = crowd_mask
+        self.on_error = on_error
+        self.coco = _load_coco(self.ann_file)
+        self.cat_ids: List[int] = sorted(self.coco.cats)
+        self.cat_to_label: Dict[int, int] = {c: i + 1 for i, c in enumerate(self.cat_ids)}
+        self.classes: List[str] = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if dup:
+            raise DataError(f"{self.ann_file}: several categories share the names {dup}")
+        self.skipped = 0
+        self.skipped_files: List[Tuple[str, str]] = []
+
+        self.ids: List[int] = []
+        self._records: List[dict] = []
+        for img_id in sorted(self.coco.imgs):
+            try:
+                rec = self._load_record(img_id, check_images)
+            except DataError as e:
+                if on_error == "raise":
+                    raise
+                log.warning("skipping image %s: %s", img_id, e)
+                self.skipped += 1
+                self.skipped_files.append((str(img_id), str(e)))
+                continue
+            self.ids.append(img_id)
+            self._records.append(rec)
+        if self.skipped:
+            log.warning("%s: skipped %d of %d images with bad data", self.ann_file, self.skipped, len(self.coco.imgs))
+
+    def image_path(self, img_id: int) -> str:
+        return os.path.join(self.img_dir, self.coco.imgs[img_id]["file_name"])
+
+    def _load_record(self, img_id: int, check_images: bool) -> dict:
+        info = self.coco.imgs[img_id]
+        path = self.image_path(img_id)
+        where = f"{self.ann_file}: image {img_id} ({info['file_name']})"
+        try:
+            w, h = int(info["width"]), int(info["height"])
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: width/height are not integers") from None
+        if w <= 0 or h <= 0:
+            raise DataError(f"{where}: non-positive size {w}x{h}")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: image file for COCO image {img_id} does not exist")
+        boxes, labels, crowd, anns = [], [], [], []
+        for a in self.coco.imgToAnns.get(img_id, []):
+            what = f"{where}, annotation {a['id']}"
+            if a["category_id"] not in self.cat_to_label:
+                raise DataError(f"{what}: unknown category_id {a['category_id']}")
+            bb = a["bbox"]
+            if not (isinstance(bb, (list, tuple)) and len(bb) == 4):
+                raise DataError(f"{what}: bbox must be [x, y, w, h], got {bb!r}")
+            try:
+                x, y, bw, bh = (float(v) for v in bb)
+            except (TypeError, ValueError):
+                raise DataError(f"{what}: bbox has non-numeric values {bb!r}") from None
+            if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+                raise DataError(f"{what}: bbox has non-finite values {bb!r}")
+            if bw <= 0 or bh <= 0:
+                raise DataError(f"{what}: zero or negative box size (w={bw:g}, h={bh:g})")
+            t = BOX_TOLERANCE
+            if x < -t or y < -t or x + bw > w + t or y + bh > h + t:
+                raise DataError(f"{what}: box [x={x:g}, y={y:g}, w={bw:g}, h={bh:g}] lies outside the {w}x{h} image")
+            boxes.append((x, y, x + bw, y + bh))
+            labels.append(self.cat_to_label[a["category_id"]])
+            crowd.append(bool(a.get("iscrowd", 0)))
+            anns.append(a)
+        if check_images:
+            self._load_image(img_id, (h, w))
+        return {
+            "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "ignore": np.asarray(crowd, dtype=bool),
+            "size": (h, w),
+            "anns": anns,
+        }
+
+    def _load_image(self, img_id: int, size: Tuple[int, int]) -> torch.Tensor:
+        path = self.image_path(img_id)
+        img = load_rgb(path)
+        hw = (int(img.shape[1]), int(img.shape[2]))
+        if hw != tuple(size):
+            raise DataError(f"{path}: image is {hw[1]}x{hw[0]} (WxH) but {self.ann_file} says {size[1]}x{size[0]}")
+        return img
+
+    def semantic_mask(self, i: int) -> torch.Tensor:
+        """The ``uint8 [H, W]`` semantic mask of item ``i`` (see the module docstring)."""
+        from pycocotools import mask as mask_utils
+
+        rec = self._records[i]
+        h, w = rec["size"]
+        out = np.zeros((h, w), dtype=np.uint8)
+        items = []
+        for a, lab, crowd, box in zip(rec["anns"], rec["labels"], rec["ignore"], rec["boxes"]):
+            value = 255 if (crowd and self.crowd_mask == "void") else int(lab)
+            first = value == 255  # void regions go first so any instance overrides them
+            area = float(a.get("area", 0.0)) or float((box[2] - box[0]) * (box[3] - box[1]))
+            items.append((0 if first else 1, -area, a, value, box))
+        items.sort(key=lambda t: (t[0], t[1]))
+        for _, _, a, value, box in items:
+            m = None
+            seg = a.get("segmentation")
+            if seg:
+                try:
+                    if isinstance(seg, list):
+                        rles = mask_utils.frPyObjects(seg, h, w)
+                        rle = mask_utils.merge(rles)
+                    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                        rle = mask_utils.frPyObjects(seg, h, w)
+                    else:
+                        rle = seg
+                    m = mask_utils.decode(rle)
+                    if m.shape != (h, w):
+                        raise ValueError(f"decoded mask shape {m.shape} != {(h, w)}")
+                except Exception as e:  # pycocotools raises assorted exception types
+                    raise DataError(
+                        f"{self.ann_file}: image {self.ids[i]}, annotation {a['id']}: bad segmentation ({e})"
+                    ) from None
+            if m is None:
+                x1, y1, x2, y2 = box
+                out[int(math.floor(max(y1, 0))):int(math.ceil(min(y2, h))),
+                    int(math.floor(max(x1, 0))):int(math.ceil(min(x2, w)))] = 255
+            else:
+                out[m.astype(bool)] = value
+        return torch.from_numpy(out)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _sample(self, i: int, image, mask) -> Sample:
+        rec = self._records[i]
+        n = len(rec["labels"])
+        return Sample(
+            image=image,
+            boxes=torch.from_numpy(rec["boxes"].copy()),
+            labels=torch.from_numpy(rec["labels"].copy()),
+            difficult=torch.zeros(n, dtype=torch.bool),
+            ignore=torch.from_numpy(rec["ignore"].copy()),
+            mask=mask,
+            image_id=self.ids[i],
+            orig_size=rec["size"],
+        )
+
+    def annotation(self, i: int) -> Sample:
+        """The sample without pixels (``image=None``, ``mask=None``); no file is opened."""
+        return self._sample(i, None, None)
+
+    def __getitem__(self, i: int) -> Sample:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        rec = self._records[i]
+        image = self._load_image(self.ids[i], rec["size"])
+        mask = self.semantic_mask(i) if self.keep_masks else None
+        return self._sample(i, image, mask)
+
+    def __repr__(self) -> str:
+        return (f"COCODetection(ann_file={self.ann_file!r}, images={len(self)}, "
+                f"classes={len(self.classes)}, skipped={self.skipped})")
