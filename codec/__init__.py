@@ -1,0 +1,17 @@
+"""Neural image codec with real bitstreams that adapts to new image domains without forgetting.
+
+- :mod:`codec.model`: factorized-prior codec (compressai GDN / EntropyBottleneck), checkpoints,
+  import of compressai ``bmshj2018-factorized`` state_dicts.
+- :mod:`codec.bitstream`: the file format (header, CRC, rANS payload), compress / decompress.
+- :mod:`codec.strategies`: naive / selective fine-tuning, CAwF, decoder adapters with a gate.
+- :mod:`codec.data`, :mod:`codec.metrics`, :mod:`codec.learner` (registers ``codec.*`` learners
+  and the ``domains`` task builder in :mod:`incdet.engine`), :mod:`codec.report`, :mod:`codec.cli`.
+"""
+from codec.model import FactorizedCodec, LAMBDAS, import_compressai, load_codec, save_checkpoint  # noqa: F401
+
+try:  # registers learners / the "domains" task builder with the shared driver
+    from codec import learner as _learner  # noqa: F401
+except ImportError as _e:  # pragma: no cover - the driver package is incomplete
+    import logging
+
+    logging.getLogger(__name__).debug("codec learner not registered: %s", _e)

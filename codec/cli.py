@@ -1,0 +1,266 @@
+"""The ``codec`` command line.
+
+    codec compress IMG -o FILE --model CKPT [--domain D]
+    codec decompress FILE -o OUT.png --model CKPT
+    codec info FILE                                   # header fields, no model needed
+    codec init -o CKPT [--N 64] [--compressai SRC]    # untrained codec, or import a compressai
+                                                      # bmshj2018-factorized state_dict
+    codec run --config configs/codec/pacs_cawf.yaml [--set learner.lmbda=0.002 ...]
+    codec rd --model CKPT --images DIR_OR_DOMAIN [--domain D]   # real-bitstream RD point
+    codec rd-report RUN_DIR... -o docs/results/codec.md [--plots DIR]
+    codec report ...   # = rd-report when the shared driver does not provide ``report``
+    codec train / eval / report    # the shared driver's verbs, when incdet.engine.cli exists
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from incdet.cli import run_cli
+from incdet.errors import ConfigError, DataError
+
+log = logging.getLogger("codec")
+
+
+def _load_model(path, device="cpu"):
+    import torch
+
+    from codec.model import load_codec
+
+    m, meta = load_codec(path)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    return m.to(dev).eval(), meta
+
+
+def cmd_compress(args) -> int:
+    from codec.bitstream import compress_file
+
+    model, _ = _load_model(args.model, args.device)
+    info = compress_file(model, args.image, args.output, domain=args.domain)
+    print(f"{args.output}: {info['bytes']} bytes, {info['bpp']:.4f} bpp ({info['width']}x{info['height']})")
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from codec.bitstream import decompress_file
+
+    model, _ = _load_model(args.model, args.device)
+    img = decompress_file(model, args.file, args.output)
+    print(f"{args.output}: {img.shape[2]}x{img.shape[1]}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from codec.bitstream import HEADER_SIZE, read_header
+
+    h = read_header(args.file)
+    size = Path(args.file).stat().st_size
+    print(json.dumps({"version": h.version, "codec_id": h.codec_id.hex(), "domain": h.domain, "width": h.width,
+                      "height": h.height, "latent_shape": list(h.latent_shape), "header_bytes": HEADER_SIZE,
+                      "side_bytes": h.side_len, "payload_bytes": h.payload_len, "file_bytes": size,
+                      "bpp": 8 * size / (h.width * h.height)}, indent=1))
+    return 0
+
+
+def cmd_init(args) -> int:
+    from codec.model import FactorizedCodec, import_compressai, save_checkpoint
+
+    if args.compressai:
+        m = import_compressai(args.compressai)
+    else:
+        import torch
+
+        torch.manual_seed(args.seed)
+        m = FactorizedCodec(args.N, args.M)
+        m.update()
+    save_checkpoint(args.output, m, {"note": "imported" if args.compressai else "untrained"})
+    print(f"{args.output}: {m.arch()}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ run config
+def _build(cls, raw: Optional[dict], where: str, source: str):
+    raw = dict(raw or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    bad = [k for k in raw if k not in names]
+    if bad:
+        raise ConfigError(f"{source}: unknown key {where}.{bad[0]}; valid keys for {where}: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    for k, v in raw.items():
+        tp = hints[k]
+        ok = _type_ok(v, tp)
+        if not ok:
+            raise ConfigError(f"{source}: {where}.{k} has the wrong type ({type(v).__name__} {v!r}, expected {tp})")
+    return cls(**raw)
+
+
+def _type_ok(v, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return any(_type_ok(v, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if origin in (list, typing.List):
+        return isinstance(v, list)
+    if origin in (dict, typing.Dict):
+        return isinstance(v, dict)
+    return True
+
+
+def load_run_config(path, overrides=()):
+    """YAML with sections ``tasks`` / ``learner`` / ``run`` -> (DomainTasksConfig, CodecConfig, RunSpec)."""
+    from codec.learner import CodecConfig, DomainTasksConfig, RunSpec
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, val = item.split("=", 1)
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        data.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(val)
+    bad = [k for k in data if k not in ("tasks", "learner", "run")]
+    if bad:
+        raise ConfigError(f"{path}: unknown key {bad[0]}; valid keys: tasks, learner, run")
+    return (_build(DomainTasksConfig, data.get("tasks"), "tasks", str(path)),
+            _build(CodecConfig, data.get("learner"), "learner", str(path)),
+            _build(RunSpec, data.get("run"), "run", str(path)))
+
+
+def cmd_run(args) -> int:
+    from codec.learner import run_sequence
+
+    tasks, learner, spec = load_run_config(args.config, args.set or [])
+    if args.out:
+        spec.out = args.out
+    if args.device:
+        spec.device = args.device
+    res = run_sequence(tasks, learner, spec)
+    print(f"{spec.out}/results.json: {len(res['matrix'])} tasks")
+    return 0
+
+
+def cmd_rd(args) -> int:
+    from codec import data as cdata
+    from codec.bitstream import read_image
+    from codec.metrics import evaluate_codec
+
+    model, _ = _load_model(args.model, args.device)
+    p = Path(args.images)
+    files = cdata._images(p) if p.is_dir() else cdata.domain_files(args.images, args.data_root)
+    if args.max_images:
+        files = files[: args.max_images]
+    if not files:
+        raise DataError(f"{args.images}: no images")
+    res = evaluate_codec(model, (read_image(f) for f in files), args.domain)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from codec.report import make_report
+
+    make_report(args.runs, args.output, args.plots, baselines=not args.no_baselines)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _add_model_args(p):
+    p.add_argument("--model", required=True, help="codec checkpoint (codec run / codec init / driver run) or compressai factorized state_dict")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (decode on the device that encoded for bit-exactness)")
+
+
+def register(sub) -> None:
+    taken = set(sub.choices)
+    p = sub.add_parser("compress", help="compress an image into a bitstream file")
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--domain", type=int, default=0, help="domain id (CAwF branch / adapter oracle)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode a bitstream file into a PNG")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True)
+    _add_model_args(p)
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", help="print a bitstream's header")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("init", help="write an untrained codec checkpoint, or import a compressai one")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--N", type=int, default=64)
+    p.add_argument("--M", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compressai", help="local compressai bmshj2018-factorized state_dict file")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", help="train a domain sequence with the plain codec loop (see configs/codec/)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_run)
+
+    for name in ("rd",) + (() if "eval" in taken else ("eval",)):
+        p = sub.add_parser(name, help="rate-distortion of a codec on images (real bitstreams)")
+        p.add_argument("--images", required=True, help="a folder of images or a domain name (kodak, cartoon, ...)")
+        p.add_argument("--domain", type=int, default=0)
+        p.add_argument("--max-images", type=int)
+        p.add_argument("--data-root")
+        _add_model_args(p)
+        p.set_defaults(func=cmd_rd)
+
+    for name in ("rd-report",) + (() if "report" in taken else ("report",)):
+        p = sub.add_parser(name, help="DANICE forgetting table (markdown) + RD plots from `codec run` dirs")
+        p.add_argument("runs", nargs="+")
+        p.add_argument("-o", "--output", required=True)
+        p.add_argument("--plots", help="folder for the RD plot PNGs")
+        p.add_argument("--no-baselines", action="store_true", help="skip JPEG / JPEG2000")
+        p.set_defaults(func=cmd_report)
+
+
+def _registrars():
+    regs = []
+    try:
+        from incdet.engine import cli as engine_cli
+
+        regs.append(lambda sub: engine_cli.register(sub, family="codec"))
+    except ImportError:  # the shared driver's CLI is not available
+        pass
+    regs.append(register)
+    return regs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli("codec", "Neural image codec with real bitstreams and domain adaptation without forgetting.", _registrars(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

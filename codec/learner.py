@@ -1,0 +1,464 @@
+"""The codec learner (domains as tasks) and the ``domains`` task builder.
+
+Task 0 trains (or loads) the source codec on the first domain (``natural`` by default); each
+later task adapts it to a new domain with one strategy:
+
+- ``naive``: fine-tune everything (one codec; old bitstreams no longer decode: new codec id).
+- ``selective``: GDN + entropy model + per-channel affines only (DANICE, about 5%).
+- ``cawf``: frozen source + K custom filters per layer and an entropy model per domain; domain
+  ``t`` is encoded with branch ``t`` (domain 0 with the source codec).
+- ``adapters``: frozen source + decoder adapters and a gate (Presta et al.); trains the gate and
+  the new domain's adapter, with ``gamma * MSE + CE``. The gate needs negatives: with
+  ``replay_source`` (default) half of each batch are source-domain crops labelled 0 (the
+  source data, natural images, being public); old target domains are not replayed.
+
+Evaluation of task ``j`` compresses and decompresses its eval images for real: ``bpp`` from the
+file bytes (header included), ``bpp_est`` (entropy estimate), ``psnr``, ``ms_ssim``, ``mse``
+(8-bit) and ``rd = bpp + lambda * mse`` (the training objective in 8-bit units; the primary
+metric, lower is better).
+
+The learner works with the shared driver (``incdet.engine``) when it is importable, and with
+:func:`run_sequence`, a plain loop used by ``codec run`` otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from torch.utils.data import ConcatDataset, Dataset
+
+from codec import data as cdata
+from codec.metrics import evaluate_codec
+from codec.model import FactorizedCodec, build_codec, load_codec, load_state_into, rd_loss, save_checkpoint
+from codec.strategies import STRATEGIES
+from codec.strategies.adapters import AdapterCodec
+from codec.strategies.cawf import CAwFCodec
+from codec.strategies.selective import setup_naive, setup_selective, trainable_fraction
+from incdet.engine.task import Task
+from incdet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+try:  # the shared driver's base class, when it exists
+    from incdet.engine.learner import Learner as _Base
+except ImportError:  # pragma: no cover - driver not written yet
+    _Base = object
+
+
+# ---------------------------------------------------------------------------------------
+# task builder
+# ---------------------------------------------------------------------------------------
+@dataclass
+class DomainTasksConfig:
+    """Options of the ``domains`` task builder."""
+
+    sequence: List[str] = field(default_factory=lambda: ["natural", "cartoon", "sketch"])  #: domains, in order
+    eval_sets: Dict[str, Any] = field(default_factory=lambda: {"natural": "kodak"})  #: domain -> eval domain (whole set)
+    data_root: Optional[str] = None     #: default ../shared/data
+    crop: int = 256                     #: training crop size
+    repeats: int = 1                    #: crops per training image per epoch
+    eval_every: int = 5                 #: every k-th file (sorted) is held out for eval
+    max_train_images: Optional[int] = None
+    max_eval_images: Optional[int] = None
+    natural_with_camvid: bool = False   #: add CamVid to ``natural`` (off: CamVid is a target domain)
+    joint: bool = False                 #: one task training on all domains at once (the joint upper bound)
+    seed: int = 0
+
+
+def build_domain_tasks(cfg: DomainTasksConfig = None, **_: Any) -> List[Task]:
+    """Tasks for a domain sequence: ``Task(index, name=domain, domain=domain, train_set=RandomCrops,
+    eval_set=ImageFiles)``. With ``joint``, task 0 trains on the union of all domains (its
+    ``meta["eval_domains"]`` lists them) and the other tasks have no training images."""
+    cfg = cfg or DomainTasksConfig()
+    if not cfg.sequence:
+        raise ConfigError("tasks.sequence: at least one domain is needed")
+    tasks = []
+    train_parts = []
+    for i, dom in enumerate(cfg.sequence):
+        files = cdata.domain_files(dom, cfg.data_root, cfg.natural_with_camvid)
+        tr, ev = cdata.split_files(files, cfg.eval_every)
+        if dom in cfg.eval_sets:
+            ev = cdata.domain_files(cfg.eval_sets[dom], cfg.data_root)
+        if cfg.max_train_images:
+            tr = tr[: cfg.max_train_images]
+        train = cdata.RandomCrops(tr, cfg.crop, cfg.repeats, seed=cfg.seed + i, name=dom)
+        train_parts.append(train)
+        evs = cdata.ImageFiles(ev, cfg.max_eval_images, name=cfg.eval_sets.get(dom, dom))
+        tasks.append(Task(index=i, name=dom, domain=dom, train_set=train, eval_set=evs,
+                          meta={"domain_id": i, "eval_name": cfg.eval_sets.get(dom, dom),
+                                "source_train_set": train_parts[0]}))
+    if cfg.joint:
+        tasks[0].train_set = ConcatDataset(train_parts)
+        tasks[0].meta["joint"] = True
+        for t in tasks[1:]:
+            t.train_set = []
+            t.meta["joint"] = True
+    return tasks
+
+
+build_domain_tasks.Config = DomainTasksConfig
+
+
+# ---------------------------------------------------------------------------------------
+# learner
+# ---------------------------------------------------------------------------------------
+@dataclass
+class CodecConfig:
+    """Options of the codec learner."""
+
+    strategy: str = "cawf"             #: naive | selective | cawf | adapters
+    N: int = 64                        #: channels (DANICE 64; compressai zoo 128 / 192)
+    M: Optional[int] = None            #: latent channels (default N)
+    lmbda: float = 0.008               #: R + lmbda * 255^2 * MSE; DANICE: 0.002, 0.008, 0.016, 0.032
+    K: int = 16                        #: CAwF custom filters per layer per domain
+    policy: str = "soft"               #: adapters: soft | top1 | oracle
+    gamma: float = 0.5                 #: adapters: loss gamma * MSE ([0,1] images) + CE
+    replay_source: bool = True         #: adapters: half of each batch from the source domain (label 0)
+    source_checkpoint: Optional[str] = None  #: start from this codec / compressai factorized checkpoint
+    train_source: bool = True          #: train on task 0 (False: use source_checkpoint as is)
+    eval_msssim: bool = True
+
+
+class CodecLearner(_Base):
+    """Learner for domain-incremental codec adaptation; see the module docstring."""
+
+    Config = CodecConfig
+    metrics = {"rd": False, "bpp": False, "bpp_est": False, "psnr": True, "ms_ssim": True, "mse": False}
+    primary_metric = "rd"
+
+    def __init__(self, config: CodecConfig, device="cpu"):
+        if isinstance(config, dict):
+            config = CodecConfig(**config)
+        if config.strategy not in STRATEGIES:
+            raise ConfigError(f"learner.strategy: unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
+        self.config = config
+        self.device = torch.device(device)
+        self.model = None
+        self.teacher = None
+        self.task = None
+        self._source_set = None
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def unwrapped(self):
+        m = self.model
+        return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
+
+    def _source_model(self) -> FactorizedCodec:
+        c = self.config
+        if c.source_checkpoint:
+            m, _ = load_codec(c.source_checkpoint)
+            if not isinstance(m, FactorizedCodec):
+                raise ConfigError(f"learner.source_checkpoint {c.source_checkpoint}: not a factorized source codec")
+            return m
+        return FactorizedCodec(c.N, c.M)
+
+    def domain_id(self, task: Task) -> int:
+        return int(task.meta.get("domain_id", task.index)) if task is not None else 0
+
+    def _grow(self, task: Task) -> None:
+        """Structural changes for ``task`` (from a freshly built / loaded model)."""
+        t = task.index
+        c = self.config
+        if self.model is None:
+            self.model = self._source_model().to(self.device)
+        m = self.unwrapped
+        if t == 0 or task.meta.get("joint"):
+            return
+        if c.strategy == "cawf":
+            if isinstance(m, FactorizedCodec):
+                m = CAwFCodec(m, K=c.K)
+            while m.n_domains() <= t:
+                m.add_domain()
+        elif c.strategy == "adapters":
+            if isinstance(m, FactorizedCodec):
+                m = AdapterCodec(m, 1, c.policy)
+            while m.n_domains() <= t:
+                m.add_domain()
+        elif c.strategy == "selective":
+            m.add_affine()
+        self.model = m.to(self.device)
+
+    def _set_trainable(self, task: Task) -> None:
+        m = self.unwrapped
+        t = task.index
+        c = self.config
+        if t == 0 or task.meta.get("joint"):
+            if isinstance(m, FactorizedCodec):
+                setup_naive(m)
+            if not c.train_source and t == 0:
+                m.requires_grad_(False)
+            return
+        if c.strategy == "naive":
+            setup_naive(m)
+        elif c.strategy == "selective":
+            setup_selective(m)
+        elif c.strategy == "cawf":
+            m.requires_grad_(False)
+            m.branch(t).requires_grad_(True)
+        elif c.strategy == "adapters":
+            m.requires_grad_(False)
+            m.gate.requires_grad_(True)
+            m.adapters[t].requires_grad_(True)
+        log.info("task %d (%s): %s, trainable fraction %.4f", t, task.name, c.strategy, trainable_fraction(m))
+
+    def _freeze_quantiles(self) -> None:
+        """Quantiles (CDF range) are not trained by gradient: ``end_task`` sets them by
+        compressai's bisection (``update(update_quantiles=True)``) for the entropy models
+        trained in the task, and never touches frozen ones."""
+        for mod in self.unwrapped.modules():
+            if isinstance(mod, EntropyBottleneck):
+                mod.quantiles.requires_grad_(False)
+
+    def _trained_entropy_models(self) -> List[EntropyBottleneck]:
+        return [mod for mod in self.unwrapped.modules() if isinstance(mod, EntropyBottleneck)
+                and any(p.requires_grad for p in mod.parameters())]
+
+    def begin_task(self, task: Task) -> None:
+        self.task = task
+        if task.index == 0:
+            self._source_set = task.train_set
+        self._grow(task)
+        self._set_trainable(task)
+        self._freeze_quantiles()
+        self.model.train()
+
+    def resume_task(self, task: Task) -> None:
+        self.task = task
+        self._set_trainable(task)
+        self._freeze_quantiles()
+        self.model.train()
+
+    def end_task(self, task: Task) -> None:
+        m = self.unwrapped
+        for eb in self._trained_entropy_models():
+            eb.update(force=True, update_quantiles=True)
+        m.update(force=False)  # tables of entropy models never computed yet (e.g. an untrained source)
+        m.eval()
+
+    # -- data -------------------------------------------------------------------------------
+    def train_dataset(self, task: Task):
+        if self.config.strategy == "adapters" and task.index > 0 and not task.meta.get("joint"):
+            src = (self._source_set or task.meta.get("source_train_set")) if self.config.replay_source else None
+            if self.config.replay_source and src is None:
+                log.warning("adapters: no source-domain data to replay; the gate sees only domain %d", task.index)
+            return _LabelledMix(task.train_set, task.index, src)
+        return task.train_set
+
+    def collate(self, items):
+        if items and isinstance(items[0], tuple):
+            xs, ys = zip(*items)
+            return cdata.collate_crops(list(xs)), torch.tensor(ys)
+        return cdata.collate_crops(items)
+
+    # -- training ---------------------------------------------------------------------------
+    def training_step(self, batch) -> Dict[str, torch.Tensor]:
+        """Named losses of one batch, computed in fp32: the driver's autocast (bf16/fp16) is
+        switched off here because GDN and the entropy model's likelihoods (rates down to
+        1e-9) are not reliable in half precision."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self._training_step(batch)
+
+    def _training_step(self, batch) -> Dict[str, torch.Tensor]:
+        m = self.model
+        t = self.task.index
+        if isinstance(batch, (tuple, list)):
+            x, labels = batch
+            x, labels = x.to(self.device), labels.to(self.device)
+        else:
+            x, labels = batch.to(self.device), None
+        um = self.unwrapped
+        if isinstance(um, AdapterCodec):
+            if labels is None:
+                labels = torch.full((x.shape[0],), t, device=self.device)
+            # oracle policy: every item decoded with the adapter of its own domain label
+            if um.policy == "oracle":
+                outs = [m(x[i:i + 1], int(labels[i])) for i in range(x.shape[0])]
+                out = {"x_hat": torch.cat([o["x_hat"] for o in outs]), "gate_logits": torch.cat([o["gate_logits"] for o in outs])}
+            else:
+                out = m(x, t)
+            return um.adapter_loss(out, x, labels, self.config.gamma)
+        dom = 0 if isinstance(um, FactorizedCodec) else self.domain_id(self.task)
+        out = m(x, dom)
+        return rd_loss(out, x, self.config.lmbda)
+
+    def parameter_groups(self) -> List[dict]:
+        return [{"params": [p for p in self.unwrapped.parameters() if p.requires_grad]}]
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, task: Task) -> Dict[str, float]:
+        m = self.unwrapped
+        m.update(force=False)
+        was = m.training
+        m.eval()
+        dom = self.domain_id(task)
+        if isinstance(m, FactorizedCodec):
+            dom_enc = min(dom, 255)
+        else:
+            dom_enc = dom if dom < m.n_domains() else 0
+        res = evaluate_codec(m, (task.eval_set[i] for i in range(len(task.eval_set))), dom_enc, self.config.eval_msssim)
+        res["mse"] = 255.0 ** 2 / 10 ** (res["psnr"] / 10) if math.isfinite(res.get("psnr", float("nan"))) else float("nan")
+        res["rd"] = res["bpp"] + self.config.lmbda * res["mse"]
+        res["domain_id"] = dom_enc
+        m.train(was)
+        return res
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        m = self.unwrapped
+        return {"arch": m.arch(), "model": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+                "strategy": self.config.strategy, "teacher": None}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        m = build_codec(state["arch"])
+        load_state_into(m, state["model"], what="learner state")
+        self.model = m.to(self.device)
+
+    def codec_model(self):
+        return self.unwrapped
+
+
+class _LabelledMix(Dataset):
+    """Items ``(crop, label)``: even indices from the current domain (label ``t``), odd ones from
+    the source set (label 0) when given."""
+
+    def __init__(self, current, t: int, source=None):
+        self.current, self.t, self.source = current, t, source
+
+    def __len__(self):
+        return len(self.current) * (2 if self.source is not None else 1)
+
+    def __getitem__(self, i):
+        if self.source is None:
+            return self.current[i], self.t
+        if i % 2 == 0:
+            return self.current[(i // 2) % len(self.current)], self.t
+        return self.source[(i // 2) % len(self.source)], 0
+
+
+# ---------------------------------------------------------------------------------------
+# registration with the shared driver (guarded: the driver may be unfinished)
+# ---------------------------------------------------------------------------------------
+def _register() -> None:
+    try:
+        from incdet import engine
+    except ImportError:  # pragma: no cover
+        return
+    learners = getattr(engine, "LEARNERS", None)
+    if learners is not None:
+        for name in ("codec",) + tuple(f"codec.{s}" for s in STRATEGIES):
+            if name not in learners:
+                cls = CodecLearner if name == "codec" else _strategy_class(name.split(".", 1)[1])
+                learners.register(name)(cls)
+    builders = getattr(engine, "TASK_BUILDERS", None)
+    if builders is not None and "domains" not in builders:
+        builders.register("domains")(build_domain_tasks)
+
+
+def _strategy_class(strategy: str):
+    """``codec.<strategy>``: the learner with that strategy as its default."""
+    cfg = type(f"CodecConfig_{strategy}", (CodecConfig,), {"__annotations__": {"strategy": str}, "strategy": strategy})
+    cfg = dataclass(cfg)
+    return type(f"CodecLearner_{strategy}", (CodecLearner,), {"Config": cfg})
+
+
+_register()
+
+
+# ---------------------------------------------------------------------------------------
+# a plain sequential loop (``codec run``), independent of the shared driver
+# ---------------------------------------------------------------------------------------
+@dataclass
+class RunSpec:
+    """What ``codec run`` needs: tasks + learner options + a simple schedule."""
+
+    out: str = "runs/codec"
+    iterations: int = 1000             #: optimizer steps per task (0: no training)
+    source_iterations: Optional[int] = None  #: steps for task 0 (default: iterations)
+    batch_size: int = 8
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: RunSpec) -> dict:
+    """Train the domain sequence one task after another, evaluating every seen task after each
+    task (``R[i][j]``), saving ``codec_task{i}.pt`` checkpoints and ``results.json`` in ``spec.out``.
+    Stops with an error on a non-finite loss."""
+    random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = _device(spec.device)
+    tasks = build_domain_tasks(tasks_cfg)
+    learner = CodecLearner(learner_cfg, dev)
+    results = {"config": {"tasks": asdict(tasks_cfg), "learner": asdict(learner_cfg), "run": asdict(spec)},
+               "tasks": [t.name for t in tasks], "eval_names": [t.meta.get("eval_name", t.name) for t in tasks],
+               "matrix": [], "params": []}
+    for t in tasks:
+        learner.begin_task(t)
+        iters = spec.source_iterations if (t.index == 0 and spec.source_iterations is not None) else spec.iterations
+        if t.index == 0 and not learner_cfg.train_source:
+            iters = 0
+        ds = learner.train_dataset(t)
+        groups = learner.parameter_groups()
+        groups = [g for g in groups if g["params"]]
+        if iters and groups and len(ds):
+            for g in groups:
+                g["lr"] = spec.lr * g.pop("lr_mult", 1.0)
+            opt = torch.optim.Adam(groups, lr=spec.lr)
+            gen = torch.Generator().manual_seed(spec.seed * 1000 + t.index)
+            step, t0 = 0, time.time()
+            while step < iters:
+                order = torch.randperm(len(ds), generator=gen).tolist()
+                for b in range(0, len(order) - spec.batch_size + 1 if len(order) >= spec.batch_size else 1, spec.batch_size):
+                    batch = learner.collate([ds[i] for i in order[b:b + spec.batch_size]])
+                    losses = learner.training_step(batch)
+                    if not torch.isfinite(losses["loss"]):
+                        raise RuntimeError(f"task {t.name} step {step}: non-finite loss {losses}")
+                    opt.zero_grad()
+                    losses["loss"].backward()
+                    # the trainable parameters of the task
+                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                    opt.step()
+                    step += 1
+                    if step % spec.log_every == 0 or step == iters:
+                        log.info("task %d %s step %d/%d %s (%.1fs)", t.index, t.name, step, iters,
+                                 " ".join(f"{k}={float(v.detach()):.4f}" for k, v in losses.items()), time.time() - t0)
+                    if step >= iters:
+                        break
+        learner.end_task(t)
+        m = learner.codec_model()
+        results["params"].append({"total": sum(p.numel() for p in m.parameters()),
+                                  "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad),
+                                  "fraction": trainable_fraction(m)})
+        save_checkpoint(out / f"codec_task{t.index}.pt", m, {"task": t.index, "domains": [x.name for x in tasks[: t.index + 1]],
+                                                            "strategy": learner_cfg.strategy, "lmbda": learner_cfg.lmbda})
+        row = []
+        # every task, also the future ones (the model before adapting to them: "t=1 on the
+        # target" in the DANICE table); R[i][j] for j <= i is the usual results matrix
+        for j in range(len(tasks)):
+            r = learner.evaluate(tasks[j])
+            log.info("after %s, eval %s: %s", t.name, tasks[j].name, {k: round(v, 4) for k, v in r.items()})
+            row.append(r)
+        results["matrix"].append(row)
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(out / "results.json")
+    return results

@@ -1,0 +1,304 @@
+"""The base codec: Balle et al.'s factorized-prior autoencoder, built from compressai parts.
+
+Encoder ``g_a``: four 5x5 stride-2 convolutions with GDN between them; decoder ``g_s``: four
+5x5 stride-2 transposed convolutions with inverse GDN between them; a per-channel factorized
+entropy model (compressai ``EntropyBottleneck``; its rANS coder writes the real bitstream).
+Module names match ``compressai.models.FactorizedPrior`` so its ``bmshj2018-factorized``
+state_dicts load as they are (:func:`import_compressai`).
+
+Every codec here (this one, CAwF, the adapter codec) exposes the same *domain codec*
+interface used by :mod:`codec.bitstream` and the learner:
+
+- ``forward(x, domain=0)``: ``x`` float ``[B, 3, H, W]`` in ``[0, 1]``, H and W multiples of 16.
+  Train mode: additive-noise proxy; eval mode: rounding. Returns ``{"x_hat", "likelihoods":
+  {"y": ...}}`` (plus extra entries for strategies, e.g. ``"gate_logits"``).
+- ``analysis(x, domain)`` -> latent ``y``; ``entropy_model(domain)`` -> ``EntropyBottleneck``;
+  ``synthesis(y_hat, domain, side)`` -> ``x_hat`` (unclamped);
+  ``side_info(y, domain)`` -> bytes written in the bitstream; ``parse_side(bytes, domain)``.
+- ``decoder_tensors(domain)``: every tensor the decoder of that domain reads; its digest is the
+  ``codec_id`` written in bitstream headers.
+- ``arch()``: builtins that rebuild the module with :func:`build_codec`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from compressai.layers import GDN
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from codec.entropy import cached_digest, entropy_model_tensors, resize_entropy_buffers
+from incdet.errors import CheckpointError
+
+#: DANICE's four rate-distortion trade-offs (loss R + lambda * 255^2 * MSE, compressai convention)
+LAMBDAS = (0.002, 0.008, 0.016, 0.032)
+
+CKPT_FORMAT = "incdet-codec"
+CKPT_VERSION = 1
+
+
+def pad_to_multiple(x: Tensor, multiple: int = 16) -> Tuple[Tensor, Tuple[int, int]]:
+    """Replicate-pad the right and bottom of ``x`` ``[B, C, H, W]`` to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    if ph or pw:
+        mode = "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+class ChannelAffine(nn.Module):
+    """Per-channel ``alpha * z + beta`` (DANICE selective fine-tuning); identity at init."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.alpha + self.beta
+
+
+def _conv_indices(seq: nn.Sequential) -> List[int]:
+    return [i for i, m in enumerate(seq) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+class FactorizedCodec(nn.Module):
+    """Factorized-prior codec (Balle et al. 2018, compressai's ``bmshj2018-factorized``).
+
+    Args:
+        N: channels of the hidden layers (64 in DANICE; 128 / 192 in compressai's zoo).
+        M: latent channels (defaults to N).
+        affine: insert identity-initialised per-channel ``alpha * z + beta`` after every
+            convolution (used by selective fine-tuning; absent from compressai checkpoints).
+
+    One model for every domain: the ``domain`` arguments are accepted and ignored (the domain
+    id still goes into the bitstream header as information).
+    """
+
+    kind = "factorized"
+
+    def __init__(self, N: int = 64, M: Optional[int] = None, affine: bool = False):
+        super().__init__()
+        M = N if M is None else M
+        self.N, self.M = int(N), int(M)
+        self.entropy_bottleneck = EntropyBottleneck(self.M)
+        self.g_a = nn.Sequential(
+            conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M),
+        )
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+        self.enc_affine: Optional[nn.ModuleList] = None
+        self.dec_affine: Optional[nn.ModuleList] = None
+        if affine:
+            self.add_affine()
+
+    # -- construction --------------------------------------------------------------
+    def add_affine(self) -> None:
+        """Insert per-channel affines after every conv (identity, so outputs are unchanged)."""
+        if self.enc_affine is not None:
+            return
+        dev = next(self.parameters()).device
+        self.enc_affine = nn.ModuleList(ChannelAffine(self.g_a[i].out_channels) for i in _conv_indices(self.g_a)).to(dev)
+        self.dec_affine = nn.ModuleList(ChannelAffine(self.g_s[i].out_channels) for i in _conv_indices(self.g_s)).to(dev)
+
+    def arch(self) -> dict:
+        return {"kind": self.kind, "N": self.N, "M": self.M, "affine": self.enc_affine is not None}
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 16
+
+    # -- domain codec interface --------------------------------------------------------
+    def latent_channels(self, domain: int = 0) -> int:
+        return self.M
+
+    def entropy_model(self, domain: int = 0) -> EntropyBottleneck:
+        return self.entropy_bottleneck
+
+    @staticmethod
+    def _run(seq: nn.Sequential, affines: Optional[nn.ModuleList], x: Tensor) -> Tensor:
+        k = 0
+        for m in seq:
+            x = m(x)
+            if affines is not None and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                x = affines[k](x)
+                k += 1
+        return x
+
+    def analysis(self, x: Tensor, domain: int = 0) -> Tensor:
+        return self._run(self.g_a, self.enc_affine, x)
+
+    def synthesis(self, y_hat: Tensor, domain: int = 0, side=None) -> Tensor:
+        return self._run(self.g_s, self.dec_affine, y_hat)
+
+    def side_info(self, y: Tensor, domain: int = 0) -> bytes:
+        return b""
+
+    def parse_side(self, data: bytes, domain: int = 0):
+        if data:
+            raise ValueError(f"this codec writes no side information, got {len(data)} bytes")
+        return None
+
+    def forward(self, x: Tensor, domain: int = 0) -> Dict:
+        y = self.analysis(x, domain)
+        y_hat, y_lk = self.entropy_model(domain)(y)
+        x_hat = self.synthesis(y_hat, domain)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lk}}
+
+    def decoder_tensors(self, domain: int = 0) -> List[Tuple[str, Tensor]]:
+        out = entropy_model_tensors(self.entropy_bottleneck, "entropy_bottleneck.")
+        out += [("g_s." + k, v) for k, v in self.g_s.state_dict().items()]
+        if self.dec_affine is not None:
+            out += [("dec_affine." + k, v) for k, v in self.dec_affine.state_dict().items()]
+        return out
+
+    def codec_id(self, domain: int = 0, side: bytes = b"") -> bytes:
+        """8-byte digest of what decoding ``domain`` reads (see :func:`codec.entropy.tensors_digest`)."""
+        return cached_digest(self, 0, self.decoder_tensors(domain))
+
+    def update(self, force: bool = True) -> None:
+        """Compute the quantised CDF tables of every entropy model (call after training)."""
+        for m in self.modules():
+            if isinstance(m, EntropyBottleneck):
+                m.update(force=force)
+
+    def n_domains(self) -> Optional[int]:
+        return None  # any domain id
+
+
+def rd_loss(out: Dict, x: Tensor, lmbda: float) -> Dict[str, Tensor]:
+    """``R + lambda * 255^2 * MSE`` with R in bits per pixel (compressai's convention)."""
+    n, _, h, w = x.shape
+    num_pixels = n * h * w
+    bpp = sum((-torch.log2(lk)).sum() for lk in out["likelihoods"].values()) / num_pixels
+    mse = F.mse_loss(out["x_hat"], x)
+    return {"loss": bpp + lmbda * 255 ** 2 * mse, "bpp_loss": bpp, "mse_loss": mse}
+
+
+# ---------------------------------------------------------------------------------------
+# building, saving, loading
+# ---------------------------------------------------------------------------------------
+def build_codec(arch: dict) -> nn.Module:
+    """Rebuild a codec module from its ``arch()`` dict."""
+    kind = arch.get("kind")
+    if kind == "factorized":
+        return FactorizedCodec(arch["N"], arch["M"], affine=bool(arch.get("affine", False)))
+    if kind == "cawf":
+        from codec.strategies.cawf import CAwFCodec
+
+        return CAwFCodec.from_arch(arch)
+    if kind == "adapters":
+        from codec.strategies.adapters import AdapterCodec
+
+        return AdapterCodec.from_arch(arch)
+    raise CheckpointError(f"unknown codec kind {kind!r} (known: factorized, cawf, adapters)")
+
+
+def load_state_into(model: nn.Module, state: Dict[str, Tensor], strict: bool = True, what: str = "checkpoint") -> None:
+    """``load_state_dict`` after resizing the CDF buffers; a mismatch -> ``CheckpointError``."""
+    resize_entropy_buffers(model, state)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise CheckpointError(f"{what}: weights do not fit the codec architecture: {str(e)[:400]}") from None
+
+
+def import_compressai(state_or_path, affine: bool = False) -> FactorizedCodec:
+    """Build a :class:`FactorizedCodec` from a compressai ``bmshj2018-factorized`` state_dict
+    (a dict or a local file holding it, optionally under a ``"state_dict"`` key).
+
+    The CDF tables are taken from the state_dict when present (an ``update()``-d model),
+    else computed here with ``update()``.
+    """
+    what = str(state_or_path)
+    if isinstance(state_or_path, (str, Path)):
+        path = Path(state_or_path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such compressai checkpoint")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
+            raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({e.__class__.__name__}: {e})") from None
+        what = str(path)
+    else:
+        state = state_or_path
+        what = "compressai state_dict"
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if isinstance(state, dict):
+        # DataParallel prefixes and the older compressai key names (_matrix0 ...), as compressai does
+        from compressai.models.utils import remap_old_keys
+        from compressai.zoo.pretrained import load_pretrained
+
+        state = remap_old_keys("entropy_bottleneck", load_pretrained(state))
+    if not isinstance(state, dict) or "g_a.0.weight" not in state or "g_a.6.weight" not in state:
+        raise CheckpointError(f"{what}: not a bmshj2018-factorized state_dict (no g_a.0.weight / g_a.6.weight)")
+    N = state["g_a.0.weight"].size(0)
+    M = state["g_a.6.weight"].size(0)
+    model = FactorizedCodec(N, M)
+    load_state_into(model, state, strict=True, what=what)
+    if affine:
+        model.add_affine()
+    if model.entropy_bottleneck._offset.numel() == 0:
+        model.update()
+    return model.eval()
+
+
+def save_checkpoint(path, model: nn.Module, extra: Optional[dict] = None) -> None:
+    """Write ``{"format", "version", "arch", "state_dict", **extra}`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": model.arch(),
+           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if extra:
+        obj.update(extra)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:
+    """Load a codec checkpoint written by :func:`save_checkpoint` (or a plain compressai
+    factorized state_dict). Returns ``(model in eval mode, checkpoint dict without weights)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such codec checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({e.__class__.__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a codec checkpoint (a {type(obj).__name__})")
+    if obj.get("format") == "incdet-run" and isinstance(obj.get("learner"), dict) and "arch" in obj["learner"]:
+        obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": obj["learner"]["arch"],
+               "state_dict": obj["learner"]["model"], "task": obj.get("task_index"), "run_checkpoint": str(path)}
+    elif "arch" in obj and "model" in obj and "format" not in obj:  # a CodecLearner.state_dict()
+        obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": obj["arch"], "state_dict": obj["model"]}
+    if obj.get("format") != CKPT_FORMAT:
+        inner = obj.get("state_dict", obj) if isinstance(obj.get("state_dict", obj), dict) else {}
+        if any(str(k).endswith("g_a.0.weight") for k in inner):
+            return import_compressai(path).eval(), {"arch": {"kind": "factorized"}, "imported": str(path)}
+        raise CheckpointError(f"{path}: not a codec checkpoint (format {obj.get('format')!r}, expected {CKPT_FORMAT!r})")
+    if obj.get("version") != CKPT_VERSION:
+        raise CheckpointError(f"{path}: codec checkpoint version {obj.get('version')} not supported (expected {CKPT_VERSION})")
+    if not isinstance(obj.get("arch"), dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: codec checkpoint without 'arch' / 'state_dict'")
+    model = build_codec(obj["arch"])
+    load_state_into(model, obj["state_dict"], what=str(path))
+    meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    return model.eval(), meta

@@ -1,0 +1,206 @@
+"""``codec report``: the DANICE forgetting table (markdown) and RD plots (PNG) from runs.
+
+Input: run directories written by ``codec run`` (``results.json``: config, task names, the
+full matrix ``R[i][j]`` = metrics of the model after task ``i`` on the eval set of task ``j``).
+One run = one strategy at one lambda; an RD curve collects the runs of the same strategy over
+lambdas (DANICE: 0.002, 0.008, 0.016, 0.032).
+
+Rows of the table:
+- ``t=1 (source)``: the model after task 0 (the source codec), on every domain;
+- ``t=i <strategy>`` for every later time ``i`` and strategy (naive, selective, cawf, adapters);
+- ``joint``: runs with ``tasks.joint`` (one model trained on all domains);
+- ``JPEG2000`` and ``JPEG`` (Pillow, on the same eval images).
+
+Each cell is the BD-rate (%, PSNR, ``bjontegaard`` pchip) of that row's curve on that domain
+against the anchor (``joint`` when present, else the source model ``t=1``), as in DANICE
+Table 2; lower is better. Plots: one PNG per domain, PSNR vs bpp (real file sizes).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from codec.metrics import baseline_curve, bd_rate
+from incdet.errors import DataError
+
+Curve = List[Dict[str, float]]
+
+
+def load_runs(run_dirs: Sequence) -> List[dict]:
+    runs = []
+    for d in run_dirs:
+        p = Path(d)
+        if p.is_file() and p.name != "results.json":
+            continue  # e.g. a baselines cache matched by a shell glob
+        f = p / "results.json" if p.is_dir() else p
+        if not f.is_file():
+            raise DataError(f"{p}: no results.json (not a `codec run` directory)")
+        try:
+            r = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f}: not valid JSON ({e})") from None
+        if "matrix" not in r or "tasks" not in r:
+            raise DataError(f"{f}: not a codec results file (no 'matrix' / 'tasks')")
+        r["_path"] = str(f)
+        runs.append(r)
+    if not runs:
+        raise DataError("codec report: no run directories given")
+    return runs
+
+
+def collect_curves(runs: List[dict]) -> Dict[str, Dict[str, Curve]]:
+    """``{row label: {domain: [points sorted by bpp]}}`` from runs (one point per lambda)."""
+    rows: Dict[str, Dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    seen_source = set()
+    for r in runs:
+        lm = r["config"]["learner"]["lmbda"]
+        strat = r["config"]["learner"]["strategy"]
+        joint = r["config"]["tasks"].get("joint", False)
+        names = r["tasks"]
+        for i, row in enumerate(r["matrix"]):
+            if joint:
+                label = "joint"
+                if i != len(r["matrix"]) - 1:
+                    continue
+            elif i == 0:
+                label = "t=1 (source)"
+                key = (lm, tuple(names))
+                if key in seen_source:
+                    continue
+                seen_source.add(key)
+            else:
+                label = f"t={i + 1} {strat}"
+            for j, cell in enumerate(row):
+                pt = {k: cell[k] for k in ("bpp", "bpp_est", "psnr", "ms_ssim") if k in cell}
+                pt["lmbda"] = lm
+                rows[label][names[j]].append(pt)
+    return {lab: {d: sorted(p, key=lambda q: q["bpp"]) for d, p in doms.items()} for lab, doms in rows.items()}
+
+
+def _bd(anchor: Curve, test: Curve) -> float:
+    if not anchor or not test:
+        return float("nan")
+    return bd_rate([p["bpp"] for p in anchor], [p["psnr"] for p in anchor],
+                   [p["bpp"] for p in test], [p["psnr"] for p in test])
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.2f}"
+
+
+def _row_order(labels) -> List[str]:
+    def key(l):
+        if l.startswith("t=1"):
+            return (0, l)
+        if l.startswith("t="):
+            return (1, l)
+        if l == "joint":
+            return (2, l)
+        return (3, l)
+
+    return sorted(labels, key=key)
+
+
+def baseline_curves(runs: List[dict], domains: List[str], cache: Optional[Path] = None) -> Dict[str, Dict[str, Curve]]:
+    """JPEG2000 / JPEG curves on the eval images of each domain (cached in ``cache``)."""
+    from codec.learner import DomainTasksConfig, build_domain_tasks
+
+    if cache is not None and cache.is_file():
+        data = json.loads(cache.read_text())
+        if set(domains) <= set(data.get("JPEG", {})):
+            return data
+    cfg = dict(runs[0]["config"]["tasks"])
+    cfg["joint"] = False
+    tasks = build_domain_tasks(DomainTasksConfig(**cfg))
+    out = {"JPEG2000": {}, "JPEG": {}}
+    for t in tasks:
+        imgs = [t.eval_set[i] for i in range(len(t.eval_set))]
+        out["JPEG2000"][t.name] = baseline_curve(imgs, "jpeg2000")
+        out["JPEG"][t.name] = baseline_curve(imgs, "jpeg")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = True, title: str = "Codec: domain adaptation without forgetting") -> str:
+    """Write the markdown table (and plots); returns the markdown text."""
+    runs = load_runs(run_dirs)
+    curves = collect_curves(runs)
+    domains = list(runs[0]["tasks"])
+    eval_names = runs[0].get("eval_names", domains)
+    out_md = Path(out_md)
+    if baselines:
+        curves.update(baseline_curves(runs, domains, out_md.parent / (out_md.stem + "_baselines.json")))
+    anchor_label = "joint" if "joint" in curves else "t=1 (source)"
+    anchor = curves.get(anchor_label, {})
+    labels = _row_order(curves)
+    lines = [f"# {title}", "",
+             f"BD-rate (%, PSNR, pchip; lower is better) against **{anchor_label}**, per domain "
+             f"(eval set in parentheses). Rates are real file sizes (header included).", ""]
+    lines.append("| | " + " | ".join(f"{d} ({e})" for d, e in zip(domains, eval_names)) + " | avg |")
+    lines.append("|---" * (len(domains) + 2) + "|")
+    for lab in labels:
+        vals = [_bd(anchor.get(d, []), curves[lab].get(d, [])) for d in domains]
+        fin = [v for v in vals if math.isfinite(v)]
+        avg = sum(fin) / len(fin) if len(fin) == len(vals) and fin else float("nan")
+        lines.append(f"| {lab} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)} |")
+    lines += ["", "## RD points", "", "| row | domain | lambda/param | bpp | bpp (estimate) | PSNR | MS-SSIM |", "|---|---|---|---|---|---|---|"]
+    for lab in labels:
+        for d in domains:
+            for p in curves[lab].get(d, []):
+                par = p.get("lmbda", p.get("param", ""))
+                lines.append(f"| {lab} | {d} | {par} | {p['bpp']:.4f} | {p.get('bpp_est', float('nan')):.4f} | "
+                             f"{p['psnr']:.2f} | {p.get('ms_ssim', float('nan')):.4f} |")
+    lines += ["", "Runs: " + ", ".join(f"`{r['_path']}`" for r in runs), ""]
+    if plots_dir is not None:
+        paths = plot_curves(curves, domains, Path(plots_dir))
+        rel = [Path(p).resolve() for p in paths]
+        lines += ["## RD plots", ""]
+        for p in rel:
+            try:
+                shown = p.relative_to(out_md.parent.resolve())
+            except ValueError:
+                shown = p
+            lines.append(f"![{p.stem}]({shown})")
+        lines.append("")
+    text = "\n".join(lines)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    return text
+
+
+def plot_curves(curves: Dict[str, Dict[str, Curve]], domains: List[str], out_dir: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for d in domains:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for lab in _row_order(curves):
+            pts = curves[lab].get(d, [])
+            if pts:
+                ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="o", ms=3,
+                        ls="--" if lab in ("JPEG", "JPEG2000") else "-", label=lab)
+        learned = [p["bpp"] for lab in curves if lab not in ("JPEG", "JPEG2000") for p in curves[lab].get(d, [])]
+        if learned:  # keep the learned codecs readable: baselines clipped to their rate range
+            ax.set_xlim(0, max(learned) * 2.0)
+            lp = [p["psnr"] for lab in curves if lab not in ("JPEG", "JPEG2000") for p in curves[lab].get(d, [])]
+            ax.set_ylim(min(lp) - 2, max(lp) + 8)
+        ax.set_xlabel("bpp (file bytes)")
+        ax.set_ylabel("PSNR (dB, 8-bit RGB)")
+        ax.set_title(d)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / f"rd_{Path(d).name}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -1,0 +1,194 @@
+"""CAwF: Codec Adaptation without Forgetting (Katakol et al., DANICE).
+
+The source codec (``shared``, a :class:`~codec.model.FactorizedCodec`) is frozen. Each new
+domain ``d >= 1`` adds a :class:`CustomBranch`: ``K`` custom filters per conv layer (DANICE: 64
+shared + 16 custom), a block-structured GDN and its own entropy model over the ``M + K``
+latent channels. Block structure: shared output channels are computed by the frozen source
+layers from shared inputs only (shared never read custom), custom output channels read
+shared and custom inputs. The last decoder layer adds a custom ``K -> 3`` transposed conv,
+zero-initialised, so a new branch starts as the source codec.
+
+Domain 0 runs exactly the source codec's modules, so its outputs, its rate-distortion and its
+codec id are those of the source model by construction; a branch never changes once its
+task is over, so every bitstream written at time t decodes bit-exactly at any later time.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from compressai.layers import GDN
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from codec.entropy import cached_digest, entropy_model_tensors
+from codec.model import FactorizedCodec
+
+
+class BlockGDN(nn.Module):
+    """The custom rows of a (inverse) GDN over ``S + K`` channels: normalises the ``K`` custom
+    channels by all ``S + K`` inputs. compressai's ``GDN`` holds the parameters and their
+    reparametrisation; only rows ``S:`` are used (the shared rows are the frozen source GDN)."""
+
+    def __init__(self, S: int, K: int, inverse: bool = False):
+        super().__init__()
+        self.S, self.K = S, K
+        self.gdn = GDN(S + K, inverse=inverse)
+
+    def forward(self, x: Tensor) -> Tensor:
+        C = x.shape[1]
+        beta = self.gdn.beta_reparam(self.gdn.beta)[self.S:]
+        gamma = self.gdn.gamma_reparam(self.gdn.gamma).reshape(C, C, 1, 1)[self.S:]
+        norm = F.conv2d(x ** 2, gamma, beta)
+        norm = torch.sqrt(norm) if self.gdn.inverse else torch.rsqrt(norm)
+        return x[:, self.S:] * norm
+
+    def n_used_parameters(self) -> int:
+        return self.K + self.K * (self.S + self.K)
+
+
+class CustomBranch(nn.Module):
+    """The custom parameters of one domain (``K`` filters per layer + entropy model)."""
+
+    def __init__(self, N: int, M: int, K: int, source_eb: Optional[EntropyBottleneck] = None):
+        super().__init__()
+        self.N, self.M, self.K = N, M, K
+        # encoder: layer 0 reads the image, later layers read shared + custom
+        self.enc = nn.ModuleList([conv(3, K), conv(N + K, K), conv(N + K, K), conv(N + K, K)])
+        self.enc_gdn = nn.ModuleList([BlockGDN(N, K) for _ in range(3)])
+        self.dec = nn.ModuleList([deconv(M + K, K), deconv(N + K, K), deconv(N + K, K), deconv(K, 3)])
+        self.dec_gdn = nn.ModuleList([BlockGDN(N, K, inverse=True) for _ in range(3)])
+        nn.init.zeros_(self.dec[3].weight)
+        nn.init.zeros_(self.dec[3].bias)
+        self.entropy_bottleneck = EntropyBottleneck(M + K)
+        if source_eb is not None:  # warm start: the shared channels' densities of the source model
+            with torch.no_grad():
+                for dst, src in zip(self.entropy_bottleneck.parameters(), source_eb.parameters()):
+                    if dst.shape[1:] == src.shape[1:] and dst.shape[0] == src.shape[0] + K:
+                        dst[: src.shape[0]].copy_(src)
+
+
+class CAwFCodec(nn.Module):
+    """Shared frozen source codec + one custom branch per new domain.
+
+    ``forward(x, domain)``: domain 0 is the source codec; domain ``d >= 1`` uses branch ``d-1``.
+    The latent of domain ``d >= 1`` has ``M + K`` channels (shared first).
+    """
+
+    kind = "cawf"
+
+    def __init__(self, source: FactorizedCodec, K: int = 16):
+        super().__init__()
+        if source.enc_affine is not None:
+            raise ValueError("CAwF needs a plain source codec (no selective-fine-tuning affines)")
+        self.shared = source
+        self.K = int(K)
+        self.N, self.M = source.N, source.M
+        self.branches = nn.ModuleList()
+        self.shared.requires_grad_(False)
+
+    @classmethod
+    def from_arch(cls, arch: dict) -> "CAwFCodec":
+        m = cls(FactorizedCodec(arch["N"], arch["M"]), K=arch["K"])
+        for _ in range(arch.get("n_custom", 0)):
+            m.branches.append(CustomBranch(m.N, m.M, m.K))
+        return m
+
+    def arch(self) -> dict:
+        return {"kind": self.kind, "N": self.N, "M": self.M, "K": self.K, "n_custom": len(self.branches)}
+
+    def add_domain(self) -> int:
+        """Add a custom branch (random custom filters, warm-started entropy model); returns its domain id."""
+        dev = next(self.shared.parameters()).device
+        self.branches.append(CustomBranch(self.N, self.M, self.K, self.shared.entropy_bottleneck).to(dev))
+        return len(self.branches)
+
+    def n_domains(self) -> int:
+        return 1 + len(self.branches)
+
+    def branch(self, domain: int) -> CustomBranch:
+        if not 1 <= domain <= len(self.branches):
+            raise ValueError(f"CAwF codec has domains 0..{len(self.branches)}, got {domain}")
+        return self.branches[domain - 1]
+
+    def trainable_parameters(self, domain: int) -> List[nn.Parameter]:
+        return list(self.branch(domain).parameters())
+
+    # -- domain codec interface ---------------------------------------------------------
+    def latent_channels(self, domain: int = 0) -> int:
+        return self.M if domain == 0 else self.M + self.K
+
+    def entropy_model(self, domain: int = 0) -> EntropyBottleneck:
+        return self.shared.entropy_bottleneck if domain == 0 else self.branch(domain).entropy_bottleneck
+
+    def analysis(self, x: Tensor, domain: int = 0) -> Tensor:
+        if domain == 0:
+            return self.shared.analysis(x)
+        br = self.branch(domain)
+        convs = [self.shared.g_a[i] for i in (0, 2, 4, 6)]
+        gdns = [self.shared.g_a[i] for i in (1, 3, 5)]
+        s, c = x, None
+        for l in range(4):
+            inp = s if c is None else torch.cat([s, c], 1)
+            s_new = convs[l](s)
+            c_new = br.enc[l](inp)
+            if l < 3:
+                s, c = gdns[l](s_new), br.enc_gdn[l](torch.cat([s_new, c_new], 1))
+            else:
+                s, c = s_new, c_new
+        return torch.cat([s, c], 1)
+
+    def synthesis(self, y_hat: Tensor, domain: int = 0, side=None) -> Tensor:
+        if domain == 0:
+            return self.shared.synthesis(y_hat)
+        br = self.branch(domain)
+        convs = [self.shared.g_s[i] for i in (0, 2, 4, 6)]
+        igdns = [self.shared.g_s[i] for i in (1, 3, 5)]
+        s, c = y_hat[:, : self.M], y_hat[:, self.M:]
+        for l in range(3):
+            s_new = convs[l](s)
+            c_new = br.dec[l](torch.cat([s, c], 1))
+            s, c = igdns[l](s_new), br.dec_gdn[l](torch.cat([s_new, c_new], 1))
+        return convs[3](s) + br.dec[3](c)
+
+    def side_info(self, y: Tensor, domain: int = 0) -> bytes:
+        return b""
+
+    def parse_side(self, data: bytes, domain: int = 0):
+        if data:
+            raise ValueError(f"CAwF writes no side information, got {len(data)} bytes")
+        return None
+
+    def forward(self, x: Tensor, domain: int = 0) -> Dict:
+        y = self.analysis(x, domain)
+        y_hat, y_lk = self.entropy_model(domain)(y)
+        return {"x_hat": self.synthesis(y_hat, domain), "likelihoods": {"y": y_lk}}
+
+    def decoder_tensors(self, domain: int = 0) -> List[Tuple[str, Tensor]]:
+        out = self.shared.decoder_tensors(0)
+        if domain == 0:
+            return out  # identical to the source model's: source bitstreams decode here
+        br = self.branch(domain)
+        out = [(k, v) for k, v in out if not k.startswith("entropy_bottleneck.")]
+        out += entropy_model_tensors(br.entropy_bottleneck, f"branch{domain}.entropy_bottleneck.")
+        out += [(f"branch{domain}.dec." + k, v) for k, v in br.dec.state_dict().items()]
+        out += [(f"branch{domain}.dec_gdn." + k, v) for k, v in br.dec_gdn.state_dict().items()]
+        return out
+
+    def codec_id(self, domain: int = 0, side: bytes = b"") -> bytes:
+        return cached_digest(self, domain, self.decoder_tensors(domain))
+
+    def update(self, force: bool = True) -> None:
+        for m in self.modules():
+            if isinstance(m, EntropyBottleneck):
+                m.update(force=force)
+
+    def custom_parameter_count(self, domain: int) -> int:
+        """Parameters a domain's branch really uses (unused shared rows of the GDN excluded)."""
+        br = self.branch(domain)
+        n = sum(p.numel() for p in br.enc.parameters()) + sum(p.numel() for p in br.dec.parameters())
+        n += sum(g.n_used_parameters() for g in list(br.enc_gdn) + list(br.dec_gdn))
+        n += sum(p.numel() for p in br.entropy_bottleneck.parameters())
+        return n
