@@ -1,0 +1,106 @@
+"""CLI verbs ``train``, ``eval``, ``report`` shared by ``incdet``, ``blitznet`` and ``codec``.
+
+    incdet train CONFIG [--set k=v ...] [--out RUN_DIR] [--device auto|cpu|cuda] [--quiet]
+    incdet train --resume RUN_DIR [--device ...]
+    incdet eval RUN_DIR [--checkpoint PATH]       # re-evaluate saved weights on the seen tasks
+    incdet report RUN_DIR                         # print R and the summary, write csv/md/png
+
+Multi-process: ``torchrun --nproc_per_node N -m incdet train CONFIG ...``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from incdet.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("incdet.engine")
+
+
+def register(sub, family: str = "incdet") -> None:
+    """Add ``train``/``eval``/``report`` to an argparse subparsers object for ``family``."""
+    p = sub.add_parser("train", help="train a learner on a task sequence (or --resume a run)")
+    p.add_argument("config", nargs="?", help="run config YAML (configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=0.01 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: experiment.out/experiment.name)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: experiment.device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (automatic when not a TTY or CI is set)")
+    p.set_defaults(func=lambda a: _train(a, family))
+
+    p = sub.add_parser("eval", help="evaluate a run's saved weights on every task seen so far")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", help="checkpoint file (default: RUN_DIR/checkpoint.pt)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=lambda a: _eval(a, family))
+
+    p = sub.add_parser("report", help="print a run's results matrix and summary; write csv/md/png")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_report)
+
+
+def _train(args, family: str) -> int:
+    from incdet.engine.families import import_family
+    from incdet.engine.trainer import run_training
+
+    import_family(family)
+    if args.resume is None and args.config is None:
+        raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
+    if args.resume is not None and args.config is not None:
+        raise ConfigError("train: give either CONFIG or --resume RUN_DIR, not both")
+    results = run_training(args.config, args.overrides, run_dir=args.out, device=args.device,
+                           resume_dir=args.resume, quiet=args.quiet)
+    from incdet.engine import distributed as D
+
+    if D.rank() == 0 and not args.quiet:
+        print(results.to_markdown())
+    return 0
+
+
+def _eval(args, family: str) -> int:
+    import torch
+
+    from incdet.engine import LEARNERS
+    from incdet.engine.builders import build_tasks
+    from incdet.engine.checkpoint import load_checkpoint
+    from incdet.engine.config import config_from_dict, load_yaml
+    from incdet.engine.distributed import resolve_device
+    from incdet.engine.families import import_family
+
+    import_family(family)
+    run = Path(args.run_dir)
+    cpath = run / "config.yaml"
+    if not cpath.is_file():
+        raise CheckpointError(f"{run}: not a run directory (no config.yaml)")
+    cfg = config_from_dict(load_yaml(cpath), source=str(cpath))
+    ckpt_path = Path(args.checkpoint) if args.checkpoint else run / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    device = resolve_device(args.device or cfg.experiment.device)
+    tasks = build_tasks(cfg)
+    learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, device)
+    learner.load_state_dict(ckpt["learner"])
+    k = ckpt["task_index"]
+    learner.resume_task(tasks[k])
+    out = {"checkpoint": str(ckpt_path), "task_index": k, "phase": ckpt["phase"], "step": ckpt["step"], "tasks": []}
+    for j in range(k + 1):
+        with torch.no_grad():
+            m = {key: float(v) for key, v in learner.evaluate(tasks[j]).items()}
+        out["tasks"].append({"task": j, "name": tasks[j].name, **m})
+        print(f"task {j} ({tasks[j].name}): " + ", ".join(f"{key}={v:.4g}" for key, v in m.items()))
+    (run / "eval.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _report(args) -> int:
+    from incdet.engine.results import load_results
+
+    run = Path(args.run_dir)
+    res = load_results(run)
+    res.write(run)
+    print(res.to_markdown())
+    s = res.summary()
+    print(json.dumps({k: s[k] for k in s if k != "average_accuracy_per_task"}, indent=None, default=str))
+    print(f"wrote {run}/results.csv, results.md, results.png")
+    return 0

@@ -1,0 +1,492 @@
+"""The task-incremental training loop.
+
+For each task ``t``: ``begin_task`` -> a fixed number of optimizer steps over
+``learner.train_dataset(task)`` -> ``end_task`` -> evaluate every task ``j <= t`` (rank 0) ->
+``R[t][j]`` -> task-end checkpoint. See :mod:`incdet.engine.learner` for the learner's side.
+
+Data order is a pure function of ``(seed, task, epoch)`` (:class:`ResumableSampler`), so a run
+resumed from a mid-task checkpoint skips exactly the batches already done and, on CPU with
+``num_workers: 0``, ends with bitwise the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from incdet.engine import distributed as D
+from incdet.engine.checkpoint import FORMAT, VERSION, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
+from incdet.engine.config import RunConfig, TrainConfig, load_yaml, config_from_dict, save_config
+from incdet.engine.results import ResultsMatrix
+from incdet.engine.task import Task
+from incdet.errors import CheckpointError, ConfigError, IncdetError
+
+log = logging.getLogger("incdet.engine")
+
+
+class NonFiniteLossError(IncdetError):
+    """A loss became NaN/inf; the run stopped and the last good checkpoint is kept."""
+
+
+def mix_seed(seed: int, task: int, epoch: int = 0) -> int:
+    """A 63-bit seed that is a pure function of (seed, task, epoch)."""
+    return (int(seed) * 1_000_003 + int(task) * 10_007 + int(epoch) * 101 + 12345) % (2**63 - 1)
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffled indices of one epoch, identical in every run with the same (seed, task, epoch).
+
+    Like ``DistributedSampler``: the permutation is padded to a multiple of ``world`` and rank
+    ``r`` takes ``perm[r::world]``, so that with a global batch of ``B`` the union over ranks of
+    step ``s``'s batches is ``perm[s*B:(s+1)*B]``, the single-process batch. ``start`` skips
+    the first ``start`` indices of this rank (the batches already done before a resume).
+    """
+
+    def __init__(self, n: int, seed: int, task: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.n, self.seed, self.task, self.epoch = n, seed, task, epoch
+        self.rank, self.world, self.start = rank, world, start
+        self.per_rank = math.ceil(n / world)
+
+    def indices(self) -> List[int]:
+        g = torch.Generator()
+        g.manual_seed(mix_seed(self.seed, self.task, self.epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        total = self.per_rank * self.world
+        while len(perm) < total:
+            perm += perm[: total - len(perm)]
+        return perm[self.rank : total : self.world][self.start :]
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+
+class _CountingCollate:
+    """Wraps ``learner.collate`` to also return the number of items (for images/s)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, items):
+        return len(items), self.fn(items)
+
+
+class _WorkerInit:
+    def __call__(self, worker_id: int) -> None:
+        s = torch.initial_seed() % (2**32)
+        np.random.seed(s)
+        import random
+
+        random.seed(s)
+
+
+def lr_at(step: int, tc: TrainConfig, steps_per_unit: int) -> float:
+    """Learning rate for 0-based optimizer step ``step`` of a task: linear warmup over
+    ``warmup_iters`` then ``lr * lr_gamma ** (number of lr_steps passed)``; ``lr_steps`` are in
+    iterations (``steps_per_unit`` = 1) or epochs (``steps_per_unit`` = batches per epoch)."""
+    lr = tc.lr * tc.lr_gamma ** sum(1 for m in tc.lr_steps if step >= m * steps_per_unit)
+    if tc.warmup_iters and step < tc.warmup_iters:
+        lr *= (step + 1) / tc.warmup_iters
+    return lr
+
+
+def build_optimizer(groups: List[dict], tc: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) / Adam / AdamW over the learner's parameter groups.
+    A group's ``lr_mult`` scales the schedule's lr; its ``weight_decay`` overrides the config."""
+    gs = []
+    for g in groups:
+        g = dict(g)
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        if not g["params"]:
+            continue
+        g.setdefault("lr_mult", 1.0)
+        g.setdefault("weight_decay", tc.weight_decay)
+        g["lr"] = tc.lr * g["lr_mult"]
+        gs.append(g)
+    if not gs:
+        raise ConfigError("the learner has no trainable parameters (parameter_groups() is empty)")
+    if tc.optimizer == "sgd":
+        if tc.nesterov and tc.momentum <= 0:
+            raise ConfigError("train.nesterov needs train.momentum > 0")
+        return torch.optim.SGD(gs, lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay)
+    cls = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.AdamW
+    return cls(gs, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+
+
+class Trainer:
+    """Runs a task sequence for one learner, writing everything into ``run_dir``.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: run directory (created; must be empty unless ``resume``).
+        device: ``auto | cpu | cuda | cuda:N`` (default: ``cfg.experiment.device``).
+        resume: continue from ``run_dir/checkpoint.pt`` (mid-task or at a task boundary).
+        quiet: no progress bar (also when stderr is not a TTY or ``CI`` is set).
+
+    Files in ``run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per
+    logged step and per evaluation; after a resume, steps redone since the last checkpoint
+    appear twice), ``checkpoint.pt`` (latest), ``checkpoints/task{K}.pt`` (after task K: the
+    ``tasks.init_from`` of other runs), ``results.{json,csv,md,png}``.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Union[str, Path], device: Optional[str] = None,
+                 resume: bool = False, quiet: bool = False, config_changed: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = D.resolve_device(device or cfg.experiment.device)
+        self.resume = resume
+        self.config_changed = config_changed  # a resumed run with --set overrides: rewrite config.yaml
+        self.distributed = D.init(self.device)
+        self.main = D.is_main()
+        if not self.main:  # rank-0-only logging
+            log.setLevel(logging.WARNING)
+        self.progress = (not quiet and self.main and sys.stderr.isatty() and not os.environ.get("CI"))
+        self.timings: Dict[int, Dict[str, float]] = {}
+        self.global_step = 0
+        self.last_ckpt = "none written yet"
+        self._metrics_file = None
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_dir(self) -> None:
+        ckpt = self.run_dir / "checkpoint.pt"
+        if not self.resume:
+            if self.run_dir.exists() and any(self.run_dir.iterdir()):
+                raise ConfigError(f"{self.run_dir}: run directory exists and is not empty; "
+                                  f"use --resume {self.run_dir} to continue it or --out for a new one")
+        elif not (self.run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"{self.run_dir}: not a run directory (no config.yaml)")
+        D.barrier()
+        if self.main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if not self.resume or self.config_changed:
+                save_config(self.cfg, self.run_dir / "config.yaml")
+            for stale in [*self.run_dir.glob(".*.tmp-*"), *(self.run_dir / "checkpoints").glob(".*.tmp-*")]:
+                stale.unlink()  # half-written files of a killed run (the real files are intact)
+            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        D.barrier()
+        self._ckpt_path = ckpt
+
+    def _log_json(self, rec: dict) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(rec) + "\n")
+            self._metrics_file.flush()
+
+    # ------------------------------------------------------------------ main entry
+    def fit(self) -> ResultsMatrix:
+        try:
+            return self._fit()
+        finally:
+            if self._metrics_file is not None:
+                self._metrics_file.close()
+                self._metrics_file = None
+
+    def _fit(self) -> ResultsMatrix:
+        from incdet.engine import LEARNERS
+        from incdet.engine.builders import build_tasks
+
+        cfg = self.cfg
+        self._prepare_dir()
+        seed = cfg.experiment.seed
+        if cfg.experiment.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(seed)
+        tasks = build_tasks(cfg)
+        self.tasks = tasks
+        names = [t.name for t in tasks]
+        cls = LEARNERS.get(cfg.learner.name)
+        learner = cls(cfg.learner.options, self.device)
+        self.learner = learner
+        metric = cfg.eval.metric or learner.primary_metric
+        if metric not in learner.metrics:
+            raise ConfigError(f"{cfg.source}: eval.metric {metric!r} is not a metric of learner "
+                              f"{cfg.learner.name!r}; known: {', '.join(learner.metrics)}")
+        results = ResultsMatrix(names, metric, learner.metrics[metric])
+        self.results = results
+
+        start_task, start_step, mid = 0, 0, None
+        ckpt = None
+        if self.resume and self._ckpt_path.is_file():
+            ckpt = load_checkpoint(self._ckpt_path)
+            src = self._ckpt_path
+        elif cfg.tasks.init_from:
+            src = Path(cfg.tasks.init_from)
+            if src.is_dir():
+                raise ConfigError(f"{cfg.source}: tasks.init_from must be a checkpoint file "
+                                  f"(e.g. {src}/checkpoints/task0.pt), not a directory")
+            ckpt = load_checkpoint(src)
+            if ckpt["phase"] != "done":
+                raise CheckpointError(f"{src}: tasks.init_from needs a task-end checkpoint (checkpoints/taskK.pt)")
+        if ckpt is not None:
+            k = ckpt["task_index"]
+            if ckpt["task_names"][: k + 1] != names[: k + 1]:
+                raise CheckpointError(f"{src}: its tasks {ckpt['task_names'][: k + 1]} do not match this "
+                                      f"config's first tasks {names[: k + 1]}")
+            try:
+                learner.load_state_dict(ckpt["learner"])
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{src}: cannot load the learner state into learner "
+                                      f"{cfg.learner.name!r} with this config: {e}") from None
+            old = ResultsMatrix.from_dict(ckpt["results"])
+            for i in range(min(k + 1, len(old.tasks))):
+                for j in range(i + 1):
+                    if old.all_metrics[i][j] is not None and metric in old.all_metrics[i][j]:
+                        results.set(i, j, old.all_metrics[i][j])
+            self.global_step = ckpt["global_step"]
+            if ckpt["phase"] == "train" and self.resume:
+                start_task, start_step, mid = k, ckpt["step"], ckpt
+            else:
+                start_task = k + 1
+                if self.resume:
+                    set_rng_state(ckpt["rng"])
+            self.last_ckpt = f"{src} (task {k}, step {ckpt['step']})"
+            log.info("%s from %s: task %d (%s), step %d", "resuming" if self.resume else "starting",
+                     src, start_task, names[min(start_task, len(names) - 1)], start_step)
+
+        for t in range(start_task, len(tasks)):
+            task = tasks[t]
+            if mid is not None:
+                learner.resume_task(task)
+            else:
+                seed_everything(mix_seed(seed, t) % (2**32))
+                learner.begin_task(task)
+            self._train_task(task, start_step if mid is not None else 0, mid)
+            mid = None
+            learner.end_task(task)
+            if self.main:
+                if cfg.eval.every_task or t == len(tasks) - 1:
+                    self._evaluate(t)
+                self._save(t, self._steps_of_task, "done", None, None)
+                save_atomic(self._checkpoint_dict(t, self._steps_of_task, "done", None, None),
+                            self.run_dir / "checkpoints" / f"task{t}.pt")
+                results.write(self.run_dir)
+            D.barrier()
+        if start_task >= len(tasks) and self.main:
+            log.info("all %d tasks already done in %s", len(tasks), self.run_dir)
+            results.write(self.run_dir)
+        D.barrier()
+        return results
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, t: int) -> None:
+        learner, tasks, results = self.learner, self.tasks, self.results
+        for j in range(t + 1):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                m = learner.evaluate(tasks[j])
+            m = {k: float(v) for k, v in m.items()}
+            results.set(t, j, m)
+            self._log_json({"event": "eval", "after_task": t, "task": j, "task_name": tasks[j].name,
+                            "seconds": round(time.perf_counter() - t0, 3), **m})
+            log.info("after task %d (%s): %s on task %d (%s) = %.4g", t, tasks[t].name, results.metric,
+                     j, tasks[j].name, m[results.metric])
+
+    # ------------------------------------------------------------------ checkpoints
+    @contextlib.contextmanager
+    def _unwrapped(self):
+        m = self.learner.model
+        wrapped = isinstance(m, torch.nn.parallel.DistributedDataParallel)
+        if wrapped:
+            self.learner.model = m.module
+        try:
+            yield
+        finally:
+            self.learner.model = m
+
+    def _checkpoint_dict(self, t, step, phase, optimizer, scaler) -> dict:
+        tc = self.cfg.train.for_task(t)
+        with self._unwrapped():
+            lstate = self.learner.state_dict()
+        return {
+            "format": FORMAT, "version": VERSION,
+            "task_index": t, "step": step, "phase": phase, "global_step": self.global_step,
+            "task_names": [x.name for x in self.tasks],
+            "learner": lstate,
+            "optimizer": None if optimizer is None else optimizer.state_dict(),
+            "scheduler": {"kind": "step", "lr": tc.lr, "lr_steps": list(tc.lr_steps), "lr_gamma": tc.lr_gamma,
+                          "warmup_iters": tc.warmup_iters},
+            "scaler": None if scaler is None else scaler.state_dict(),
+            "rng": rng_state(),
+            "results": self.results.to_dict(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def _save(self, t, step, phase, optimizer, scaler) -> None:
+        save_atomic(self._checkpoint_dict(t, step, phase, optimizer, scaler), self._ckpt_path)
+        self.last_ckpt = f"{self._ckpt_path} (task {t}, step {step}, {phase})"
+
+    # ------------------------------------------------------------------ training
+    def _train_task(self, task: Task, start_step: int, mid: Optional[dict]) -> None:
+        cfg, learner, device = self.cfg, self.learner, self.device
+        t = task.index
+        tc = cfg.train.for_task(t)
+        world, rank = D.world_size(), D.rank()
+        if tc.batch_size % world:
+            raise ConfigError(f"{cfg.source}: train.batch_size {tc.batch_size} is not divisible by the "
+                              f"{world} processes")
+        b = tc.batch_size // world
+        ds = learner.train_dataset(task)
+        n = len(ds)
+        if n == 0:
+            raise ConfigError(f"task {t} ({task.name}): the training set is empty")
+        per_rank = math.ceil(n / world)
+        drop_last = per_rank >= b
+        bpe = per_rank // b if drop_last else 1
+        n_iters = tc.iterations if tc.iterations is not None else tc.epochs * bpe
+        unit = 1 if tc.iterations is not None else bpe
+        self._steps_of_task = n_iters
+        if n_iters == 0:
+            return
+
+        optimizer = build_optimizer(learner.parameter_groups(), tc)
+        amp = device.type == "cuda" and tc.amp != "none"
+        amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if amp and tc.amp == "fp16" else None
+        if mid is not None:
+            if mid["optimizer"] is not None:
+                optimizer.load_state_dict(mid["optimizer"])
+            if scaler is not None and mid["scaler"] is not None:
+                scaler.load_state_dict(mid["scaler"])
+            set_rng_state(mid["rng"])
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+
+        if self.distributed:
+            learner.model = torch.nn.parallel.DistributedDataParallel(
+                learner.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=tc.find_unused_parameters)
+        learner.model.train()
+
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_iters, initial=start_step, desc=f"task {t} {task.name}", dynamic_ncols=True)
+        log.info("task %d (%s): %d iterations, %d training items, global batch %d, lr %g",
+                 t, task.name, n_iters, n, tc.batch_size, tc.lr)
+
+        step = start_step
+        epoch, offset = divmod(step, bpe)
+        sums: Dict[str, float] = {}
+        n_log, items_log, t_log = 0, 0, time.perf_counter()
+        t_start = time.perf_counter()
+        try:
+            while step < n_iters:
+                sampler = ResumableSampler(n, cfg.experiment.seed, t, epoch, rank, world, start=offset * b)
+                g = torch.Generator()
+                g.manual_seed(mix_seed(cfg.experiment.seed, t, epoch))
+                loader = DataLoader(ds, batch_size=b, sampler=sampler, drop_last=drop_last,
+                                    collate_fn=_CountingCollate(learner.collate), num_workers=tc.num_workers,
+                                    pin_memory=device.type == "cuda", generator=g,
+                                    worker_init_fn=_WorkerInit() if tc.num_workers else None)
+                step_before = step
+                for n_items, batch in loader:
+                    if step >= n_iters:
+                        break
+                    lr = lr_at(step, tc, unit)
+                    for grp in optimizer.param_groups:
+                        grp["lr"] = lr * grp["lr_mult"]
+                    with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext():
+                        losses = learner.training_step(batch)
+                    if "loss" not in losses:
+                        raise KeyError(f"{type(learner).__name__}.training_step returned no 'loss' (got {sorted(losses)})")
+                    loss = losses["loss"]
+                    if self.distributed or loss.device.type != "cpu":  # one transfer / collective
+                        vals = torch.stack([torch.as_tensor(v, device=loss.device).detach().float().reshape(())
+                                            for v in losses.values()])
+                        vals = D.all_reduce_mean(vals).tolist()
+                    else:  # on CPU .item() costs nothing; torch.stack would be the loop's biggest overhead
+                        vals = [v.item() if torch.is_tensor(v) else float(v) for v in losses.values()]
+                    if not all(math.isfinite(v) for v in vals):
+                        terms = ", ".join(f"{k}={v:.6g}" for k, v in zip(losses, vals))
+                        raise NonFiniteLossError(
+                            f"non-finite loss at task {t} ({task.name}) step {step} (global step {self.global_step}): "
+                            f"{terms}. Stopped without saving; the last good checkpoint is {self.last_ckpt}. "
+                            f"Try e.g. --resume {self.run_dir} --set train.lr=... (lower) or --set train.grad_clip=...")
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        if tc.grad_clip:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        if tc.grad_clip:
+                            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                        optimizer.step()
+                    step += 1
+                    self.global_step += 1
+                    for k, v in zip(losses, vals):
+                        sums[k] = sums.get(k, 0.0) + v
+                    n_log += 1
+                    items_log += n_items * world
+                    if bar is not None:
+                        bar.update(1)
+                    if step % tc.log_every == 0 or step == n_iters:
+                        now = time.perf_counter()
+                        ips = items_log / max(now - t_log, 1e-9)
+                        rec = {"task": t, "task_name": task.name, "step": step, "global_step": self.global_step,
+                               "epoch": epoch, "lr": lr, **{k: v / n_log for k, v in sums.items()},
+                               "images_per_s": round(ips, 2), "time": round(time.time(), 3)}
+                        self._log_json(rec)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
+                        sums, n_log, items_log, t_log = {}, 0, 0, now
+                    if self.main and tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < n_iters:
+                        self._save(t, step, "train", optimizer, scaler)
+                if step == step_before:
+                    raise ConfigError(f"task {t} ({task.name}): epoch {epoch} produced no batch "
+                                      f"({n} items, batch {b} per process)")
+                epoch += 1
+                offset = 0
+            # the training of this task is safe before end_task/evaluation (which may be long)
+            if self.main and tc.checkpoint_every and start_step < n_iters:
+                self._save(t, step, "train", optimizer, scaler)
+        finally:
+            if bar is not None:
+                bar.close()
+            if isinstance(learner.model, torch.nn.parallel.DistributedDataParallel):
+                learner.model = learner.model.module
+        self.timings[t] = {"steps": step - start_step, "seconds": time.perf_counter() - t_start}
+
+
+def run_training(config: Union[str, Path, RunConfig], overrides=(), run_dir=None, device=None,
+                 resume_dir=None, quiet: bool = False) -> ResultsMatrix:
+    """Train from a config file (or resume ``resume_dir``); returns the results matrix."""
+    from incdet.engine.config import load_config
+
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        cpath = resume_dir / "config.yaml"
+        if not cpath.is_file():
+            raise CheckpointError(f"{resume_dir}: not a run directory (no config.yaml)")
+        from incdet.engine.config import apply_overrides
+
+        # --set on a resumed run (e.g. a lower lr after a non-finite loss) rewrites config.yaml;
+        # the run is then no longer identical to an uninterrupted one
+        cfg = config_from_dict(apply_overrides(load_yaml(cpath), overrides), source=str(cpath))
+        if overrides:
+            log.warning("resuming %s with changed config: %s", resume_dir, " ".join(overrides))
+        trainer = Trainer(cfg, resume_dir, device=device, resume=True, quiet=quiet, config_changed=bool(overrides))
+    else:
+        cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+        out = Path(run_dir) if run_dir else Path(cfg.experiment.out) / cfg.experiment.name
+        trainer = Trainer(cfg, out, device=device, quiet=quiet)
+    try:
+        return trainer.fit()
+    finally:
+        D.cleanup()
