@@ -1,0 +1,136 @@
+"""The ``blitznet`` command line.
+
+    blitznet train CONFIG [--set k=v ...]            # shared driver (incdet.engine.cli)
+    blitznet eval RUN_DIR                             # shared: re-evaluate a run's weights
+    blitznet report RUN_DIR                           # shared: results matrix + forgetting
+    blitznet predict --weights W IMG... --out DIR     # IMG.json (COCO results), IMG_mask.png, IMG_overlay.jpg
+    blitznet eval-weights --weights W --root VOC_ROOT [--split val]   # VOC mAP + mIoU of a weights file
+    blitznet export RUN_DIR/checkpoint.pt --out W.pt  # standalone weights file from a run checkpoint
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from incdet.cli import run_cli
+from incdet.errors import ConfigError, DataError
+
+log = logging.getLogger("blitznet")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _predict(args) -> int:
+    from blitznet.predict import BlitzNetPredictor, _to_chw_uint8, write_outputs
+
+    p = BlitzNetPredictor(args.weights, device=_device(args.device), score_thresh=args.score_thresh,
+                          batch_size=args.batch_size)
+    out = Path(args.out)
+    stems = [Path(i).stem for i in args.images]
+    if len(set(stems)) != len(stems):
+        raise DataError("predict: two input images have the same file stem; outputs would overwrite each other")
+    for k in range(0, len(args.images), args.batch_size):
+        paths = args.images[k:k + args.batch_size]
+        imgs = [_to_chw_uint8(i) for i in paths]
+        for path, img, pred in zip(paths, imgs, p.predict(imgs)):
+            files = write_outputs(pred, img, Path(path).stem, out, p.classes, vis_thresh=args.vis_thresh)
+            n = int((pred["scores"] >= args.vis_thresh).sum())
+            print(f"{path}: {n} detections >= {args.vis_thresh}; wrote " + ", ".join(files.values()))
+    return 0
+
+
+def _eval_weights(args) -> int:
+    import torch
+
+    from blitznet.learner import BlitzNetLearner, BlitzNetLearnerConfig
+    from blitznet.predict import load_weights
+    from incdet.data import VOCDetection
+    from incdet.engine import Task
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such dataset folder")
+    device = torch.device(_device(args.device))
+    model, classes = load_weights(args.weights, device)
+    ds = VOCDetection(root, args.split, keep_masks=True)
+    if list(ds.classes[:len(classes)]) != list(classes) and not args.ignore_class_names:
+        raise ConfigError(f"{args.weights}: model classes {classes[:5]}... do not match {root} classes "
+                          f"{list(ds.classes)[:5]}... (use --ignore-class-names to evaluate anyway)")
+    if args.max_images:
+        from incdet.engine.builders import _First
+
+        ds = _First(ds, args.max_images)
+    learner = BlitzNetLearner(BlitzNetLearnerConfig(model=model.config, nms_method=args.nms), device)
+    learner.model = model
+    learner.classes = list(classes)
+    task = Task(index=0, name="eval", new_classes=list(classes), seen_classes=list(classes), eval_set=ds)
+    with torch.no_grad():
+        m = learner.evaluate(task)
+    print(f"mAP={m['mAP']:.4f} mIoU={m['mIoU']:.4f} ({len(ds)} images, {args.split})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=2))
+    return 0
+
+
+def _export(args) -> int:
+    from blitznet.predict import load_weights, save_weights
+
+    model, classes = load_weights(args.checkpoint)
+    save_weights(model, args.out, classes)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the blitznet-specific commands (and the shared train/eval/report when available)."""
+    try:
+        from incdet.engine import cli as engine_cli
+    except ImportError:  # pragma: no cover - engine not installed
+        engine_cli = None
+    if engine_cli is not None:
+        engine_cli.register(sub, family="blitznet")
+
+    p = sub.add_parser("predict", help="detections JSON, mask PNG and overlay for each image")
+    p.add_argument("images", nargs="+", metavar="IMG")
+    p.add_argument("--weights", required=True, help="weights file (blitznet export) or run checkpoint")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--score-thresh", type=float, default=0.01, help="detections kept in the JSON")
+    p.add_argument("--vis-thresh", type=float, default=0.3, help="detections drawn on the overlay")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_predict)
+
+    names = ["eval-weights"] + ([] if "eval" in sub.choices else ["eval"])
+    for name in names:
+        p = sub.add_parser(name, help="VOC mAP and mIoU of a weights file on a VOC-layout dataset")
+        p.add_argument("--weights", required=True)
+        p.add_argument("--root", required=True, help="VOC20xx folder (or a shapes-voc folder)")
+        p.add_argument("--split", default="val")
+        p.add_argument("--max-images", type=int, default=None)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--nms", default="auto", choices=["auto", "cluster", "batched"])
+        p.add_argument("--json", help="also write the metrics to this JSON file")
+        p.add_argument("--ignore-class-names", action="store_true")
+        p.set_defaults(func=_eval_weights)
+
+    p = sub.add_parser("export", help="standalone weights file from a blitznet run checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_export)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli("blitznet", "BlitzNet: real-time joint detection and segmentation.", [register], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

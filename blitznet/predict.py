@@ -1,0 +1,211 @@
+"""Inference API and output writers.
+
+Weights file: ``{"format": "blitznet-weights", "version": 1, "config": <BlitzNetConfig as dict>,
+"classes": [names], "state_dict": ...}``, loadable with ``torch.load(weights_only=True)``,
+written atomically. :class:`BlitzNetPredictor` also accepts a driver checkpoint
+(``RUN/checkpoint.pt``) of a ``blitznet`` run.
+
+>>> p = BlitzNetPredictor("w.pt")                       # doctest: +SKIP
+>>> out = p.predict([img_uint8_chw, "photo.jpg"])       # doctest: +SKIP
+>>> out[0]["boxes"], out[0]["labels"], out[0]["scores"], out[0]["mask"]   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from incdet.errors import CheckpointError, DataError
+
+from blitznet.model import BlitzNet, BlitzNetConfig
+
+FORMAT = "blitznet-weights"
+VERSION = 1
+
+
+def weights_dict(model: BlitzNet, classes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    n = model.config.num_classes
+    classes = list(classes) if classes else [f"class{k}" for k in range(1, n + 1)]
+    if len(classes) != n:
+        raise ValueError(f"{len(classes)} class names for a model with {n} classes")
+    return {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "classes": classes,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def save_weights(model: BlitzNet, path: Union[str, Path], classes: Optional[Sequence[str]] = None) -> None:
+    """Write a weights file atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(weights_dict(model, classes), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_weights(path: Union[str, Path], device="cpu"):
+    """``(model in eval mode, class names)`` from a weights file or a blitznet run checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: not a blitznet weights file")
+    if d.get("format") == FORMAT:
+        cfg_d, sd, classes = d["config"], d["state_dict"], d.get("classes")
+    elif isinstance(d.get("learner"), dict) and "model_config" in d["learner"]:
+        cfg_d, sd, classes = d["learner"]["model_config"], d["learner"]["model"], d["learner"].get("classes")
+    else:
+        raise CheckpointError(f"{path}: not a blitznet weights file or blitznet run checkpoint "
+                              f"(keys: {sorted(d)[:10]})")
+    cfg = BlitzNetConfig.from_dict(dict(cfg_d, backbone_weights=None))
+    model = BlitzNet(cfg)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {e}") from e
+    classes = list(classes) if classes else [f"class{k}" for k in range(1, cfg.num_classes + 1)]
+    return model.to(device).eval(), classes
+
+
+def _to_chw_uint8(img) -> torch.Tensor:
+    if isinstance(img, (str, Path)):
+        p = Path(img)
+        if not p.is_file():
+            raise DataError(f"{p}: image not found")
+        try:
+            with Image.open(p) as im:
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    raise DataError(f"{p}: 16-bit images are not supported")
+                arr = np.asarray(im.convert("RGB"))
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{p}: cannot read image ({e})") from e
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    if isinstance(img, Image.Image):
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise DataError(f"numpy images must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    if isinstance(img, torch.Tensor):
+        if img.dim() != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
+            raise DataError(f"tensor images must be uint8 [3, H, W], got {img.dtype} {tuple(img.shape)}")
+        return img
+    raise DataError(f"unsupported image type {type(img).__name__}")
+
+
+class BlitzNetPredictor:
+    """Batch inference: ``predict(images) -> [dict(boxes, labels, scores, mask)]``.
+
+    Images: paths, PIL images, uint8 ``[H, W, 3]`` arrays or uint8 ``[3, H, W]`` tensors, any
+    size (resized to the network input). Boxes are xyxy in the image's pixels, labels
+    1-based into ``self.classes``, ``mask`` a uint8 ``[H, W]`` label map (None without a
+    segmentation head).
+    """
+
+    def __init__(self, weights: Union[str, Path], device: str = "auto", score_thresh: float = 0.01,
+                 nms_method: str = "auto", batch_size: int = 8, **nms_kw):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model, self.classes = load_weights(weights, self.device)
+        self.nms_kw = dict(score_thresh=score_thresh, method=nms_method, **nms_kw)
+        self.batch_size = batch_size
+        from blitznet.augment import ResizeOnly
+
+        self._resize = ResizeOnly(self.model.config.input_size)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Any]) -> List[dict]:
+        m = self.model
+        S = m.config.input_size
+        out: List[dict] = []
+        imgs = [_to_chw_uint8(i) for i in images]
+        for k in range(0, len(imgs), self.batch_size):
+            chunk = imgs[k:k + self.batch_size]
+            x = torch.stack([self._resize({"image": i})[0] for i in chunk]).to(self.device)
+            raw = m(m.normalize(x))
+            res = m.postprocess(raw, (S, S), [tuple(i.shape[-2:]) for i in chunk], **self.nms_kw)
+            for r in res:
+                r.setdefault("mask", None)
+                if "boxes" not in r:
+                    r.update(boxes=torch.zeros((0, 4)), labels=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
+                out.append({k2: (v.cpu() if isinstance(v, torch.Tensor) else v) for k2, v in r.items()})
+        return out
+
+
+# ------------------------------------------------------------------------------ writers
+def palette() -> List[int]:
+    """The VOC colour map (256 entries, 255 = void)."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def coco_results(pred: dict, image_id: Any, classes: Sequence[str]) -> List[dict]:
+    """Detections in the COCO results format (``bbox`` = ``[x, y, w, h]``)."""
+    out = []
+    for b, l, s in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist()):
+        out.append({"image_id": image_id, "category_id": int(l), "category": classes[int(l) - 1],
+                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+                    "score": round(float(s), 5)})
+    return out
+
+
+def write_outputs(pred: dict, image: torch.Tensor, stem: str, out_dir: Union[str, Path], classes: Sequence[str],
+                  vis_thresh: float = 0.3) -> Dict[str, str]:
+    """Write ``STEM.json`` (COCO results), ``STEM_mask.png`` (palette) and ``STEM_overlay.jpg``."""
+    from PIL import ImageDraw
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    jpath = out_dir / f"{stem}.json"
+    jpath.write_text(json.dumps(coco_results(pred, stem, classes), indent=1))
+    files["json"] = str(jpath)
+    rgb = image.permute(1, 2, 0).numpy()
+    base = Image.fromarray(rgb)
+    pal = palette()
+    if pred.get("mask") is not None:
+        mimg = Image.fromarray(pred["mask"].numpy().astype(np.uint8), mode="P")
+        mimg.putpalette(pal)
+        mpath = out_dir / f"{stem}_mask.png"
+        mimg.save(mpath)
+        files["mask"] = str(mpath)
+        colour = np.asarray(mimg.convert("RGB"))
+        fg = (pred["mask"].numpy() > 0)[..., None]
+        blend = np.where(fg, (0.5 * rgb + 0.5 * colour), rgb).astype(np.uint8)
+        base = Image.fromarray(blend)
+    draw = ImageDraw.Draw(base)
+    for b, l, s in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist()):
+        if s < vis_thresh:
+            continue
+        col = tuple(pal[3 * int(l):3 * int(l) + 3])
+        draw.rectangle(b, outline=col, width=2)
+        draw.text((b[0] + 2, b[1] + 1), f"{classes[int(l) - 1]} {s:.2f}", fill=col)
+    opath = out_dir / f"{stem}_overlay.jpg"
+    base.save(opath, quality=90)
+    files["overlay"] = str(opath)
+    return files

@@ -1,0 +1,209 @@
+"""BlitzNet learner: joint training, mixed batches, class-incremental growth, evaluation, CLI."""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blitznet.cli import main
+from blitznet.learner import BlitzNetLearner, BlitzNetLearnerConfig
+from blitznet.model import BlitzNetConfig
+from blitznet.predict import BlitzNetPredictor, load_weights, save_weights
+from incdet.data import Sample
+from incdet.engine import LEARNERS, Task
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(backbone="resnet18", input_size=64, final_stride=8, channels=32, seg_channels=8)
+
+
+def make_sample(i: int, classes=(1, 2, 3), size: int = 64, mask: bool = True, boxes: bool = True) -> Sample:
+    """Coloured squares on a dark background; class c is painted in channel (c - 1) % 3 and
+    with a size band, so the classes are separable."""
+    g = torch.Generator().manual_seed(i)
+    img = torch.randint(0, 60, (3, size, size), dtype=torch.uint8, generator=g)
+    m = torch.zeros(size, size, dtype=torch.uint8)
+    bx, lb = [], []
+    for k in range(2):
+        c = classes[int(torch.randint(0, len(classes), (1,), generator=g))]
+        w = 14 + 4 * ((c - 1) // 3) + int(torch.randint(0, 4, (1,), generator=g))
+        x = int(torch.randint(0, size - w, (1,), generator=g))
+        y = int(torch.randint(0, size - w, (1,), generator=g))
+        img[(c - 1) % 3, y:y + w, x:x + w] = 250
+        m[y:y + w, x:x + w] = c
+        bx.append([x, y, x + w - 1, y + w - 1])
+        lb.append(c)
+    if not boxes:
+        return Sample(image=img, mask=m, image_id=f"s{i}")
+    return Sample(image=img, boxes=torch.tensor(bx, dtype=torch.float32), labels=torch.tensor(lb),
+                  mask=m if mask else None, image_id=f"s{i}")
+
+
+def learner(**kw) -> BlitzNetLearner:
+    torch.manual_seed(0)
+    return BlitzNetLearner(BlitzNetLearnerConfig(model=BlitzNetConfig(**TINY), augment=False, **kw), "cpu")
+
+
+def fit(L, task, steps, lr=2e-3):
+    ds = L.train_dataset(task)
+    batch = L.collate([ds[i] for i in range(len(ds))])
+    opt = torch.optim.Adam([p for g in L.parameter_groups() for p in g["params"]], lr)
+    hist = []
+    for _ in range(steps):
+        out = L.training_step(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        hist.append({k: float(v.detach()) for k, v in out.items()})
+    return hist
+
+
+def test_registered():
+    assert LEARNERS.get("blitznet") is BlitzNetLearner
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_mixed():
+    """A tiny learner overfitted (30 Adam steps) on a batch mixing images with boxes + mask,
+    boxes only, mask only (no detection annotation), boxes + mask."""
+    samples = [make_sample(0), make_sample(1, mask=False), make_sample(2, boxes=False), make_sample(3)]
+    task = Task(0, "all", ["a", "b", "c"], ["a", "b", "c"], train_set=samples, eval_set=samples)
+    L = learner()
+    L.begin_task(task)
+    _, targets = L.collate([L.train_dataset(task)[i] for i in range(4)])
+    hist = fit(L, task, 30)
+    return L, task, targets, hist
+
+
+def test_mixed_batch_and_overfit():
+    L, task, targets, hist = _trained_mixed()
+    assert [t["has_det"] for t in targets] == [True, True, False, True]
+    assert [t["mask"] is None for t in targets] == [False, True, False, False]
+    assert all(np.isfinite(h["loss"]) for h in hist)
+    assert {"loss_cls", "loss_box", "loss_seg", "loss"} <= set(hist[0])
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    assert hist[-1]["loss_seg"] < hist[0]["loss_seg"]
+
+
+def test_evaluate_metrics_and_cache():
+    L, task, _, _ = _trained_mixed()
+    m = L.evaluate(task)
+    assert set(L.metrics) <= set(m) and L.primary_metric == "mAP"
+    assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["mIoU"] <= 1.0
+    fresh = learner()
+    fresh.begin_task(task)
+    m0 = fresh.evaluate(task)
+    # trained on these very images: far better than the untrained network
+    assert m["mAP"] > 0.5 and m["mAP"] > m0["mAP"] + 0.3 and m["mIoU"] > m0["mIoU"] + 0.05
+    calls = []
+    orig = L.predict_samples
+    L.predict_samples = lambda s: calls.append(len(s)) or orig(s)
+    m2 = L.evaluate(task)
+    assert calls == [] and m2 == m  # cached for the same weights
+    L.version += 1  # new weights -> inference runs again
+    L.evaluate(task)
+    assert calls == [4]
+
+
+def test_class_incremental_teacher_distillation_and_state(tmp_path):
+    old = [make_sample(i, classes=(1, 2)) for i in range(3)]
+    new = [make_sample(10 + i, classes=(3,)) for i in range(3)]
+    t0 = Task(0, "1-2", ["a", "b"], ["a", "b"], train_set=old, eval_set=old)
+    t1 = Task(1, "+3", ["c"], ["a", "b", "c"], train_set=new, eval_set=old + new)
+    L = learner()
+    L.begin_task(t0)
+    assert L.teacher is None and L.unwrapped.config.num_classes == 2
+    fit(L, t0, 3)
+    L.begin_task(t1)
+    assert L.unwrapped.config.num_classes == 3 and L.teacher is not None
+    assert not any(p.requires_grad for p in L.teacher.parameters()) and not L.teacher.training
+    assert L.teacher not in list(L.model.modules())
+    h = fit(L, t1, 2)
+    assert {"loss_distill_cls", "loss_distill_box", "loss_distill_seg"} <= set(h[0])
+    assert all(np.isfinite(v) for v in h[-1].values())
+    m = L.evaluate(t1)
+    assert "mAP" in m and "AP/c" in m
+    # state round trip restores structure (grown heads + teacher) on a fresh learner
+    state = L.state_dict()
+    torch.save(state, tmp_path / "s.pt")
+    L2 = learner()
+    L2.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    L2.resume_task(t1)
+    assert L2.unwrapped.config.num_classes == 3 and L2.teacher.config.num_classes == 2
+    for a, b in zip(L.unwrapped.state_dict().values(), L2.unwrapped.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_predictor_and_cli_predict(tmp_path):
+    L = learner()
+    L.begin_task(Task(0, "all", ["a", "b", "c"], ["a", "b", "c"]))
+    w = tmp_path / "w.pt"
+    save_weights(L.unwrapped, w, ["a", "b", "c"])
+    d = torch.load(w, weights_only=True)
+    assert d["format"] == "blitznet-weights" and d["config"]["num_classes"] == 3
+    model, classes = load_weights(w)
+    assert classes == ["a", "b", "c"]
+    p = BlitzNetPredictor(w, device="cpu")
+    s = make_sample(0)
+    img_np = s.image.permute(1, 2, 0).numpy()
+    res = p.predict([s.image, img_np])
+    assert len(res) == 2 and res[0]["mask"].shape == (64, 64)
+    assert torch.equal(res[0]["boxes"], res[1]["boxes"])
+    paths = []
+    for k, size in enumerate([(64, 64), (50, 80)]):
+        fp = tmp_path / f"img{k}.jpg"
+        Image.fromarray(np.asarray(Image.fromarray(img_np).resize(size[::-1]))).save(fp)
+        paths.append(str(fp))
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(w), *paths, "--out", str(out), "--device", "cpu"]) == 0
+    for k, size in enumerate([(64, 64), (50, 80)]):
+        dets = json.loads((out / f"img{k}.json").read_text())
+        assert isinstance(dets, list)
+        for d in dets:
+            assert set(d) >= {"image_id", "category_id", "bbox", "score"} and len(d["bbox"]) == 4
+        mk = Image.open(out / f"img{k}_mask.png")
+        assert mk.mode == "P" and mk.size == size[::-1]
+        assert Image.open(out / f"img{k}_overlay.jpg").size == size[::-1]
+    # bad inputs: clear errors, exit 2
+    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), paths[0], "--out", str(out)]) == 2
+    assert main(["predict", "--weights", str(w), str(tmp_path / "missing.jpg"), "--out", str(out)]) == 2
+
+
+def test_driver_shapes_incremental_run(tmp_path):
+    """``blitznet train`` through the shared driver on a tiny shapes-voc 15+5: results.json has
+    mAP and mIoU for every (after-task, task) pair."""
+    pytest.importorskip("incdet.data.shapes")
+    run = tmp_path / "run"
+    rc = main(["train", str(REPO / "configs" / "blitznet" / "shapes_15+5.yaml"), "--out", str(run), "--quiet", "--device", "cpu",
+               "--set", f"tasks.root={tmp_path / 'shapes'}", "--set", "tasks.shapes={n_train: 12, n_test: 4, n_val: 0, size: 64}",
+               "--set", "train.iterations=2", "--set", "train.first_task.iterations=2",
+               "--set", "train.first_task.lr_steps=[]", "--set", "train.lr_steps=[]", "--set", "train.batch_size=2",
+               "--set", "train.num_workers=0", "--set", "learner.model.input_size=64", "--set", "learner.model.channels=16",
+               "--set", "learner.model.seg_channels=4", "--set", "learner.eval_batch_size=4"])
+    assert rc == 0
+    res = json.loads((run / "results.json").read_text())
+    assert res["metric"] == "mAP" and len(res["matrix"]) == 2
+    for row in res["all_metrics"]:
+        for m in row:
+            if m is not None:
+                assert "mAP" in m and "mIoU" in m
+    model, classes = load_weights(run / "checkpoint.pt")
+    assert model.config.num_classes == 20 and len(classes) == 20
+
+
+@pytest.mark.parametrize("det,seg", [(True, False), (False, True)])
+def test_single_task_variants(det, seg):
+    """Detection-only and segmentation-only networks (the table C.3 rows)."""
+    samples = [make_sample(i) for i in range(2)]
+    task = Task(0, "all", ["a", "b", "c"], ["a", "b", "c"], train_set=samples, eval_set=samples)
+    torch.manual_seed(0)
+    L = BlitzNetLearner(BlitzNetLearnerConfig(model=BlitzNetConfig(**TINY, detection=det, segmentation=seg)), "cpu")
+    L.begin_task(task)
+    h = fit(L, task, 2)
+    assert ("loss_seg" in h[0]) == seg and ("loss_cls" in h[0]) == det
+    m = L.evaluate(task)
+    assert np.isnan(m["mAP"]) != det and np.isnan(m["mIoU"]) != seg
