@@ -1,6 +1,7 @@
 """Two CPU processes (torchrun, gloo) give the single-process result (same global batch)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,18 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", TOY, "--out", str(one), *ARGS]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", CI="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "incdet", "train", TOY, "--out", str(two), *ARGS],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    # own process group, so that a hang kills the workers too (not only torchrun)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "incdet", "train", TOY, "--out", str(two), *ARGS],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun with 2 processes did not finish in 180 s")
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
     assert r.returncode == 0, r.stderr[-4000:]
     # rank-0-only logging: each task start is logged once
     assert r.stderr.count("task 1 (c2-3): 20 iterations") == 1

@@ -1,0 +1,423 @@
+"""The incremental Fast R-CNN learner (``incdet.fastrcnn``) for the shared driver.
+
+Per task (docs/design.md, learner protocol):
+    * ``begin_task(task)``: task 0 creates the output layers for its classes. A later task
+      with new classes snapshots the current network as the frozen teacher
+      ``A = deepcopy(model).eval().requires_grad_(False)`` (a plain attribute, never a
+      submodule of ``model``), then extends the student ``B`` by ``|C_B|`` outputs and applies
+      the variant's freezing (``freeze``). The previous result thus becomes the next teacher,
+      which gives sequential addition B(16)(17)...
+    * ``train_dataset(task)`` / ``collate``: images with proposals and random flips; images
+      without proposals or without positives are skipped (count logged).
+    * ``training_step(batch)``: Fast R-CNN loss on the new classes + ``distill_weight`` x
+      distillation on 64 of the 128 proposals the teacher finds least background-like
+      (+ EWC penalty when enabled). Returns named losses including ``loss``.
+    * ``evaluate(task)``: VOC AP (in %) on ``task.eval_set`` for the classes seen up to that
+      task. ``mAP`` (primary) is the mean over the task's own class group; ``mAP_old`` /
+      ``mAP_new`` / ``mAP_all`` are over the classes seen before it / its group / both, and
+      ``AP/<class>`` per class. Detections are cached per image for the current weights, so
+      evaluating every task after a step costs one pass over the test images.
+
+Variants (thesis tables 3.1-3.3) are config switches: ``distill`` (``l2`` | ``ce`` | ``none``
+= naive fine-tuning), ``distill_box``, ``distill_sampling`` (``biased`` | ``unbiased``),
+``freeze`` (``none`` | ``trunk`` | ``all_but_new``), ``ewc_weight``; joint training is a
+single task holding all classes.
+
+Teacher caching (``teacher_cache: true``; the thesis precomputed A's responses): the first time
+an image is seen in a given flip state the teacher scores all its proposals and the candidate
+pool (the 128 least-background RoIs, or all proposals for unbiased sampling) is stored with the
+teacher's logits and deltas, keyed by ``(image_id, flipped)``; later steps only sample 64 RoIs
+from it. Resizing is deterministic, so the cached responses are exactly those a live teacher
+would give. The cache lives in memory for the current teacher (it is dropped at each
+``begin_task`` and not checkpointed); its size is about ``2 x images x 128 x (1 + 5 n_old) x 4``
+bytes. Set ``flip_prob: 0`` to halve it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from incdet.engine import LEARNERS, Task
+from incdet.engine.learner import Learner
+from incdet.errors import CheckpointError, ConfigError
+from incdet.models.dataset import ProposalDetectionDataset, collate, ensure_computed
+from incdet.models.ewc import EWC
+from incdet.models.fastrcnn import DetectorConfig, FastRCNN
+from incdet.models.losses.distill import DistillTargets, candidate_pool, distillation_loss, sample_pool
+from incdet.models.proposals import ProposalSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FastRCNNLearnerConfig:
+    """Settings of the incremental Fast R-CNN learner (``learner.*`` in a run config)."""
+
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+    # proposals: a method (selective_search | sliding_window) or .npz/.pkl file(s)/directory
+    proposals: str = "selective_search"
+    eval_proposals: Optional[str] = None  # default: same as proposals
+    proposal_cache: Optional[str] = None  # .npz where computed proposals are kept between runs
+    max_proposals: int = 2000
+    proposal_nms: Optional[float] = 0.7  # thesis 3.4.2: proposals filtered to IoU < 0.7
+    proposal_max_side: int = 500  # selective search runs on images downscaled to this
+    proposal_workers: int = 0  # 0: all CPUs
+    flip_prob: float = 0.5
+    use_difficult: bool = False
+    min_positives: int = 1
+    # incremental step
+    distill: str = "l2"  # l2 | ce | none
+    distill_weight: float = 1.0
+    distill_box: bool = True
+    distill_box_loss: str = "l2"  # l2 | smooth_l1
+    distill_center: str = "old"  # old (bg + old classes) | all (released code: all student logits)
+    distill_sampling: str = "biased"  # biased | unbiased
+    distill_rois: int = 64
+    distill_pool: int = 128
+    teacher_cache: bool = False
+    teacher_max_proposals: Optional[int] = None  # teacher scores only the first N proposals
+    freeze: str = "none"  # none | trunk | all_but_new (applies to tasks after the first)
+    ewc_weight: float = 0.0
+    ewc_batches: int = 50
+    eval_batch_size: int = 2
+    ap_07_metric: bool = False  # VOC2007 11-point AP instead of the all-point AP
+
+    def validate(self) -> None:
+        self.model.validate()
+        choices = {"distill": ("l2", "ce", "none"), "distill_sampling": ("biased", "unbiased"),
+                   "distill_center": ("old", "all"), "distill_box_loss": ("l2", "smooth_l1"),
+                   "freeze": ("none", "trunk", "all_but_new")}
+        for k, allowed in choices.items():
+            if getattr(self, k) not in allowed:
+                raise ConfigError(f"learner.{k} = {getattr(self, k)!r}; choose one of {', '.join(allowed)}")
+        if self.distill_rois <= 0 or self.distill_pool < self.distill_rois and self.distill_sampling == "biased":
+            raise ConfigError("need 0 < distill_rois <= distill_pool")
+        if self.max_proposals <= 0:
+            raise ConfigError("max_proposals must be positive")
+        if not 0 <= self.flip_prob <= 1:
+            raise ConfigError("flip_prob must be in [0, 1]")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, FastRCNN) else model
+
+
+@LEARNERS.register("incdet.fastrcnn")
+class FastRCNNLearner(Learner):
+    """Incremental Fast R-CNN with distillation from a frozen copy (thesis chapter 3)."""
+
+    Config = FastRCNNLearnerConfig
+    primary_metric = "mAP"
+    metrics = {"mAP": True, "mAP_old": True, "mAP_new": True, "mAP_all": True}
+
+    def __init__(self, config: Optional[FastRCNNLearnerConfig] = None, device="cpu"):
+        super().__init__(config or FastRCNNLearnerConfig(), device)
+        if isinstance(self.config.model, dict):
+            self.config.model = DetectorConfig(**self.config.model)
+        self.config.validate()
+        self.model: nn.Module = FastRCNN(self.config.model).to(self.device)
+        self.teacher: Optional[FastRCNN] = None
+        self.ewc = EWC(self.config.ewc_weight)
+        self.task_index = -1
+        self._version = 0  # bumped whenever the weights change (detection cache key)
+        self._det_cache: Dict[str, Dict[str, Tensor]] = {}
+        self._det_cache_version = -1
+        self._teacher_cache: Dict[Tuple[str, bool], DistillTargets] = {}
+        self._sources: Dict[str, ProposalSource] = {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def net(self) -> FastRCNN:
+        """The detector without a DDP wrapper (same as ``unwrapped``)."""
+        return _unwrap(self.model)
+
+    def _source(self, spec: str) -> ProposalSource:
+        if spec not in self._sources:
+            c = self.config
+            self._sources[spec] = ProposalSource(
+                spec, max_proposals=c.max_proposals, nms_iou=c.proposal_nms, max_side=c.proposal_max_side,
+                cache=c.proposal_cache if spec == c.proposals else None,
+            )
+        return self._sources[spec]
+
+    @property
+    def train_source(self) -> ProposalSource:
+        return self._source(self.config.proposals)
+
+    @property
+    def eval_source(self) -> ProposalSource:
+        return self._source(self.config.eval_proposals or self.config.proposals)
+
+    def _apply_freezing(self, incremental: bool) -> None:
+        net = self.net
+        net.requires_grad_(True)
+        net._freeze_stem(net.cfg.resolved_freeze_at)
+        if not incremental or self.config.freeze == "none":
+            return
+        if self.config.freeze == "trunk":
+            for m in net.trunk_modules():
+                m.requires_grad_(False)
+        elif self.config.freeze == "all_but_new":
+            net.requires_grad_(False)
+            net.cls_score.chunks[-1].requires_grad_(True)
+            net.bbox_pred.chunks[-1].requires_grad_(True)
+
+    # ------------------------------------------------------------------ protocol
+    def begin_task(self, task: Task) -> None:
+        net = self.net
+        n_new = task.n_seen - net.num_classes
+        if n_new < 0:
+            raise ConfigError(
+                f"task {task.name!r} has {task.n_seen} classes but the model already has {net.num_classes}"
+            )
+        if n_new > 0:
+            if net.num_classes > 0:
+                if self.config.distill != "none":
+                    self.teacher = copy.deepcopy(net).eval().requires_grad_(False)
+                else:
+                    self.teacher = None
+                self._teacher_cache.clear()
+            net.add_classes(n_new)
+            net.to(self.device)
+            self._version += 1
+        self._apply_freezing(self._incremental(task))
+        self.task_index = task.index
+        self.task = task
+        if self.teacher is not None and self.config.distill != "none" and self.teacher.num_classes != task.n_old:
+            log.warning("teacher has %d classes, task %s has %d old classes", self.teacher.num_classes, task.name, task.n_old)
+
+    def _incremental(self, task: Task) -> bool:
+        return task.index > 0 and task.n_old > 0
+
+    def resume_task(self, task: Task) -> None:
+        """After ``load_state_dict`` in the middle of ``task``: re-apply the freezing, keep weights."""
+        if self.net.num_classes != task.n_seen:
+            raise CheckpointError(f"checkpoint model has {self.net.num_classes} classes, task {task.name!r} needs {task.n_seen}")
+        self._apply_freezing(self._incremental(task))
+        self.task_index = task.index
+        self.task = task
+
+    def train_dataset(self, task: Task) -> ProposalDetectionDataset:
+        c = self.config
+        ensure_computed(self.train_source, task.train_set, c.proposal_workers)
+        return ProposalDetectionDataset(task.train_set, self.train_source, flip_prob=c.flip_prob,
+                                        use_difficult=c.use_difficult, min_positives=c.min_positives,
+                                        fg_iou=c.model.fg_iou)
+
+    # the design doc also names a train_dataloader; the driver builds loaders itself
+    def train_dataloader(self, task: Task, batch_size: int = 2, shuffle: bool = True, num_workers: int = 0):
+        return torch.utils.data.DataLoader(self.train_dataset(task), batch_size=batch_size, shuffle=shuffle,
+                                           num_workers=num_workers, collate_fn=self.collate)
+
+    @staticmethod
+    def collate(items):
+        return collate(items)
+
+    def _teacher_targets(self, images: List[Tensor], proposals: List[Tensor], keys: List[Tuple[str, bool]]) -> List[DistillTargets]:
+        c = self.config
+        biased = c.distill_sampling == "biased"
+        pools: List[Optional[DistillTargets]] = [None] * len(images)
+        if c.teacher_cache:
+            for j, k in enumerate(keys):
+                pools[j] = self._teacher_cache.get(k)
+        todo = [j for j, p in enumerate(pools) if p is None]
+        if todo:
+            props = []
+            for j in todo:
+                p = proposals[j]
+                if c.teacher_max_proposals:
+                    p = p[: c.teacher_max_proposals]
+                props.append(p.to(self.device))
+            with torch.no_grad():
+                outs = self.teacher.score_proposals([images[j] for j in todo], props)
+            for j, p, (lg, dl) in zip(todo, props, outs):
+                idx = candidate_pool(lg, c.distill_pool, biased)
+                pool = DistillTargets(p[idx].float(), lg[idx].float(), dl[idx].float())
+                pools[j] = pool
+                if c.teacher_cache:
+                    self._teacher_cache[keys[j]] = pool
+        out = []
+        for pool in pools:
+            sel = sample_pool(pool.rois.shape[0], c.distill_rois, pool.rois.device)
+            out.append(pool.index(sel))
+        return out
+
+    def _rcnn_losses(self, batch) -> Tuple[Dict[str, Tensor], Optional[Tuple[Tensor, Tensor]], List[DistillTargets]]:
+        dev = self.device
+        images = [im.to(dev, non_blocking=True) for im in batch["image"]]
+        proposals = [p.to(dev) for p in batch["proposals"]]
+        targets = [{"boxes": b.to(dev), "labels": l.to(dev)} for b, l in zip(batch["boxes"], batch["labels"])]
+        dts: List[DistillTargets] = []
+        if self.teacher is not None and self.config.distill != "none":
+            keys = [(str(i), bool(f)) for i, f in zip(batch["image_id"], batch["flipped"])]
+            dts = self._teacher_targets(images, proposals, keys)
+            losses, outs = self.model(images, proposals, targets, distill_rois=[d.rois for d in dts])
+            return losses, outs, dts
+        return self.model(images, proposals, targets), None, dts
+
+    def training_step(self, batch) -> Dict[str, Tensor]:
+        if self.net.training is False:
+            self.model.train()
+        c = self.config
+        losses, outs, dts = self._rcnn_losses(batch)
+        total = losses["loss_cls"] + losses["loss_box"]
+        out = {"loss_cls": losses["loss_cls"], "loss_box": losses["loss_box"]}
+        if outs is not None:
+            t_logits = torch.cat([d.logits for d in dts])
+            t_deltas = torch.cat([d.deltas for d in dts])
+            dl = distillation_loss(outs[0], outs[1], t_logits, t_deltas, kind=c.distill, center=c.distill_center,
+                                   box=c.distill_box, box_loss=c.distill_box_loss)
+            out.update(dl)
+            total = total + c.distill_weight * (dl["loss_distill_cls"] + dl["loss_distill_box"])
+        if self.ewc.active:
+            pen = self.ewc.penalty(self.net)
+            out["loss_ewc"] = pen
+            total = total + pen
+        out["loss"] = total
+        self._version += 1
+        return out
+
+    def end_task(self, task: Task) -> None:
+        if self.config.ewc_weight > 0:
+            loader = self.train_dataloader(task, batch_size=2, shuffle=True)
+            was = self.net.training
+            self.net.train()
+            n = self.ewc.consolidate(self.net, loader, lambda b: self._fisher_loss(b), self.config.ewc_batches)
+            self.net.train(was)
+            log.info("EWC: Fisher information from %d batches of task %s", n, task.name)
+
+    def _fisher_loss(self, batch) -> Tensor:
+        dev = self.device
+        images = [im.to(dev) for im in batch["image"]]
+        proposals = [p.to(dev) for p in batch["proposals"]]
+        targets = [{"boxes": b.to(dev), "labels": l.to(dev)} for b, l in zip(batch["boxes"], batch["labels"])]
+        losses = self.net(images, proposals, targets)
+        return losses["loss_cls"] + losses["loss_box"]
+
+    def parameter_groups(self) -> List[dict]:
+        decay, no_decay = [], []
+        for n, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay}]
+        if no_decay:  # norms and biases: no weight decay
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    # ------------------------------------------------------------------ evaluation
+    def detections(self, dataset, progress: bool = False) -> Dict[str, Dict[str, Tensor]]:
+        """Detections (CPU tensors, original image coordinates) of the current weights for every
+        image of ``dataset``, by image id; images already seen at this weights version are reused."""
+        if self._det_cache_version != self._version:
+            self._det_cache = {}
+            self._det_cache_version = self._version
+        src = self.eval_source
+        net = self.net
+        was = net.training
+        net.eval()
+        todo = []
+        for i in range(len(dataset)):
+            ann = dataset.annotation(i) if hasattr(dataset, "annotation") else None
+            if ann is None or str(ann.image_id) not in self._det_cache:
+                todo.append(i)
+        try:
+            bs = max(1, self.config.eval_batch_size)
+            for s0 in range(0, len(todo), bs):
+                samples = [dataset[i] for i in todo[s0: s0 + bs]]
+                samples = [s for s in samples if str(s.image_id) not in self._det_cache]
+                if not samples:
+                    continue
+                props = [src.get(s.image_id, None, s.image).to(self.device) for s in samples]
+                nonempty = [k for k, p in enumerate(props) if p.shape[0] > 0]
+                res = {}
+                if nonempty:
+                    with torch.no_grad():
+                        dets = net.detect([samples[k].image.to(self.device) for k in nonempty], [props[k] for k in nonempty])
+                    res = dict(zip(nonempty, dets))
+                for k, s in enumerate(samples):
+                    d = res.get(k)
+                    if d is None:
+                        d = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long),
+                             "scores": torch.zeros((0,))}
+                    self._det_cache[str(s.image_id)] = {k2: v.detach().cpu() for k2, v in d.items()}
+        finally:
+            net.train(was)
+        return self._det_cache
+
+    def evaluate(self, task: Task) -> Dict[str, float]:
+        from incdet.eval.voc import voc_evaluate
+
+        ds = task.eval_set
+        if self.eval_source.method is not None:
+            ensure_computed(self.eval_source, ds, self.config.proposal_workers)
+        dets = self.detections(ds)
+        n_seen = task.n_seen
+        gts, preds = [], {}
+        for i in range(len(ds)):
+            s = ds.annotation(i) if hasattr(ds, "annotation") else ds[i]
+            d = dets[str(s.image_id)]
+            keep = d["labels"] <= n_seen
+            preds[s.image_id] = {k: v[keep] for k, v in d.items()}
+            gts.append(s)
+        names = list(task.seen_classes)
+        res = voc_evaluate(preds, gts, names, use_07_metric=self.config.ap_07_metric)
+        ap = np.array([res.ap[n] for n in names], dtype=np.float64)
+
+        def mean(a):
+            a = a[~np.isnan(a)]
+            return 100.0 * float(a.mean()) if a.size else float("nan")
+
+        out: Dict[str, float] = {f"AP/{n}": 100.0 * float(ap[c]) for c, n in enumerate(names)}
+        out["mAP_new"] = mean(ap[task.n_old: n_seen])
+        if task.n_old:  # left out for the first task (no old classes)
+            out["mAP_old"] = mean(ap[: task.n_old])
+        out["mAP_all"] = mean(ap)
+        out["mAP"] = out["mAP_new"]
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "model": self.net.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "ewc": self.ewc.state_dict(),
+            "task_index": self.task_index,
+            "version": self._version,
+        }
+
+    def _fresh_net(self) -> FastRCNN:
+        m = self.config.model
+        cfg = dataclasses.replace(m, weights=None, norm=m.resolved_norm, freeze_at=m.resolved_freeze_at)
+        return FastRCNN(cfg).to(self.device)
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or "model" not in state:
+            raise CheckpointError("incdet.fastrcnn checkpoint has no 'model' entry")
+        try:
+            self.net.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"incdet.fastrcnn checkpoint does not fit the configured model: {e}") from None
+        self.net.to(self.device)
+        if state.get("teacher") is not None:
+            t = self._fresh_net()
+            t.load_state_dict(state["teacher"])
+            self.teacher = t.eval().requires_grad_(False)
+        else:
+            self.teacher = None
+        if state.get("ewc"):
+            self.ewc.load_state_dict(state["ewc"], self.device)
+        self.task_index = int(state.get("task_index", -1))
+        self._version = int(state.get("version", 0)) + 1
+        self._teacher_cache.clear()
+        self._det_cache = {}
+
+
+__all__ = ["FastRCNNLearner", "FastRCNNLearnerConfig"]

@@ -1,0 +1,461 @@
+"""Class-agnostic object proposals: computing, storing, loading and validating them.
+
+Storage format (``.npz``, one file per dataset split), written by ``incdet proposals``:
+    * one array per image, key ``str(image_id)`` (VOC file stem, or COCO id as a string),
+      ``float32 [K, 4]``, boxes ``x1, y1, x2, y2`` in 0-based pixel coordinates of the original
+      image (the sample record's convention; selective search's ``(x, y, w, h)`` becomes
+      ``(x, y, x + w - 1, y + h - 1)``), in the generator's ranking order, ``K <= 2000``;
+    * an optional key ``__meta__``: a 0-d string array with a JSON dict (method, parameters).
+    ``K = 0`` is allowed (the image is skipped in training, it gets no detections).
+
+Detectron2's precomputed-proposal ``.pkl`` (``dict`` with ``ids``, ``boxes`` (list of ``[K, 4]``
+arrays), ``objectness_logits``, ``bbox_mode`` (``BoxMode`` XYXY_ABS or XYWH_ABS)) loads too,
+without detectron2 installed; boxes are sorted by decreasing objectness.
+
+Bad input raises :class:`~incdet.errors.DataError` naming the image and the file: no entry for
+an image, an array that is not ``[K, 4]``, NaN/inf values, inverted boxes (``x2 < x1`` or
+``y2 < y1``). Boxes reaching outside the image are clipped.
+
+Generators: :func:`selective_search` (OpenCV ``cv2.ximgproc.segmentation``, "fast" mode, on a
+downscaled copy of the image; the default) and :func:`sliding_window_proposals`, a cheap,
+deterministic, image-independent grid of multi-scale windows meant for tests and demos only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import nms
+
+from incdet.errors import DataError
+
+log = logging.getLogger(__name__)
+
+META_KEY = "__meta__"
+METHODS = ("selective_search", "sliding_window")
+
+
+# --------------------------------------------------------------------------- generators
+def selective_search(
+    image: np.ndarray, max_proposals: int = 2000, max_side: int = 500, mode: str = "fast", min_box: int = 4
+) -> np.ndarray:
+    """Selective search proposals of an RGB ``uint8 [H, W, 3]`` image -> ``float32 [K, 4]`` xyxy.
+
+    The image is downscaled so that its long side is at most ``max_side`` (speed), boxes are
+    mapped back to the original pixel grid, boxes smaller than ``min_box`` pixels (either side,
+    original scale) and exact duplicates are dropped, the first ``max_proposals`` in OpenCV's
+    ranking are kept.
+    """
+    import cv2
+
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"selective_search needs an RGB uint8 [H, W, 3] array, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    if s < 1.0:
+        bgr = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    cv2.setNumThreads(1)
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(bgr)
+    if mode == "fast":
+        ss.switchToSelectiveSearchFast()
+    elif mode == "quality":
+        ss.switchToSelectiveSearchQuality()
+    else:
+        raise ValueError(f"selective search mode must be 'fast' or 'quality', got {mode!r}")
+    rects = ss.process()
+    if rects is None or len(rects) == 0:
+        return np.zeros((0, 4), np.float32)
+    r = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
+    boxes = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], 1) / s
+    boxes[:, 2:] -= 1.0  # inclusive last pixel
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h - 1)
+    keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= min_box) & ((boxes[:, 3] - boxes[:, 1] + 1) >= min_box)
+    boxes = boxes[keep]
+    _, first = np.unique(np.round(boxes).astype(np.int32), axis=0, return_index=True)
+    boxes = boxes[np.sort(first)]
+    return np.ascontiguousarray(boxes[:max_proposals], dtype=np.float32)
+
+
+def sliding_window_proposals(
+    height: int,
+    width: int,
+    max_proposals: int = 2000,
+    scales: Sequence[float] = (0.08, 0.12, 0.18, 0.27, 0.4, 0.6, 0.85),
+    ratios: Sequence[float] = (0.5, 0.75, 1.0, 1.5, 2.0),
+    stride: float = 0.25,
+) -> np.ndarray:
+    """A deterministic grid of windows (fallback for tests and demos; not a real proposal method).
+
+    Window sides are ``scale * min(H, W)`` stretched by ``sqrt(ratio)``; windows are placed
+    every ``stride`` window sides. Large windows come first; at most ``max_proposals``
+    (evenly thinned when there are more).
+    """
+    m = min(height, width)
+    out = []
+    for sc in sorted(scales, reverse=True):
+        for r in ratios:
+            bw = max(2.0, sc * m * np.sqrt(r))
+            bh = max(2.0, sc * m / np.sqrt(r))
+            if bw > width or bh > height:
+                continue
+            xs = np.arange(0, width - bw + 1e-6, max(1.0, stride * bw))
+            ys = np.arange(0, height - bh + 1e-6, max(1.0, stride * bh))
+            gx, gy = np.meshgrid(xs, ys)
+            gx, gy = gx.ravel(), gy.ravel()
+            out.append(np.stack([gx, gy, gx + bw - 1, gy + bh - 1], 1))
+    boxes = np.concatenate(out, 0) if out else np.zeros((0, 4))
+    if len(boxes) > max_proposals:
+        boxes = boxes[np.linspace(0, len(boxes) - 1, max_proposals).round().astype(int)]
+    return boxes.astype(np.float32)
+
+
+def compute_proposals(image: np.ndarray, method: str = "selective_search", max_proposals: int = 2000, max_side: int = 500) -> np.ndarray:
+    """Proposals for an RGB ``uint8 [H, W, 3]`` image with the named method."""
+    if method == "selective_search":
+        return selective_search(image, max_proposals=max_proposals, max_side=max_side)
+    if method == "sliding_window":
+        return sliding_window_proposals(image.shape[0], image.shape[1], max_proposals=max_proposals)
+    raise DataError(f"unknown proposal method {method!r}; known: {', '.join(METHODS)}")
+
+
+# --------------------------------------------------------------------------- validation
+def validate_boxes(boxes, image_id, source: str, image_size: Optional[Tuple[int, int]] = None) -> Tensor:
+    """Check one image's proposals and return them as ``float32 [K, 4]`` (clipped to the image).
+
+    Raises :class:`DataError` naming ``image_id`` and ``source`` for a wrong shape, non-finite
+    values or inverted boxes.
+    """
+    arr = np.asarray(boxes)
+    if arr.size == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise DataError(f"{source}: proposals of image {image_id!r} have shape {arr.shape}, expected [K, 4]")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{source}: proposals of image {image_id!r} are not numeric ({arr.dtype})")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(1).argmax())
+        raise DataError(f"{source}: proposals of image {image_id!r} contain NaN/inf (row {bad}: {arr[bad].tolist()})")
+    inv = (arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1])
+    if inv.any():
+        bad = int(inv.argmax())
+        raise DataError(
+            f"{source}: proposals of image {image_id!r} hold {int(inv.sum())} inverted box(es) "
+            f"(row {bad}: {arr[bad].tolist()}; expected x1 <= x2 and y1 <= y2, xyxy format)"
+        )
+    if image_size is not None:
+        h, w = image_size
+        arr[:, 0::2] = arr[:, 0::2].clip(0, w - 1)
+        arr[:, 1::2] = arr[:, 1::2].clip(0, h - 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def filter_proposals(boxes: Tensor, max_proposals: int = 2000, nms_iou: Optional[float] = None, min_size: float = 1.0) -> Tensor:
+    """Drop boxes smaller than ``min_size`` px, optionally suppress overlaps above ``nms_iou``
+    keeping the earlier (higher-ranked) box, keep the first ``max_proposals``."""
+    if boxes.numel() == 0:
+        return boxes
+    ok = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    boxes = boxes[ok]
+    if nms_iou is not None and nms_iou < 1 and boxes.shape[0] > 1:
+        rank_score = -torch.arange(boxes.shape[0], dtype=torch.float32)
+        keep = nms(boxes, rank_score, nms_iou)
+        boxes = boxes[keep.sort().values]
+    return boxes[:max_proposals]
+
+
+# --------------------------------------------------------------------------- files
+def save_npz(path: Union[str, Path], proposals: Mapping, meta: Optional[dict] = None) -> None:
+    """Write ``{image_id: [K, 4]}`` to ``path`` (compressed .npz, written atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {str(k): np.asarray(v, dtype=np.float32).reshape(-1, 4) for k, v in proposals.items()}
+    if META_KEY in arrays:
+        raise DataError(f"{path}: image id {META_KEY!r} is reserved")
+    if meta is not None:
+        arrays[META_KEY] = np.array(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _BoxModeStub(int):
+    """Stands in for ``detectron2.structures.BoxMode`` when unpickling without detectron2."""
+
+    def __new__(cls, value):
+        return int.__new__(cls, value)
+
+
+class _D2Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module.startswith("detectron2") and name == "BoxMode":
+            return _BoxModeStub
+        return super().find_class(module, name)
+
+
+def load_detectron2_pkl(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """Read detectron2's proposal file -> ``{str(id): float32 [K, 4]}`` xyxy, by objectness."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = _D2Unpickler(f).load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: proposal file does not exist") from None
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read detectron2 proposal pickle ({e})") from None
+    if not isinstance(data, dict) or "ids" not in data or "boxes" not in data:
+        raise DataError(f"{path}: expected a dict with 'ids' and 'boxes' (detectron2 proposal format)")
+    ids, boxes = list(data["ids"]), list(data["boxes"])
+    if len(ids) != len(boxes):
+        raise DataError(f"{path}: {len(ids)} ids but {len(boxes)} box arrays")
+    logits = data.get("objectness_logits")
+    mode = int(data.get("bbox_mode", 0))
+    if mode not in (0, 1):
+        raise DataError(f"{path}: bbox_mode {mode} not supported (only XYXY_ABS=0 and XYWH_ABS=1)")
+    out = {}
+    for i, (iid, b) in enumerate(zip(ids, boxes)):
+        b = np.asarray(b, dtype=np.float32)
+        if b.size and (b.ndim != 2 or b.shape[1] != 4):
+            raise DataError(f"{path}: proposals of image {iid!r} have shape {b.shape}, expected [K, 4]")
+        b = b.reshape(-1, 4).copy()
+        if mode == 1:
+            b[:, 2:] += b[:, :2]
+        if logits is not None and len(logits) > i and len(logits[i]) == len(b):
+            b = b[np.argsort(-np.asarray(logits[i]), kind="stable")]
+        out[str(iid)] = b
+    return out
+
+
+class ProposalSource:
+    """Proposals by image id from ``.npz`` / detectron2 ``.pkl`` files, or computed on demand.
+
+    ``spec`` is a method name (``selective_search``, ``sliding_window``: computed from the image,
+    memoised in memory and in ``cache`` (an .npz) when given), or a path to an ``.npz`` /
+    ``.pkl`` file or a directory of them (all are merged; later files do not override earlier
+    ones). ``get`` returns validated, filtered ``float32 [K, 4]`` boxes.
+    """
+
+    def __init__(
+        self,
+        spec: Union[str, Sequence[str]],
+        max_proposals: int = 2000,
+        nms_iou: Optional[float] = None,
+        min_size: float = 1.0,
+        max_side: int = 500,
+        cache: Optional[str] = None,
+    ):
+        self.max_proposals = max_proposals
+        self.nms_iou = nms_iou
+        self.min_size = min_size
+        self.max_side = max_side
+        self.cache = cache
+        self.method: Optional[str] = None
+        self.files: List[Path] = []
+        self._memo: Dict[str, np.ndarray] = {}
+        self._npz: Optional[list] = None
+        self._pid = None
+        specs = [spec] if isinstance(spec, str) else list(spec)
+        if len(specs) == 1 and specs[0] in METHODS:
+            self.method = specs[0]
+            if cache and os.path.isfile(cache):
+                self._memo.update(self._read_npz_all(Path(cache)))
+            return
+        for s in specs:
+            p = Path(s)
+            if p.is_dir():
+                found = sorted(list(p.glob("*.npz")) + list(p.glob("*.pkl")))
+                if not found:
+                    raise DataError(f"{p}: directory holds no .npz/.pkl proposal files")
+                self.files.extend(found)
+            elif p.is_file():
+                if p.suffix not in (".npz", ".pkl"):
+                    raise DataError(f"{p}: proposal files must be .npz or detectron2 .pkl")
+                self.files.append(p)
+            else:
+                raise DataError(
+                    f"proposals {s!r}: no such file or directory (and not a method: {', '.join(METHODS)})"
+                )
+        for f in self.files:
+            if f.suffix == ".pkl":
+                for k, v in load_detectron2_pkl(f).items():
+                    self._memo.setdefault(k, v)
+
+    @staticmethod
+    def _read_npz_all(path: Path) -> Dict[str, np.ndarray]:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files if k != META_KEY}
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{path}: cannot read proposal .npz ({e})") from None
+
+    def _open(self) -> list:
+        # NpzFile handles are opened lazily per process (DataLoader workers fork)
+        if self._npz is None or self._pid != os.getpid():
+            self._npz = []
+            for f in self.files:
+                if f.suffix == ".npz":
+                    try:
+                        z = np.load(f, allow_pickle=False)
+                    except Exception as e:  # noqa: BLE001
+                        raise DataError(f"{f}: cannot read proposal .npz ({e})") from None
+                    self._npz.append((f, z, set(z.files)))
+            self._pid = os.getpid()
+        return self._npz
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_npz"] = None
+        return d
+
+    def describe(self) -> str:
+        return self.method if self.method else ", ".join(str(f) for f in self.files)
+
+    def raw(self, image_id, image: Optional[Tensor] = None) -> Tuple[np.ndarray, str]:
+        """Unfiltered proposals of one image and the name of the file they came from."""
+        key = str(image_id)
+        if key in self._memo:
+            return self._memo[key], self.cache or self.describe()
+        if self.method is not None:
+            if image is None:
+                raise DataError(f"proposals of image {key!r} must be computed ({self.method}) but no image was given")
+            arr = image.permute(1, 2, 0).contiguous().numpy() if isinstance(image, Tensor) else np.asarray(image)
+            boxes = compute_proposals(arr, self.method, self.max_proposals, self.max_side)
+            self._memo[key] = boxes
+            return boxes, self.method
+        for f, z, keys in self._open():
+            if key in keys:
+                try:
+                    return z[key], str(f)
+                except Exception as e:  # noqa: BLE001
+                    raise DataError(f"{f}: cannot read proposals of image {key!r} ({e})") from None
+        raise DataError(f"{self.describe()}: no proposals for image {key!r}")
+
+    def get(self, image_id, image_size: Optional[Tuple[int, int]] = None, image: Optional[Tensor] = None) -> Tensor:
+        """Validated, filtered proposals ``float32 [K, 4]`` of one image (xyxy, original pixels)."""
+        boxes, src = self.raw(image_id, image)
+        if image_size is None and image is not None:
+            image_size = (int(image.shape[-2]), int(image.shape[-1]))
+        t = validate_boxes(boxes, image_id, src, image_size)
+        return filter_proposals(t, self.max_proposals, self.nms_iou, self.min_size)
+
+    def computed(self) -> Dict[str, np.ndarray]:
+        return dict(self._memo)
+
+    def save_cache(self) -> None:
+        if self.method is not None and self.cache and self._memo:
+            save_npz(self.cache, self._memo, {"method": self.method, "max_proposals": self.max_proposals,
+                                              "max_side": self.max_side})
+
+
+# --------------------------------------------------------------------------- datasets
+def voc_image_list(root: Union[str, Path], split: str) -> List[Tuple[str, Path]]:
+    """``(image_id, path)`` for a VOC-layout root (``ImageSets/Main/<split>.txt``, ``JPEGImages``)
+    or a COCO-layout root (``annotations/instances_<split>.json``, ``<split>/``)."""
+    root = Path(root)
+    lst = root / "ImageSets" / "Main" / f"{split}.txt"
+    if lst.is_file():
+        ids = [l.split()[0] for l in lst.read_text().splitlines() if l.strip()]
+        out = []
+        for i in ids:
+            p = root / "JPEGImages" / f"{i}.jpg"
+            if not p.is_file():
+                cands = list((root / "JPEGImages").glob(f"{i}.*"))
+                if not cands:
+                    raise DataError(f"{lst}: image {i!r} has no file in {root / 'JPEGImages'}")
+                p = cands[0]
+            out.append((i, p))
+        return out
+    ann = root / "annotations" / f"instances_{split}.json"
+    if ann.is_file():
+        try:
+            data = json.loads(ann.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{ann}: cannot read COCO annotations ({e})") from None
+        return [(str(im["id"]), root / split / im["file_name"]) for im in data.get("images", [])]
+    raise DataError(f"{root}: neither {lst} (VOC layout) nor {ann} (COCO layout) exists")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        raise DataError(f"{path}: cannot read image")
+    return im[:, :, ::-1]
+
+
+def _job(args):
+    image_id, path, method, max_proposals, max_side = args
+    try:
+        return image_id, compute_proposals(_read_rgb(Path(path)), method, max_proposals, max_side), None
+    except DataError as e:
+        return image_id, None, str(e)
+
+
+def compute_for_images(
+    items: Sequence[Tuple[str, Union[str, Path]]],
+    method: str = "selective_search",
+    max_proposals: int = 2000,
+    max_side: int = 500,
+    workers: int = 0,
+    progress: bool = True,
+) -> Dict[str, np.ndarray]:
+    """Proposals for ``(image_id, path)`` pairs, in a process pool of ``workers`` (0: all CPUs)."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    workers = workers or (os.cpu_count() or 1)
+    jobs = [(i, str(p), method, max_proposals, max_side) for i, p in items]
+    out: Dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(jobs), desc=f"proposals ({method})", disable=not progress, unit="img")
+    it: Iterable
+    pool = None
+    if workers > 1 and len(jobs) > 1:
+        from incdet.models.dataset import _worker_init
+
+        pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers, initializer=_worker_init)
+        it = pool.imap_unordered(_job, jobs, chunksize=4)
+    else:
+        it = map(_job, jobs)
+    try:
+        for image_id, boxes, err in it:
+            if err is not None:
+                raise DataError(err)
+            out[image_id] = boxes
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    return {i: out[i] for i, _ in items}
+
+
+__all__ = [
+    "selective_search",
+    "sliding_window_proposals",
+    "compute_proposals",
+    "validate_boxes",
+    "filter_proposals",
+    "save_npz",
+    "load_detectron2_pkl",
+    "ProposalSource",
+    "voc_image_list",
+    "compute_for_images",
+]

@@ -1,0 +1,244 @@
+"""The incdet.fastrcnn learner: teacher, variants, caching, EWC, evaluation, checkpoints."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from incdet.engine import LEARNERS
+from incdet.models.learner import FastRCNNLearner, FastRCNNLearnerConfig
+from incdet.models.proposals import save_npz
+
+from test_incdet_helpers import make_tasks, tiny_model_config
+
+
+@pytest.fixture
+def tasks():
+    return make_tasks()
+
+
+def _props_file(tmp_path, tasks):
+    """Proposals: gt boxes jittered + a few random boxes, for every image of every set."""
+    g = torch.Generator().manual_seed(0)
+    props = {}
+    for t in tasks:
+        for ds in (t.train_set, t.eval_set):
+            for s in ds.items:
+                jit = s.boxes.repeat(6, 1) + torch.randn((6 * len(s.boxes), 4), generator=g) * 2
+                rnd = torch.rand((10, 2), generator=g) * 40
+                rnd = torch.cat([rnd, rnd + 8 + torch.rand((10, 2), generator=g) * 20], 1)
+                b = torch.cat([s.boxes, jit, rnd]).clamp(0, 63)
+                b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2] + 1)
+                props[s.image_id] = b.numpy()
+    path = tmp_path / "props.npz"
+    save_npz(path, props)
+    return str(path)
+
+
+def _learner(tmp_path, tasks, **kw):
+    kw.setdefault("proposal_nms", None)
+    cfg = FastRCNNLearnerConfig(model=tiny_model_config(), proposals=_props_file(tmp_path, tasks), **kw)
+    return FastRCNNLearner(cfg, "cpu")
+
+
+def _batch(learner, task, n=2):
+    ds = learner.train_dataset(task)
+    return learner.collate([ds[i] for i in range(n)])
+
+
+def _train(learner, task, steps, lr=0.02):
+    opt = torch.optim.SGD(learner.parameter_groups(), lr=lr, momentum=0.9)
+    ds = learner.train_dataset(task)
+    losses = []
+    for k in range(steps):
+        b = learner.collate([ds[(2 * k) % len(ds)], ds[(2 * k + 1) % len(ds)]])
+        out = learner.training_step(b)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append({k2: float(v.detach()) for k2, v in out.items()})
+    return losses
+
+
+def test_registered():
+    assert LEARNERS.get("incdet.fastrcnn") is FastRCNNLearner
+
+
+def test_teacher_is_frozen_and_outside_the_model(tmp_path, tasks):
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks)
+    L.begin_task(t0)
+    assert L.teacher is None and L.net.num_classes == 2
+    L.begin_task(t1)
+    assert L.net.num_classes == 3 and L.teacher.num_classes == 2
+    assert not L.teacher.training
+    assert all(not p.requires_grad for p in L.teacher.parameters())
+    model_params = {id(p) for p in L.model.parameters()}
+    assert not any(id(p) in model_params for p in L.teacher.parameters())
+    assert all(m is not L.teacher for m in L.model.modules())
+    # a distillation step: no gradient reaches the teacher; B == A at first so L_dist ~ 0
+    out = L.training_step(_batch(L, t1))
+    assert {"loss", "loss_cls", "loss_box", "loss_distill_cls", "loss_distill_box"} <= set(out)
+    assert out["loss_distill_cls"].item() < 1e-10 and out["loss_distill_box"].item() < 1e-10
+    out["loss"].backward()
+    assert all(p.grad is None for p in L.teacher.parameters())
+
+
+def test_naive_finetuning_has_no_teacher(tmp_path, tasks):
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks, distill="none")
+    L.begin_task(t0)
+    L.begin_task(t1)
+    assert L.teacher is None
+    out = L.training_step(_batch(L, t1))
+    assert "loss_distill_cls" not in out
+
+
+@pytest.mark.parametrize("freeze", ["trunk", "all_but_new"])
+def test_freezing_variants(tmp_path, tasks, freeze):
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks, freeze=freeze)
+    L.begin_task(t0)
+    assert all(p.requires_grad for p in L.net.parameters())  # first task: everything trains
+    L.begin_task(t1)
+    net = L.net
+    trunk = [p for m in net.trunk_modules() for p in m.parameters()]
+    assert not any(p.requires_grad for p in trunk)
+    res5 = list(net.backbone.layer4.parameters())
+    new = list(net.cls_score.chunks[1].parameters()) + list(net.bbox_pred.chunks[1].parameters())
+    old_heads = list(net.cls_score.chunks[0].parameters()) + list(net.bbox_pred.chunks[0].parameters())
+    assert all(p.requires_grad for p in new)
+    if freeze == "trunk":
+        assert all(p.requires_grad for p in res5 + old_heads)
+    else:
+        assert not any(p.requires_grad for p in res5 + old_heads)
+        before = [p.detach().clone() for p in net.parameters()]
+        _train(L, t1, 2)
+        changed = [not torch.equal(a, p) for a, p in zip(before, net.parameters())]
+        assert sum(changed) == len(new) and all(c for c, p in zip(changed, net.parameters()) if p.requires_grad)
+    ids = {id(p) for g in L.parameter_groups() for p in g["params"]}
+    assert ids == {id(p) for p in net.parameters() if p.requires_grad}
+
+
+def test_teacher_cache_matches_live_teacher(tmp_path, tasks):
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks, teacher_cache=True)
+    L.begin_task(t0)
+    _train(L, t0, 2)
+    L.begin_task(t1)
+    b = _batch(L, t1)
+    keys = [(str(i), f) for i, f in zip(b["image_id"], b["flipped"])]
+    images = list(b["image"])
+    L.config.distill_rois = 10 ** 6  # take the whole pool, to compare deterministically
+    live = L._teacher_targets(images, b["proposals"], keys)
+    assert set(L._teacher_cache) == set(keys)
+    cached = L._teacher_targets(images, b["proposals"], keys)
+
+    def canon(d):
+        order = torch.argsort(d.rois[:, 0] * 1e6 + d.rois[:, 1] * 1e3 + d.rois[:, 2])
+        return d.index(order)
+
+    for a, c in zip(live, cached):
+        a, c = canon(a), canon(c)
+        assert torch.equal(a.rois, c.rois) and torch.equal(a.logits, c.logits) and torch.equal(a.deltas, c.deltas)
+        assert a.rois.shape[0] == min(128, len(a.rois))
+    L.begin_task(t1)  # no new classes: nothing changes, cache kept
+    assert L._teacher_cache
+
+
+def test_training_reduces_loss_and_evaluate(tmp_path, tasks):
+    torch.manual_seed(0)
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks, flip_prob=0.5)
+    L.begin_task(t0)
+    losses = _train(L, t0, 25, lr=0.02)
+    first = np.mean([l["loss"] for l in losses[:4]])
+    last = np.mean([l["loss"] for l in losses[-4:]])
+    assert last < 0.7 * first
+    L.end_task(t0)
+    m0 = L.evaluate(t0)
+    assert set(m0) == {"mAP", "mAP_new", "mAP_all", "AP/c1", "AP/c2"}
+    assert 0 <= m0["mAP"] <= 100 and "mAP_old" not in m0 and m0["mAP_all"] == pytest.approx(m0["mAP"])
+    assert m0["mAP"] > 5.0  # learned something on its own training-like data
+    n_cached = len(L._det_cache)
+    assert L.evaluate(t0) == m0 and len(L._det_cache) == n_cached  # cached pass
+    L.begin_task(t1)
+    out = _train(L, t1, 3)
+    assert all(np.isfinite(o["loss"]) for o in out) and out[-1]["loss_distill_cls"] > 0
+    m1 = L.evaluate(t1)
+    assert "mAP_old" in m1 and "AP/c3" in m1
+    m01 = L.evaluate(t0)  # old task evaluated with the current (3-class) model
+    assert set(k for k in m01 if k.startswith("AP/")) == {"AP/c1", "AP/c2"}
+
+
+def test_state_dict_roundtrip_with_weights_only(tmp_path, tasks):
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks, ewc_weight=10.0, ewc_batches=2)
+    L.begin_task(t0)
+    _train(L, t0, 1)
+    L.end_task(t0)
+    assert L.ewc.active
+    L.begin_task(t1)
+    buf = io.BytesIO()
+    torch.save(L.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    L2 = _learner(tmp_path, tasks, ewc_weight=10.0)
+    L2.load_state_dict(state)
+    L2.resume_task(t1)
+    assert L2.net.class_chunks == [2, 1] and L2.teacher.class_chunks == [2]
+    for a, b in zip(L.net.state_dict().values(), L2.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert set(L2.ewc.fisher) == set(L.ewc.fisher)
+    out = L2.training_step(_batch(L2, t1))
+    assert "loss_ewc" in out and out["loss_ewc"].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ewc_penalty_grows_when_weights_move(tmp_path, tasks):
+    t0, t1 = tasks
+    L = _learner(tmp_path, tasks, ewc_weight=100.0, ewc_batches=2, distill="none")
+    L.begin_task(t0)
+    _train(L, t0, 2)
+    L.end_task(t0)
+    L.begin_task(t1)
+    p0 = L.ewc.penalty(L.net).item()
+    with torch.no_grad():
+        for p in L.net.backbone.layer3.parameters():
+            p.add_(0.01)
+    assert p0 == pytest.approx(0.0, abs=1e-12) and L.ewc.penalty(L.net).item() > 0
+
+
+def test_bad_config_values(tmp_path, tasks):
+    from incdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distill_sampling"):
+        FastRCNNLearner(FastRCNNLearnerConfig(model=tiny_model_config(), distill_sampling="random"))
+    with pytest.raises(ConfigError, match="depth"):
+        FastRCNNLearner(FastRCNNLearnerConfig(model=tiny_model_config(depth=42)))
+
+
+def test_driver_pipeline_on_tiny_shapes(tmp_path):
+    """configs/incdet/shapes_15+5.yaml through the driver, shrunk: 2 tasks, a few iterations."""
+    from pathlib import Path
+
+    from incdet.engine.trainer import run_training
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "incdet" / "shapes_15+5.yaml"
+    overrides = [
+        f"tasks.root={tmp_path / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 8, size: 64}",
+        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=150",
+        "learner.model.width=16", "learner.model.min_size=64", "learner.model.max_size=64",
+        "learner.model.rois_per_image=16", "train.iterations=2", "train.first_task.iterations=3",
+        "train.first_task.lr_steps=[]", "train.lr_steps=[]", "train.warmup_iters=0", "train.num_workers=0",
+        "train.checkpoint_every=0",
+    ]
+    res = run_training(cfg, overrides, run_dir=tmp_path / "run", device="cpu", quiet=True)
+    assert res.tasks == ["1-15", "16-20"]
+    import json
+
+    out = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert out["matrix"][1][0] is not None and out["matrix"][1][1] is not None
+    state = torch.load(tmp_path / "run" / "checkpoints" / "task1.pt", weights_only=True)
+    assert state["learner"]["teacher"] is not None

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Cost of an incremental training step of incdet.fastrcnn relative to a plain step.
+
+Three step kinds on the same network (after ``add_classes``), the same batches (2 images,
+``--rois`` training RoIs per image) and the same optimizer:
+
+* ``plain``: Fast R-CNN loss only (what training A, or naive fine-tuning, costs);
+* ``live``: + distillation with a live frozen teacher that scores all proposals of each image
+  and picks 64 of the 128 least-background ones (the student then also runs its head on those
+  64 RoIs per image);
+* ``cached``: + distillation from cached teacher responses (the cache is warmed first).
+
+Targets (issue 4): live <= 1.5x plain, cached <= 1.1x plain. The step time is the median
+wall time of forward + backward + SGD step over ``--iters`` steps after ``--warmup``.
+
+    python tools/bench_incdet.py --size 160 --depth 18 --width 32 --json bench_incdet.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from incdet.data.sample import Sample  # noqa: E402
+from incdet.engine.task import Task  # noqa: E402
+from incdet.models.fastrcnn import DetectorConfig  # noqa: E402
+from incdet.models.learner import FastRCNNLearner, FastRCNNLearnerConfig  # noqa: E402
+
+
+class Rectangles:
+    """Synthetic images with 1-3 coloured rectangles of ``classes``."""
+
+    def __init__(self, n, size, classes, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            img = (torch.rand((3, size, size), generator=g) * 60).to(torch.uint8)
+            boxes, labels = [], []
+            for _ in range(1 + int(torch.randint(0, 3, (1,), generator=g))):
+                k = classes[int(torch.randint(0, len(classes), (1,), generator=g))]
+                w, h = (int(v) for v in torch.randint(size // 6, size // 2, (2,), generator=g))
+                x, y = int(torch.randint(0, size - w, (1,), generator=g)), int(torch.randint(0, size - h, (1,), generator=g))
+                img[:, y: y + h, x: x + w] = torch.tensor([(37 * k) % 255, (91 * k) % 255, (53 * k) % 255], dtype=torch.uint8)[:, None, None]
+                boxes.append([x, y, x + w - 1, y + h - 1])
+                labels.append(k)
+            self.items.append(Sample(image=img, boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels),
+                                     image_id=f"r{seed}_{i}"))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def annotation(self, i):
+        s = self.items[i]
+        return Sample(image=None, boxes=s.boxes, labels=s.labels, image_id=s.image_id, orig_size=s.orig_size)
+
+
+def _step(learner, opt, batch, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = learner.training_step(batch)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=160, help="image side (the model's min_size/max_size too)")
+    ap.add_argument("--depth", type=int, default=18)
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--res5-stride", type=int, default=2)
+    ap.add_argument("--roi-size", type=int, default=7)
+    ap.add_argument("--rois", type=int, default=64, help="training RoIs per image")
+    ap.add_argument("--proposals", type=int, default=500, help="proposals per image (sliding windows)")
+    ap.add_argument("--teacher-max-proposals", type=int, default=0, help="live teacher scores only the first N (0: all)")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--images", type=int, default=8, help="distinct training images (cycled)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default="bench_incdet.json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    old, new = [1, 2, 3, 4], [5]
+    t0 = Task(0, "1-4", [f"c{k}" for k in old], [f"c{k}" for k in old],
+              train_set=Rectangles(args.images, args.size, old, 1), eval_set=None)
+    t1 = Task(1, "+5", ["c5"], [f"c{k}" for k in old + new], train_set=Rectangles(args.images, args.size, new, 2), eval_set=None)
+    mcfg = DetectorConfig(depth=args.depth, width=args.width, min_size=args.size, max_size=args.size,
+                          res5_stride=args.res5_stride, roi_size=args.roi_size, rois_per_image=args.rois)
+    results = {}
+    rows = []
+    setups = {}
+    for kind in ("plain", "live", "cached"):
+        cfg = FastRCNNLearnerConfig(model=mcfg, proposals="sliding_window", max_proposals=args.proposals,
+                                    proposal_nms=None, flip_prob=0.0, distill="none" if kind == "plain" else "l2",
+                                    teacher_cache=kind == "cached",
+                                    teacher_max_proposals=args.teacher_max_proposals or None)
+        torch.manual_seed(0)
+        L = FastRCNNLearner(cfg, device)
+        L.begin_task(t0)
+        L.begin_task(t1)
+        ds = L.train_dataset(t1)
+        batches = [L.collate([ds[2 * i % len(ds)], ds[(2 * i + 1) % len(ds)]]) for i in range(max(1, len(ds) // 2))]
+        if kind == "cached":  # warm the cache: one pass over the batches
+            for b in batches:
+                L._teacher_targets([im.to(device) for im in b["image"]], [p.to(device) for p in b["proposals"]],
+                                   [(str(i), bool(f)) for i, f in zip(b["image_id"], b["flipped"])])
+        opt = torch.optim.SGD(L.parameter_groups(), lr=1e-4, momentum=0.9)
+        n_props = float(sum(len(p) for b in batches for p in b["proposals"])) / sum(len(b["proposals"]) for b in batches)
+        setups[kind] = (L, opt, batches)
+        results[kind] = {"times_s": [], "mean_proposals": n_props}
+    # interleave the three kinds step by step, so that machine load affects them alike
+    for k in range(args.warmup + args.iters):
+        for kind, (L, opt, batches) in setups.items():
+            dt = _step(L, opt, batches[k % len(batches)], device)
+            if k >= args.warmup:
+                results[kind]["times_s"].append(dt)
+    for kind in results:
+        results[kind]["median_s"] = statistics.median(results[kind]["times_s"])
+
+    # where the time goes: trunk (stem..res4) vs RoI head (res5 + linear layers), fwd + bwd,
+    # for one plain batch. With cached responses the incremental step runs the head on twice
+    # as many RoIs (64 training + 64 distillation per image), so its cost is about
+    # (T + 2 H) / (T + H) of a plain step whatever the implementation.
+    net = setups["plain"][0].net
+    b = setups["plain"][2][0]
+    batch, scales, _ = net.transform([im.to(device) for im in b["image"]])
+    rois = net._rois([p[: args.rois] for p in b["proposals"]], scales, device)
+    rois = torch.cat([rois] * max(1, (2 * args.rois) // max(1, rois.shape[0])))[: 2 * args.rois]
+
+    def trunk():
+        net.features(batch).float().sum().backward()
+
+    feats = net.features(batch).detach().requires_grad_()
+
+    def head():
+        lg, dl = net.head(feats, rois)
+        (lg.float().sum() + dl.float().sum()).backward()
+
+    parts = {}
+    for name, fn in (("trunk", trunk), ("head", head)):
+        ts = []
+        for _ in range(args.warmup + args.iters):
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+        parts[name] = statistics.median(ts[args.warmup:])
+    net.zero_grad(set_to_none=True)
+    floor = (parts["trunk"] + 2 * parts["head"]) / (parts["trunk"] + parts["head"])
+    results["parts"] = {"trunk_s": parts["trunk"], "head_s": parts["head"], "cached_floor_ratio": floor}
+    for kind in ("plain", "live", "cached"):
+        r = results[kind]
+        r["ratio"] = r["median_s"] / results["plain"]["median_s"]
+        rows.append((kind, r["median_s"] * 1000, r["ratio"]))
+    target = {"plain": "", "live": "<= 1.5", "cached": "<= 1.1"}
+    print(f"incdet step cost: ResNet-{args.depth} width {args.width}, {args.size}px, res5 stride {args.res5_stride}, "
+          f"RoI {args.roi_size}x{args.roi_size}, {args.rois} RoIs/img, {results['plain']['mean_proposals']:.0f} proposals/img, "
+          f"batch 2, device {device}, threads {torch.get_num_threads()}")
+    print(f"{'step':<8}{'median ms':>12}{'x plain':>10}{'target':>10}")
+    for kind, ms, ratio in rows:
+        print(f"{kind:<8}{ms:>12.1f}{ratio:>10.2f}{target[kind]:>10}")
+    print(f"trunk fwd+bwd {parts['trunk'] * 1000:.1f} ms, head fwd+bwd on {2 * args.rois} RoIs "
+          f"{parts['head'] * 1000:.1f} ms -> a cached-teacher step cannot cost less than about {floor:.2f}x a plain one")
+    out = {"args": vars(args), "results": results, "torch": torch.__version__, "machine": platform.platform(),
+           "processor": platform.processor(), "threads": torch.get_num_threads(),
+           "targets": {"live": 1.5, "cached": 1.1},
+           "met": {"live": results["live"]["ratio"] <= 1.5, "cached": results["cached"]["ratio"] <= 1.1}}
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
