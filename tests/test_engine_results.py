@@ -75,3 +75,18 @@ def test_results_files(tmp_path):
     assert (tmp_path / "results.csv").read_text().splitlines()[0] == "after_task,a,b"
     back = ResultsMatrix.from_dict(data)
     np.testing.assert_array_equal(back.R, r.R)
+
+
+def test_nan_metric_round_trips_through_json_and_set():
+    """A class with no ground truth gives AP NaN -> null in JSON; re-recording that dict
+    (as ``init_from`` does when a task starts from an earlier run) must not crash."""
+    r = ResultsMatrix(["a"], "map", True)
+    r.set(0, 0, {"map": 50.0, "ap/cat": NAN})
+    data = json.loads(json.dumps(r.to_dict()))
+    assert data["all_metrics"][0][0]["ap/cat"] is None
+    back = ResultsMatrix.from_dict(data)
+    r2 = ResultsMatrix(["a", "b"], "map", True)
+    r2.set(0, 0, back.all_metrics[0][0])
+    assert r2.R[0, 0] == 50.0 and math.isnan(r2.all_metrics[0][0]["ap/cat"])
+    r2.set(0, 1, {"map": None})
+    assert math.isnan(r2.R[0, 1])

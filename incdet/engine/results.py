@@ -105,6 +105,11 @@ def _clean(x):
     return x
 
 
+def _num(v) -> float:
+    """A metric value as float; ``None`` (how ``results.json`` writes NaN) becomes NaN."""
+    return math.nan if v is None else float(v)
+
+
 class ResultsMatrix:
     """``R[i][j]`` of one metric over a task sequence, plus every metric dict returned by
     ``evaluate`` (``all_metrics[i][j]``)."""
@@ -124,8 +129,8 @@ class ResultsMatrix:
         """Record ``evaluate`` output of task ``j`` after training task ``i``."""
         if self.metric not in metrics:
             raise KeyError(f"evaluate() returned no {self.metric!r} (got {sorted(metrics)})")
-        self.R[i, j] = float(metrics[self.metric])
-        self.all_metrics[i][j] = {k: float(v) for k, v in metrics.items()}
+        self.R[i, j] = _num(metrics[self.metric])
+        self.all_metrics[i][j] = {k: _num(v) for k, v in metrics.items()}
 
     def summary(self) -> Dict[str, object]:
         return summary(self.R, self.higher_is_better)
