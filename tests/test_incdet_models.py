@@ -119,6 +119,24 @@ def test_sampling_fg_fraction_and_iou_thresholds():
     assert s3.num_fg == 2
 
 
+def test_gt_jitter_adds_positive_candidates():
+    from incdet.models.sampling import jitter_boxes
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.tensor([[10.0, 10, 50, 40], [60, 20, 90, 80]])
+    j = jitter_boxes(gt, 8, 0.15, generator=g)
+    assert j.shape == (16, 4)
+    assert (j[:, 2] > j[:, 0]).all() and (j[:, 3] > j[:, 1]).all()
+    iou = box_iou(j, gt)
+    assert (iou.argmax(1) == torch.arange(2).repeat_interleave(8)).all()
+    assert (iou.max(1).values > 0.3).float().mean() > 0.8 and (iou.max(1).values < 0.999).all()
+    far = torch.tensor([[0.0, 0, 5, 5]])
+    cfg = SamplerConfig(rois_per_image=64, fg_fraction=0.5, gt_jitter=8)
+    s = sample_rois(far, gt, torch.tensor([3, 1]), BoxCoder(), cfg, generator=g)
+    assert s.num_fg >= 8  # the jittered copies with IoU >= 0.5 became positives
+    assert jitter_boxes(gt, 0, 0.15).shape == (0, 4)
+
+
 def _teacher_student(center_logits=None):
     torch.manual_seed(0)
     a = FastRCNN(tiny_model_config(), num_classes=2).eval()

@@ -67,6 +67,8 @@ class DetectorConfig:
     fg_iou: float = 0.5
     bg_iou_lo: float = 0.0
     add_gt_as_proposals: bool = False
+    gt_jitter: int = 0  # training only: jittered copies of each gt box added as candidate RoIs
+    gt_jitter_scale: float = 0.15
     smooth_l1_beta: float = 1.0
     # inference
     score_thresh: float = 0.05
@@ -96,7 +98,7 @@ class DetectorConfig:
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(self.rois_per_image, self.fg_fraction, self.fg_iou, self.fg_iou,
-                             self.bg_iou_lo, self.add_gt_as_proposals)
+                             self.bg_iou_lo, self.add_gt_as_proposals, self.gt_jitter, self.gt_jitter_scale)
 
     @property
     def resolved_norm(self) -> str:

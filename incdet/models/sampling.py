@@ -73,6 +73,23 @@ class SamplerConfig:
     bg_iou_hi: float = 0.5
     bg_iou_lo: float = 0.0
     add_gt_as_proposals: bool = False
+    gt_jitter: int = 0  # jittered copies of each ground-truth box added as candidate RoIs
+    gt_jitter_scale: float = 0.15  # jitter std, relative to the box's width / height
+
+
+def jitter_boxes(gt_boxes: Tensor, n: int, scale: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``n`` random copies of every box of ``gt_boxes [N, 4]`` (xyxy) -> ``[N * n, 4]``: each
+    coordinate moved by a normal offset of std ``scale`` x the box's width (x) or height (y).
+    The copies are kept only as candidates: the sampler labels them by IoU like any proposal."""
+    if n <= 0 or gt_boxes.numel() == 0:
+        return gt_boxes.new_zeros((0, 4))
+    g = gt_boxes.float().repeat_interleave(n, 0)
+    wh = (g[:, 2:] - g[:, :2]).clamp(min=1.0).repeat(1, 2)
+    noise = torch.randn(g.shape, generator=generator, device="cpu").to(g.device)
+    b = g + noise * scale * wh
+    x1 = torch.minimum(b[:, 0], b[:, 2] - 1)
+    y1 = torch.minimum(b[:, 1], b[:, 3] - 1)
+    return torch.stack([x1, y1, torch.maximum(b[:, 2], x1 + 1), torch.maximum(b[:, 3], y1 + 1)], 1).to(gt_boxes.dtype)
 
 
 @dataclass
@@ -120,6 +137,9 @@ def sample_rois(
     device = proposals.device
     if cfg.add_gt_as_proposals and gt_boxes.numel():
         proposals = torch.cat([proposals, gt_boxes.to(proposals.dtype)], 0)
+    if cfg.gt_jitter > 0 and gt_boxes.numel():
+        proposals = torch.cat([proposals, jitter_boxes(gt_boxes, cfg.gt_jitter, cfg.gt_jitter_scale,
+                                                       generator).to(proposals.dtype)], 0)
     if gt_boxes.numel():
         iou = box_iou(proposals, gt_boxes.to(proposals.dtype))
         max_iou, argmax = iou.max(dim=1)
@@ -161,4 +181,4 @@ def flip_boxes(boxes: Tensor, width: int) -> Tensor:
     return out
 
 
-__all__ = ["BoxCoder", "SamplerConfig", "SampledRoIs", "sample_rois", "count_positives", "flip_boxes"]
+__all__ = ["BoxCoder", "SamplerConfig", "jitter_boxes", "SampledRoIs", "sample_rois", "count_positives", "flip_boxes"]
