@@ -39,23 +39,19 @@ def run_cli(prog: str, description: str, registrars: Iterable[Callable], argv: O
 
 
 def _registrars():
+    from incdet import demo
     from incdet.data import cli as data_cli
+    from incdet.engine import cli as engine_cli
     from incdet.eval import cli as eval_cli
+    from incdet.models import cli as models_cli
 
-    regs = [data_cli.register, eval_cli.register]
-    try:
-        from incdet.engine import cli as engine_cli
-
-        regs.append(lambda sub: engine_cli.register(sub, family="incdet"))
-    except ImportError:  # pragma: no cover - during bootstrap only
-        pass
-    try:
-        from incdet.models import cli as models_cli
-
-        regs.append(models_cli.register)
-    except ImportError:  # pragma: no cover
-        pass
-    return regs
+    return [
+        demo.register,
+        data_cli.register,
+        eval_cli.register,
+        models_cli.register,
+        lambda sub: engine_cli.register(sub, family="incdet"),
+    ]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
