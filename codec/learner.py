@@ -386,9 +386,15 @@ class RunSpec:
     source_iterations: Optional[int] = None  #: steps for task 0 (default: iterations)
     batch_size: int = 8
     lr: float = 1e-4
+    source_lr: Optional[float] = None  #: learning rate for task 0 (default: lr)
+    lr_drop: Optional[float] = None    #: after this fraction of a task's steps, learning rate x 0.1
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
+    max_tasks: Optional[int] = None    #: stop after this many tasks (1: only the source / joint model)
+    source_results: Optional[str] = None  #: results.json of the run that trained ``learner.source_checkpoint``:
+    #: with ``learner.train_source=false`` its row 0 (the same source model on the same eval sets)
+    #: is copied instead of evaluated again
 
 
 def _device(name: str) -> torch.device:
@@ -411,7 +417,10 @@ def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: R
     results = {"config": {"tasks": asdict(tasks_cfg), "learner": asdict(learner_cfg), "run": asdict(spec)},
                "tasks": [t.name for t in tasks], "eval_names": [t.meta.get("eval_name", t.name) for t in tasks],
                "matrix": [], "params": []}
+    src_row = _source_row(spec, learner_cfg, results)
     for t in tasks:
+        if spec.max_tasks is not None and t.index >= spec.max_tasks:
+            break
         learner.begin_task(t)
         iters = spec.source_iterations if (t.index == 0 and spec.source_iterations is not None) else spec.iterations
         if t.index == 0 and not learner_cfg.train_source:
@@ -420,9 +429,10 @@ def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: R
         groups = learner.parameter_groups()
         groups = [g for g in groups if g["params"]]
         if iters and groups and len(ds):
+            lr = spec.source_lr if (t.index == 0 and spec.source_lr is not None) else spec.lr
             for g in groups:
-                g["lr"] = spec.lr * g.pop("lr_mult", 1.0)
-            opt = torch.optim.Adam(groups, lr=spec.lr)
+                g["lr"] = lr * g.pop("lr_mult", 1.0)
+            opt = torch.optim.Adam(groups, lr=lr)
             gen = torch.Generator().manual_seed(spec.seed * 1000 + t.index)
             step, t0 = 0, time.time()
             while step < iters:
@@ -438,6 +448,10 @@ def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: R
                     torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
                     opt.step()
                     step += 1
+                    if spec.lr_drop is not None and step == max(1, int(round(spec.lr_drop * iters))):
+                        for g in opt.param_groups:
+                            g["lr"] *= 0.1
+                        log.info("task %d %s step %d: learning rate x 0.1", t.index, t.name, step)
                     if step % spec.log_every == 0 or step == iters:
                         log.info("task %d %s step %d/%d %s (%.1fs)", t.index, t.name, step, iters,
                                  " ".join(f"{k}={float(v.detach()):.4f}" for k, v in losses.items()), time.time() - t0)
@@ -450,6 +464,11 @@ def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: R
                                   "fraction": trainable_fraction(m)})
         save_checkpoint(out / f"codec_task{t.index}.pt", m, {"task": t.index, "domains": [x.name for x in tasks[: t.index + 1]],
                                                             "strategy": learner_cfg.strategy, "lmbda": learner_cfg.lmbda})
+        if t.index == 0 and src_row is not None:
+            log.info("task 0: row 0 copied from %s (same source checkpoint, not trained here)", spec.source_results)
+            results["matrix"].append(src_row)
+            _write_results(out, results)
+            continue
         row = []
         # every task, also the future ones (the model before adapting to them: "t=1 on the
         # target" in the DANICE table); R[i][j] for j <= i is the usual results matrix
@@ -458,7 +477,39 @@ def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: R
             log.info("after %s, eval %s: %s", t.name, tasks[j].name, {k: round(v, 4) for k, v in r.items()})
             row.append(r)
         results["matrix"].append(row)
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(out / "results.json")
+        _write_results(out, results)
     return results
+
+
+def _write_results(out: Path, results: dict) -> None:
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")
+
+
+def _source_row(spec: RunSpec, learner_cfg: CodecConfig, results: dict):
+    """Row 0 of ``spec.source_results`` when it may replace evaluating the untrained-here source
+    model: ``train_source`` off, the same checkpoint, the same tasks and eval sets."""
+    if not spec.source_results:
+        return None
+    if learner_cfg.train_source or not learner_cfg.source_checkpoint:
+        raise ConfigError("run.source_results needs learner.train_source=false and learner.source_checkpoint")
+    p = Path(spec.source_results)
+    try:
+        prev = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"run.source_results {p}: cannot read ({e})") from None
+    ck = Path(learner_cfg.source_checkpoint).resolve()
+    prev_out = Path(prev.get("config", {}).get("run", {}).get("out", ""))
+    if not prev.get("matrix") or (prev_out / "codec_task0.pt").resolve() != ck and (p.parent / "codec_task0.pt").resolve() != ck:
+        raise ConfigError(f"run.source_results {p}: not the run that wrote {ck}")
+    if prev.get("tasks") != results["tasks"] or prev.get("eval_names") != results["eval_names"] \
+            or len(prev["matrix"][0]) != len(results["tasks"]):
+        raise ConfigError(f"run.source_results {p}: other tasks / eval sets ({prev.get('tasks')}) than this run ({results['tasks']})")
+    pc, rc = prev["config"]["tasks"], results["config"]["tasks"]
+    for k in ("eval_every", "max_eval_images", "data_root", "eval_sets"):
+        if pc.get(k) != rc.get(k):
+            raise ConfigError(f"run.source_results {p}: tasks.{k} differs ({pc.get(k)} vs {rc.get(k)})")
+    if prev["config"]["learner"].get("lmbda") != learner_cfg.lmbda:
+        raise ConfigError(f"run.source_results {p}: other lambda")
+    return prev["matrix"][0]

@@ -126,8 +126,8 @@ def evaluate_baseline(images: Iterable[torch.Tensor], fmt: str, q) -> Dict[str, 
     return _mean(rows)
 
 
-JPEG_QUALITIES = (10, 20, 30, 50, 70, 85, 95)
-JPEG2000_RATIOS = (160, 96, 64, 40, 24, 16, 10)
+JPEG_QUALITIES = (3, 5, 7, 10, 20, 30, 50, 70, 85, 95)
+JPEG2000_RATIOS = (600, 400, 250, 160, 96, 64, 40, 24, 16, 10)
 
 
 def baseline_curve(images: List[torch.Tensor], fmt: str, params=None) -> List[Dict[str, float]]:

@@ -80,8 +80,22 @@ def collect_curves(runs: List[dict]) -> Dict[str, Dict[str, Curve]]:
     return {lab: {d: sorted(p, key=lambda q: q["bpp"]) for d, p in doms.items()} for lab, doms in rows.items()}
 
 
+def pareto(curve: Curve) -> Curve:
+    """The points of a curve not dominated by a lower-rate point of the same curve (sorted by
+    bpp, a point is kept only when its PSNR is above every lower-rate point's): the points an
+    encoder would actually use. BD-rate needs PSNR increasing with rate."""
+    out, best = [], -float("inf")
+    for p in sorted(curve, key=lambda q: q["bpp"]):
+        if p["psnr"] > best:
+            out.append(p)
+            best = p["psnr"]
+    return out
+
+
 def _bd(anchor: Curve, test: Curve) -> float:
-    if not anchor or not test:
+    """BD-rate of ``test`` against ``anchor`` over their non-dominated points (:func:`pareto`)."""
+    anchor, test = pareto(anchor or []), pareto(test or [])
+    if len(anchor) < 2 or len(test) < 2:
         return float("nan")
     return bd_rate([p["bpp"] for p in anchor], [p["psnr"] for p in anchor],
                    [p["bpp"] for p in test], [p["psnr"] for p in test])
@@ -108,46 +122,55 @@ def baseline_curves(runs: List[dict], domains: List[str], cache: Optional[Path] 
     """JPEG2000 / JPEG curves on the eval images of each domain (cached in ``cache``)."""
     from codec.learner import DomainTasksConfig, build_domain_tasks
 
+    from codec.metrics import JPEG2000_RATIOS, JPEG_QUALITIES
+
+    out = {"JPEG2000": {}, "JPEG": {}}
     if cache is not None and cache.is_file():
-        data = json.loads(cache.read_text())
-        if set(domains) <= set(data.get("JPEG", {})):
-            return data
+        out = json.loads(cache.read_text())
+    want = {"JPEG2000": ("jpeg2000", JPEG2000_RATIOS), "JPEG": ("jpeg", JPEG_QUALITIES)}
+    missing = {(key, d): [q for q in params if q not in {p.get("param") for p in out.get(key, {}).get(d, [])}]
+               for key, (_, params) in want.items() for d in domains}
+    if not any(missing.values()):
+        return out
     cfg = dict(runs[0]["config"]["tasks"])
     cfg["joint"] = False
     tasks = build_domain_tasks(DomainTasksConfig(**cfg))
-    out = {"JPEG2000": {}, "JPEG": {}}
     for t in tasks:
+        if t.name not in domains or not any(missing[(k, t.name)] for k in want):
+            continue
         imgs = [t.eval_set[i] for i in range(len(t.eval_set))]
-        out["JPEG2000"][t.name] = baseline_curve(imgs, "jpeg2000")
-        out["JPEG"][t.name] = baseline_curve(imgs, "jpeg")
+        for key, (fmt, _) in want.items():
+            need = missing[(key, t.name)]
+            if need:  # only the points not in the cache yet
+                pts = out.setdefault(key, {}).get(t.name, []) + baseline_curve(imgs, fmt, need)
+                out[key][t.name] = sorted(pts, key=lambda p: p["bpp"])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(out, indent=1))
     return out
 
 
-def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = True, title: str = "Codec: domain adaptation without forgetting") -> str:
-    """Write the markdown table (and plots); returns the markdown text."""
+def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = True,
+                title: str = "Codec: domain adaptation without forgetting", baselines_cache=None) -> str:
+    """Write the markdown tables (and plots); returns the markdown text. JPEG / JPEG2000 curves
+    are cached in ``baselines_cache`` (default: ``<out_md stem>_baselines.json`` beside it)."""
     runs = load_runs(run_dirs)
     curves = collect_curves(runs)
     domains = list(runs[0]["tasks"])
     eval_names = runs[0].get("eval_names", domains)
     out_md = Path(out_md)
     if baselines:
-        curves.update(baseline_curves(runs, domains, out_md.parent / (out_md.stem + "_baselines.json")))
-    anchor_label = "joint" if "joint" in curves else "t=1 (source)"
-    anchor = curves.get(anchor_label, {})
+        cache = Path(baselines_cache) if baselines_cache else out_md.parent / (out_md.stem + "_baselines.json")
+        curves.update(baseline_curves(runs, domains, cache))
     labels = _row_order(curves)
-    lines = [f"# {title}", "",
-             f"BD-rate (%, PSNR, pchip; lower is better) against **{anchor_label}**, per domain "
-             f"(eval set in parentheses). Rates are real file sizes (header included).", ""]
-    lines.append("| | " + " | ".join(f"{d} ({e})" for d, e in zip(domains, eval_names)) + " | avg |")
-    lines.append("|---" * (len(domains) + 2) + "|")
-    for lab in labels:
-        vals = [_bd(anchor.get(d, []), curves[lab].get(d, [])) for d in domains]
-        fin = [v for v in vals if math.isfinite(v)]
-        avg = sum(fin) / len(fin) if len(fin) == len(vals) and fin else float("nan")
-        lines.append(f"| {lab} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)} |")
+    lines = [f"# {title}", ""]
+    # the source model first (the issue's target: gain over the unadapted source), then the
+    # DANICE anchor (joint training), then the classical codecs
+    anchors = [a for a in ("t=1 (source)", "joint", "JPEG2000", "JPEG") if a in curves]
+    for k, anchor_label in enumerate(anchors):
+        lines += bd_table(curves, labels, domains, eval_names, anchor_label, level="##" if k else None)
+    if not anchors:
+        lines += ["(no anchor curve: neither a source model nor a baseline)", ""]
     lines += ["", "## RD points", "", "| row | domain | lambda/param | bpp | bpp (estimate) | PSNR | MS-SSIM |", "|---|---|---|---|---|---|---|"]
     for lab in labels:
         for d in domains:
@@ -157,7 +180,7 @@ def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = Tr
                              f"{p['psnr']:.2f} | {p.get('ms_ssim', float('nan')):.4f} |")
     lines += ["", "Runs: " + ", ".join(f"`{r['_path']}`" for r in runs), ""]
     if plots_dir is not None:
-        paths = plot_curves(curves, domains, Path(plots_dir))
+        paths = plot_curves(curves, domains, Path(plots_dir), eval_names)
         rel = [Path(p).resolve() for p in paths]
         lines += ["## RD plots", ""]
         for p in rel:
@@ -173,7 +196,47 @@ def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = Tr
     return text
 
 
-def plot_curves(curves: Dict[str, Dict[str, Curve]], domains: List[str], out_dir: Path) -> List[Path]:
+def bd_table(curves, labels, domains, eval_names, anchor_label: str, level: Optional[str] = None) -> List[str]:
+    """Markdown lines: BD-rate of every row against ``anchor_label``, per domain + average."""
+    anchor = curves.get(anchor_label, {})
+    out = []
+    if level:
+        out += [f"{level} BD-rate against {anchor_label}", ""]
+    out += [f"BD-rate (%, PSNR, pchip; lower is better) against **{anchor_label}**, per domain "
+            f"(eval set in parentheses). Rates are real file sizes (header included). Points dominated by a "
+            f"lower-rate point of the same curve are left out (n/a: fewer than 2 points left or no PSNR overlap).", ""]
+    out.append("| | " + " | ".join(f"{d} ({e})" for d, e in zip(domains, eval_names)) + " | avg |")
+    out.append("|---" * (len(domains) + 2) + "|")
+    for lab in labels:
+        vals = [_bd(anchor.get(d, []), curves[lab].get(d, [])) for d in domains]
+        fin = [v for v in vals if math.isfinite(v)]
+        avg = sum(fin) / len(fin) if len(fin) == len(vals) and fin else float("nan")
+        out.append(f"| {lab} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)} |")
+    out.append("")
+    return out
+
+
+_COLORS = {"naive": "tab:red", "selective": "tab:green", "cawf": "tab:blue", "adapters": "tab:orange"}
+
+
+def _style(label: str) -> dict:
+    """Line style of a row: colour by strategy, line/marker by time; baselines grey."""
+    if label == "JPEG2000":
+        return {"color": "0.45", "ls": "--", "marker": "x", "ms": 4}
+    if label == "JPEG":
+        return {"color": "0.65", "ls": ":", "marker": "+", "ms": 5}
+    if label == "joint":
+        return {"color": "tab:purple", "ls": "-", "marker": "D", "ms": 3, "lw": 1.5}
+    if label.startswith("t=1"):
+        return {"color": "black", "ls": "-", "marker": "o", "ms": 3, "lw": 1.8}
+    parts = label.split()
+    color = _COLORS.get(parts[-1]) if len(parts) > 1 else None
+    t = parts[0]
+    return {"color": color, "ls": "--" if t == "t=2" else "-", "marker": "s" if t == "t=2" else "^", "ms": 3, "lw": 1.0}
+
+
+def plot_curves(curves: Dict[str, Dict[str, Curve]], domains: List[str], out_dir: Path,
+                eval_names: Optional[List[str]] = None) -> List[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,12 +245,11 @@ def plot_curves(curves: Dict[str, Dict[str, Curve]], domains: List[str], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for d in domains:
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(6, 4.5))
         for lab in _row_order(curves):
             pts = curves[lab].get(d, [])
             if pts:
-                ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="o", ms=3,
-                        ls="--" if lab in ("JPEG", "JPEG2000") else "-", label=lab)
+                ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], label=lab, **_style(lab))
         learned = [p["bpp"] for lab in curves if lab not in ("JPEG", "JPEG2000") for p in curves[lab].get(d, [])]
         if learned:  # keep the learned codecs readable: baselines clipped to their rate range
             ax.set_xlim(0, max(learned) * 2.0)
@@ -195,7 +257,7 @@ def plot_curves(curves: Dict[str, Dict[str, Curve]], domains: List[str], out_dir
             ax.set_ylim(min(lp) - 2, max(lp) + 8)
         ax.set_xlabel("bpp (file bytes)")
         ax.set_ylabel("PSNR (dB, 8-bit RGB)")
-        ax.set_title(d)
+        ax.set_title(f"{d} ({eval_names[domains.index(d)]})" if eval_names else d)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -89,6 +89,30 @@ def test_tiny_run_and_report(tmp_path, domains_root):
     assert (tmp_path / "plots" / "rd_photo.png").is_file()
 
 
+def test_run_max_tasks_and_reused_source_row(tmp_path, domains_root):
+    """A source-only run (max_tasks=1), then a strategy run from its checkpoint that copies its
+    row 0 (run.source_results) instead of evaluating the same model again; mismatches refused."""
+    from codec.learner import CodecConfig, DomainTasksConfig, RunSpec, run_sequence
+    from incdet.errors import ConfigError
+
+    tc = DomainTasksConfig(sequence=["photo", "sketch"], eval_sets={}, data_root=str(domains_root.parent), crop=32,
+                           max_train_images=4, max_eval_images=1)
+    src = run_sequence(tc, CodecConfig(strategy="naive", N=8, lmbda=0.01, eval_msssim=False),
+                       RunSpec(out=str(tmp_path / "src"), iterations=2, batch_size=2, lr=1e-3, source_lr=1e-3,
+                               device="cpu", max_tasks=1))
+    assert len(src["matrix"]) == 1 and len(src["matrix"][0]) == 2
+    ck = str(tmp_path / "src" / "codec_task0.pt")
+    cfg = CodecConfig(strategy="cawf", N=8, K=2, lmbda=0.01, eval_msssim=False, source_checkpoint=ck, train_source=False)
+    res = run_sequence(tc, cfg, RunSpec(out=str(tmp_path / "cawf"), iterations=1, batch_size=2, device="cpu",
+                                        source_results=str(tmp_path / "src" / "results.json")))
+    assert json.dumps(res["matrix"][0]) == json.dumps(src["matrix"][0])  # (NaN != NaN)
+    assert res["matrix"][1][0]["bpp"] == src["matrix"][0][0]["bpp"]  # CAwF: source row unchanged
+    with pytest.raises(ConfigError, match="other lambda"):
+        run_sequence(tc, CodecConfig(strategy="cawf", N=8, K=2, lmbda=0.02, source_checkpoint=ck, train_source=False),
+                     RunSpec(out=str(tmp_path / "x"), iterations=1, device="cpu",
+                             source_results=str(tmp_path / "src" / "results.json")))
+
+
 def test_cli_compress_decompress_info(tmp_path, kodak_root, capsys):
     from codec.cli import main
 
