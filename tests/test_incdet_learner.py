@@ -242,3 +242,20 @@ def test_driver_pipeline_on_tiny_shapes(tmp_path):
     assert out["matrix"][1][0] is not None and out["matrix"][1][1] is not None
     state = torch.load(tmp_path / "run" / "checkpoints" / "task1.pt", weights_only=True)
     assert state["learner"]["teacher"] is not None
+
+
+@pytest.mark.parametrize("mode", ["update", "frozen"])
+def test_bn_stats_frozen_only_in_incremental_steps(tmp_path, tasks, mode):
+    t0, t1 = tasks
+    learner = FastRCNNLearner(FastRCNNLearnerConfig(model=tiny_model_config(norm="bn"), proposals=_props_file(tmp_path, tasks),
+                                                    proposal_nms=None, bn_stats=mode), "cpu")
+    bn = next(m for m in learner.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    learner.begin_task(t0)
+    before = bn.running_mean.clone()
+    learner.training_step(_batch(learner, t0))
+    assert not torch.equal(bn.running_mean, before)  # first task: statistics always update
+    learner.end_task(t0)
+    learner.begin_task(t1)
+    before = bn.running_mean.clone()
+    learner.training_step(_batch(learner, t1))
+    assert torch.equal(bn.running_mean, before) == (mode == "frozen")

@@ -85,6 +85,9 @@ class FastRCNNLearnerConfig:
     teacher_max_proposals: Optional[int] = None  # teacher scores only the first N proposals
     freeze: str = "none"  # none | trunk | all_but_new (applies to tasks after the first)
     ewc_weight: float = 0.0
+    # BatchNorm running statistics in steps after the first: "update" (plain train mode) or
+    # "frozen" (kept at the end-of-A values: new-class-only batches do not shift them)
+    bn_stats: str = "update"
     ewc_batches: int = 50
     eval_batch_size: int = 2
     ap_07_metric: bool = False  # VOC2007 11-point AP instead of the all-point AP
@@ -93,7 +96,7 @@ class FastRCNNLearnerConfig:
         self.model.validate()
         choices = {"distill": ("l2", "ce", "none"), "distill_sampling": ("biased", "unbiased"),
                    "distill_center": ("old", "all"), "distill_box_loss": ("l2", "smooth_l1"),
-                   "freeze": ("none", "trunk", "all_but_new")}
+                   "freeze": ("none", "trunk", "all_but_new"), "bn_stats": ("update", "frozen")}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ConfigError(f"learner.{k} = {getattr(self, k)!r}; choose one of {', '.join(allowed)}")
@@ -265,6 +268,10 @@ class FastRCNNLearner(Learner):
     def training_step(self, batch) -> Dict[str, Tensor]:
         if self.net.training is False:
             self.model.train()
+        if self.config.bn_stats == "frozen" and getattr(self, "task", None) is not None and self._incremental(self.task):
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                    m.eval()
         c = self.config
         losses, outs, dts = self._rcnn_losses(batch)
         total = losses["loss_cls"] + losses["loss_box"]
