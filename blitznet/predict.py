@@ -11,17 +11,15 @@ written atomically. :class:`BlitzNetPredictor` also accepts a driver checkpoint
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
-from PIL import Image
 
-from incdet.errors import CheckpointError, DataError
+from incdet.errors import CheckpointError
+from incdet.vis import coco_results, palette, to_chw_uint8, write_outputs  # noqa: F401 (re-exported)
 
 from blitznet.model import BlitzNet, BlitzNetConfig
 
@@ -80,32 +78,8 @@ def load_weights(path: Union[str, Path], device="cpu"):
     return model.to(device).eval(), classes
 
 
-def _to_chw_uint8(img) -> torch.Tensor:
-    if isinstance(img, (str, Path)):
-        p = Path(img)
-        if not p.is_file():
-            raise DataError(f"{p}: image not found")
-        try:
-            with Image.open(p) as im:
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    raise DataError(f"{p}: 16-bit images are not supported")
-                arr = np.asarray(im.convert("RGB"))
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{p}: cannot read image ({e})") from e
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    if isinstance(img, Image.Image):
-        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-    if isinstance(img, np.ndarray):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise DataError(f"numpy images must be uint8 [H, W, 3], got {img.dtype} {img.shape}")
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-    if isinstance(img, torch.Tensor):
-        if img.dim() != 3 or img.shape[0] != 3 or img.dtype != torch.uint8:
-            raise DataError(f"tensor images must be uint8 [3, H, W], got {img.dtype} {tuple(img.shape)}")
-        return img
-    raise DataError(f"unsupported image type {type(img).__name__}")
+# image inputs and output writers are shared with ``incdet predict`` (:mod:`incdet.vis`)
+_to_chw_uint8 = to_chw_uint8
 
 
 class BlitzNetPredictor:
@@ -148,64 +122,5 @@ class BlitzNetPredictor:
         return out
 
 
-# ------------------------------------------------------------------------------ writers
-def palette() -> List[int]:
-    """The VOC colour map (256 entries, 255 = void)."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-def coco_results(pred: dict, image_id: Any, classes: Sequence[str]) -> List[dict]:
-    """Detections in the COCO results format (``bbox`` = ``[x, y, w, h]``)."""
-    out = []
-    for b, l, s in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist()):
-        out.append({"image_id": image_id, "category_id": int(l), "category": classes[int(l) - 1],
-                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                    "score": round(float(s), 5)})
-    return out
-
-
-def write_outputs(pred: dict, image: torch.Tensor, stem: str, out_dir: Union[str, Path], classes: Sequence[str],
-                  vis_thresh: float = 0.3) -> Dict[str, str]:
-    """Write ``STEM.json`` (COCO results), ``STEM_mask.png`` (palette) and ``STEM_overlay.jpg``."""
-    from PIL import ImageDraw
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    jpath = out_dir / f"{stem}.json"
-    jpath.write_text(json.dumps(coco_results(pred, stem, classes), indent=1))
-    files["json"] = str(jpath)
-    rgb = image.permute(1, 2, 0).numpy()
-    base = Image.fromarray(rgb)
-    pal = palette()
-    if pred.get("mask") is not None:
-        mimg = Image.fromarray(pred["mask"].numpy().astype(np.uint8), mode="P")
-        mimg.putpalette(pal)
-        mpath = out_dir / f"{stem}_mask.png"
-        mimg.save(mpath)
-        files["mask"] = str(mpath)
-        colour = np.asarray(mimg.convert("RGB"))
-        fg = (pred["mask"].numpy() > 0)[..., None]
-        blend = np.where(fg, (0.5 * rgb + 0.5 * colour), rgb).astype(np.uint8)
-        base = Image.fromarray(blend)
-    draw = ImageDraw.Draw(base)
-    for b, l, s in zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist()):
-        if s < vis_thresh:
-            continue
-        col = tuple(pal[3 * int(l):3 * int(l) + 3])
-        draw.rectangle(b, outline=col, width=2)
-        draw.text((b[0] + 2, b[1] + 1), f"{classes[int(l) - 1]} {s:.2f}", fill=col)
-    opath = out_dir / f"{stem}_overlay.jpg"
-    base.save(opath, quality=90)
-    files["overlay"] = str(opath)
-    return files
+__all__ = ["BlitzNetPredictor", "load_weights", "save_weights", "weights_dict", "palette", "coco_results",
+           "write_outputs"]

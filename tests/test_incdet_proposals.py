@@ -182,3 +182,13 @@ def test_parallel_computation_after_torch_ops(tmp_path):
     again = ProposalSource("sliding_window", max_proposals=40, cache=str(tmp_path / "c.npz"))
     assert set(again.computed()) == set(src.computed())  # reloaded from the cache file
     assert again.get(ds.items[0].image_id).shape[0] > 0
+
+
+def test_selective_search_is_reproducible():
+    """OpenCV ranks regions with a random factor; two calls must give the same boxes in the same order."""
+    s = SynthBoxes(1, size=64, seed=7).items[0]
+    img = s.image.permute(1, 2, 0).numpy().copy()
+    a = selective_search(img, max_proposals=200)
+    np.random.seed(1)
+    b = selective_search(img, max_proposals=200)
+    np.testing.assert_array_equal(a, b)

@@ -57,6 +57,9 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="recompute images already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
+    from incdet.models.predict import register as register_predict
+
+    register_predict(sub)
 
 
 def main(argv=None) -> int:

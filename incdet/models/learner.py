@@ -398,6 +398,8 @@ class FastRCNNLearner(Learner):
             "ewc": self.ewc.state_dict(),
             "task_index": self.task_index,
             "version": self._version,
+            # class names of the outputs 1..C (what `incdet predict` labels detections with)
+            "classes": list(self.task.seen_classes) if getattr(self, "task", None) is not None else [],
         }
 
     def _fresh_net(self) -> FastRCNN:

@@ -44,6 +44,23 @@ METHODS = ("selective_search", "sliding_window")
 
 
 # --------------------------------------------------------------------------- generators
+def _seed_c_rand(seed: int) -> None:
+    """``srand(seed)`` of the C library (no-op where it cannot be reached)."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            import ctypes
+            import ctypes.util
+
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        _LIBC.srand(int(seed))
+    except (OSError, AttributeError):  # pragma: no cover - platforms without a reachable libc
+        pass
+
+
+_LIBC = None
+
+
 def selective_search(
     image: np.ndarray, max_proposals: int = 2000, max_side: int = 500, mode: str = "fast", min_box: int = 4
 ) -> np.ndarray:
@@ -52,7 +69,9 @@ def selective_search(
     The image is downscaled so that its long side is at most ``max_side`` (speed), boxes are
     mapped back to the original pixel grid, boxes smaller than ``min_box`` pixels (either side,
     original scale) and exact duplicates are dropped, the first ``max_proposals`` in OpenCV's
-    ranking are kept.
+    ranking are kept. OpenCV's ranking has a random factor drawn with C ``rand()``; it is seeded
+    (``srand(0)``) on every call, so the same image always gives the same proposals in the same
+    order.
     """
     import cv2
 
@@ -64,6 +83,7 @@ def selective_search(
     if s < 1.0:
         bgr = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     cv2.setNumThreads(1)
+    _seed_c_rand(0)  # OpenCV ranks the regions with C rand(): seeded, so a call is reproducible
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(bgr)
     if mode == "fast":

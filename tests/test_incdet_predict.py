@@ -1,0 +1,68 @@
+"""FastRCNNPredictor and `incdet predict` on a checkpoint of a tiny shapes run."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from incdet.cli import main
+from incdet.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from incdet.engine.trainer import run_training
+
+    tmp = tmp_path_factory.mktemp("pred")
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "incdet" / "shapes_15+5.yaml"
+    overrides = [
+        f"tasks.root={tmp / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 4, size: 64}",
+        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=100",
+        "learner.model.min_size=64", "learner.model.max_size=64", "learner.model.rois_per_image=16",
+        "learner.model.score_thresh=0.0", "train.iterations=2", "train.first_task.iterations=2",
+        "train.first_task.lr_steps=[]", "train.lr_steps=[]", "train.warmup_iters=0", "train.checkpoint_every=0",
+    ]
+    run_training(cfg, overrides, run_dir=tmp / "run", device="cpu", quiet=True)
+    return tmp
+
+
+def test_predictor_classes_and_outputs(run):
+    from incdet.models.predict import FastRCNNPredictor
+
+    p = FastRCNNPredictor(run / "run" / "checkpoints" / "task1.pt", device="cpu", proposals="sliding_window")
+    assert len(p.classes) == 20 and p.classes[0] == "solid_circle"
+    a = FastRCNNPredictor(run / "run" / "checkpoints" / "task0.pt", device="cpu", proposals="sliding_window")
+    assert a.classes == p.classes[:15]
+    img = sorted((run / "shapes" / "JPEGImages").glob("test_*.jpg"))[0]
+    out = p.predict([img, str(img)])
+    assert len(out) == 2
+    for o in out:
+        assert o["boxes"].shape[1] == 4 and o["boxes"].shape[0] == o["labels"].shape[0] == o["scores"].shape[0]
+        assert o["labels"].numel() > 0 and 1 <= int(o["labels"].min()) and int(o["labels"].max()) <= 20
+    torch.testing.assert_close(out[0]["boxes"], out[1]["boxes"])
+    # given proposals: an empty set gives no detections, never a crash
+    empty = p.predict([img], proposals=[torch.zeros((0, 4))])[0]
+    assert empty["boxes"].shape == (0, 4)
+
+
+def test_cli_predict_writes_json_and_overlay(run, tmp_path, capsys):
+    img = sorted((run / "shapes" / "JPEGImages").glob("test_*.jpg"))[0]
+    rc = main(["predict", "--checkpoint", str(run / "run" / "checkpoints" / "task1.pt"), str(img),
+               "--out", str(tmp_path / "o"), "--proposals", "sliding_window", "--device", "cpu"])
+    assert rc == 0
+    dets = json.loads((tmp_path / "o" / f"{img.stem}.json").read_text())
+    assert dets and {"image_id", "category_id", "category", "bbox", "score"} <= set(dets[0])
+    assert (tmp_path / "o" / f"{img.stem}_overlay.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_bad_checkpoint_and_image(run, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["predict", "--checkpoint", str(bad), "x.jpg", "--out", str(tmp_path)]) == 2
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        from incdet.models.predict import FastRCNNPredictor
+
+        FastRCNNPredictor(bad)
+    rc = main(["predict", "--checkpoint", str(run / "run" / "checkpoints" / "task1.pt"), str(tmp_path / "missing.jpg"),
+               "--out", str(tmp_path / "o"), "--proposals", "sliding_window"])
+    assert rc == 2
