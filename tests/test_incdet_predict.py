@@ -66,3 +66,23 @@ def test_bad_checkpoint_and_image(run, tmp_path):
     rc = main(["predict", "--checkpoint", str(run / "run" / "checkpoints" / "task1.pt"), str(tmp_path / "missing.jpg"),
                "--out", str(tmp_path / "o"), "--proposals", "sliding_window"])
     assert rc == 2
+
+
+def test_showcase_pictures(run, tmp_path):
+    """tools/showcase.py: the README's detection grid and heatmap from a run's checkpoints."""
+    import importlib.util
+    import sys
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("showcase", Path(__file__).resolve().parents[1] / "tools" / "showcase.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules["showcase"] = m
+    spec.loader.exec_module(m)
+    ck = run / "run" / "checkpoints"
+    assert m.main(["incdet", "--a", str(ck / "task0.pt"), "--naive", str(ck / "task1.pt"), "--distill",
+                   str(ck / "task1.pt"), "--data", str(run / "shapes"), "--n", "2", "--out", str(tmp_path / "g.jpg")]) == 0
+    g = Image.open(tmp_path / "g.jpg")
+    assert g.width > 4 * 128 and g.height > 2 * 128  # 4 columns x 2 rows of 2x-scaled 64 px tiles
+    assert m.main(["heatmap", "--run", str(run / "run"), "--out", str(tmp_path / "h.png")]) == 0
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
