@@ -201,7 +201,9 @@ def test_ewc_penalty_grows_when_weights_move(tmp_path, tasks):
     L = _learner(tmp_path, tasks, ewc_weight=100.0, ewc_batches=2, distill="none")
     L.begin_task(t0)
     _train(L, t0, 2)
+    buffers = {k: b.clone() for k, b in L.net.named_buffers()}
     L.end_task(t0)
+    assert all(torch.equal(b, buffers[k]) for k, b in L.net.named_buffers())  # Fisher batches keep BN statistics
     L.begin_task(t1)
     p0 = L.ewc.penalty(L.net).item()
     with torch.no_grad():
@@ -259,3 +261,35 @@ def test_bn_stats_frozen_only_in_incremental_steps(tmp_path, tasks, mode):
     before = bn.running_mean.clone()
     learner.training_step(_batch(learner, t1))
     assert torch.equal(bn.running_mean, before) == (mode == "frozen")
+
+
+def test_ewc_variant_can_start_from_a_run_trained_without_ewc(tmp_path):
+    """tasks.init_from a run without EWC: the Fisher of task 0 is computed when the EWC run starts
+    (init_from_task_end), the saved strength 0 does not override the config, and the penalty is
+    active in the incremental step (it used to be silently naive fine-tuning)."""
+    from pathlib import Path
+
+    from incdet.engine.trainer import run_training
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "incdet" / "shapes_15+5.yaml"
+    common = [
+        f"tasks.root={tmp_path / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 4, size: 64}",
+        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=100",
+        "learner.model.min_size=64", "learner.model.max_size=64", "learner.model.rois_per_image=16",
+        "train.iterations=2", "train.first_task.iterations=2", "train.first_task.lr_steps=[]", "train.lr_steps=[]",
+        "train.warmup_iters=0", "train.checkpoint_every=0", "train.log_every=1",
+    ]
+    run_training(cfg, common, run_dir=tmp_path / "a", device="cpu", quiet=True)
+    a0 = torch.load(tmp_path / "a" / "checkpoints" / "task0.pt", weights_only=True)
+    assert not a0["learner"]["ewc"]["fisher"]
+    run_training(cfg, common + ["learner.distill=none", "learner.ewc_weight=1000", "learner.ewc_batches=2",
+                                f"tasks.init_from={tmp_path / 'a' / 'checkpoints' / 'task0.pt'}"],
+                 run_dir=tmp_path / "e", device="cpu", quiet=True)
+    e1 = torch.load(tmp_path / "e" / "checkpoints" / "task1.pt", weights_only=True)
+    assert e1["learner"]["ewc"]["fisher"] and e1["learner"]["ewc"]["strength"] == 1000.0
+    import json
+
+    steps = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_ewc" in s for s in steps if s.get("task") == 1)
+    # the weights moved away from A's in the first step, so the penalty is positive afterwards
+    assert [s["loss_ewc"] for s in steps if s.get("task") == 1 and "loss_ewc" in s][-1] > 0

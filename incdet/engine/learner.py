@@ -81,6 +81,12 @@ class Learner:
     def end_task(self, task: Task) -> None:
         """Called after the last training step of ``task`` (before evaluation)."""
 
+    def init_from_task_end(self, task: Task) -> None:
+        """Called after ``load_state_dict`` when a run starts from another run's task-end
+        checkpoint of ``task`` (``tasks.init_from``): redo end-of-task work that this run's
+        config needs and the other run's did not do (e.g. EWC's Fisher information when only
+        this run uses EWC). Must not change weights. Default: nothing."""
+
     # -- data ---------------------------------------------------------------------------
     def train_dataset(self, task: Task):
         """Map-style dataset of training items for ``task`` (default: ``task.train_set``)."""

@@ -246,6 +246,8 @@ class Trainer:
                     if old.all_metrics[i][j] is not None and metric in old.all_metrics[i][j]:
                         results.set(i, j, old.all_metrics[i][j])
             self.global_step = ckpt["global_step"]
+            if not self.resume:  # tasks.init_from: another run's task-end state, maybe another config
+                learner.init_from_task_end(tasks[k])
             if ckpt["phase"] == "train" and self.resume:
                 start_task, start_step, mid = k, ckpt["step"], ckpt
             else:

@@ -295,10 +295,21 @@ class FastRCNNLearner(Learner):
         if self.config.ewc_weight > 0:
             loader = self.train_dataloader(task, batch_size=2, shuffle=True)
             was = self.net.training
+            buffers = {k: b.clone() for k, b in self.net.named_buffers()}
             self.net.train()
             n = self.ewc.consolidate(self.net, loader, lambda b: self._fisher_loss(b), self.config.ewc_batches)
             self.net.train(was)
+            with torch.no_grad():  # the Fisher batches ran in train mode: keep BatchNorm statistics as trained
+                for k, b in self.net.named_buffers():
+                    b.copy_(buffers[k])
             log.info("EWC: Fisher information from %d batches of task %s", n, task.name)
+
+    def init_from_task_end(self, task: Task) -> None:
+        """Starting from a task-end checkpoint of a run without EWC: compute the Fisher information
+        of ``task`` now (what ``end_task`` would have done), so that the EWC variant can share A."""
+        if self.config.ewc_weight > 0 and not self.ewc.active:
+            self.task = task
+            self.end_task(task)
 
     def _fisher_loss(self, batch) -> Tensor:
         dev = self.device
@@ -423,6 +434,7 @@ class FastRCNNLearner(Learner):
             self.teacher = None
         if state.get("ewc"):
             self.ewc.load_state_dict(state["ewc"], self.device)
+            self.ewc.strength = float(self.config.ewc_weight)  # this config's strength, not the saved one
         self.task_index = int(state.get("task_index", -1))
         self._version = int(state.get("version", 0)) + 1
         self._teacher_cache.clear()
