@@ -188,3 +188,39 @@ def test_learner_resume_restores_structure():
     assert l2.model.codec_id(1) == l1.model.codec_id(1)
     trainable = {n for n, p in l2.model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("branches.0.") for n in trainable)
+
+
+def test_cawf_new_domain_starts_at_the_source_model():
+    """A freshly added branch is the source codec: same reconstruction, same rate (the custom
+    latent is 0 and costs ~0 bits), and files of the same image differ only by a few bytes."""
+    src = _source()
+    cawf = CAwFCodec(src, K=4)
+    cawf.add_domain()
+    cawf.eval()
+    x = torch.stack([_img(48, 64, seed=s) for s in (1, 2)]).float() / 255
+    with torch.no_grad():
+        out0, out1 = src(x), cawf(x, 1)
+        assert torch.equal(cawf.analysis(x, 1)[:, 8:], torch.zeros(2, 4, 3, 4))
+        assert torch.allclose(out1["x_hat"], out0["x_hat"], atol=1e-5)
+        bits0 = (-torch.log2(out0["likelihoods"]["y"])).sum()
+        bits1 = (-torch.log2(out1["likelihoods"]["y"])).sum()
+        bits_custom = (-torch.log2(out1["likelihoods"]["y"][:, 8:])).sum()
+    assert torch.allclose(bits1, bits0, rtol=1e-3), (bits0, bits1)
+    assert bits_custom < 0.01 * 2 * 4 * 3 * 4  # < 0.01 bit per custom latent element
+    # in training mode too (additive noise), the custom channels cost little
+    cawf.train()
+    out_t = cawf(x, 1)
+    assert (-torch.log2(out_t["likelihoods"]["y"][:, 8:])).mean() < 0.2
+    cawf.eval()
+    # real bitstreams: the domain-1 file decodes to the source codec's image, a few bytes more
+    cawf.update()
+    img = _img(48, 64, seed=3)
+    f0, f1 = bs.encode(src, img), bs.encode(cawf, img, 1)
+    assert torch.equal(bs.decode(cawf, f1), bs.decode(src, f0))
+    assert len(f1) <= len(f0) + 8, (len(f0), len(f1))
+    # and the branch's custom parameters do receive gradients (it can move away from the source)
+    cawf.train()
+    loss = rd_loss(cawf(x, 1), x, 0.01)["loss"]
+    loss.backward()
+    br = cawf.branch(1)
+    assert br.dec[3].weight.grad is not None and br.dec[3].weight.grad.abs().sum() > 0

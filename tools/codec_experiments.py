@@ -347,8 +347,11 @@ def write_doc(a) -> int:
           f"The doc alone from finished runs: `python tools/codec_experiments.py report --out {a.out}`.", "",
           f"- Hardware: {_hardware()}.",
           f"- Wall time: {wall_s / 60:.1f} min for all invocations of `tools/codec_experiments.py` "
-          f"({job_s / 60:.1f} min summed over the {len(timing['jobs'])} runs/checks, {a.jobs} at a time). "
-          "Per-run seconds: `" + f"{a.out}/timing.json" + "`.",
+          f"({job_s / 60:.1f} min summed over the {len(timing['jobs'])} runs/checks, the last run of each kept). "
+          + ("Invocations: " + "; ".join(
+              f"`{' '.join(i.get('argv', []))}` {i.get('seconds', 0) / 60:.1f} min" for i in timing["invocations"]) + ". "
+             if len(timing["invocations"]) > 1 else "")
+          + "Per-run seconds: `" + f"{a.out}/timing.json" + "`.",
           f"- Config: `{a.config}` (+ per-run `--set`, see the tool); lambdas {', '.join(_lam(x) for x in lams)}.", ""]
     t = cfg["tasks"]
     r = cfg["run"]
