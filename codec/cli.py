@@ -9,6 +9,8 @@
     codec rd --model CKPT --images DIR_OR_DOMAIN [--domain D]   # real-bitstream RD point
     codec rd-report RUN_DIR... -o docs/results/codec.md [--plots DIR]
     codec report ...   # = rd-report when the shared driver does not provide ``report``
+    codec eval-detector --data ROOT --split test --incdet CKPT [--blitznet W] --jpeg Q.. \
+        --jpeg2000 R.. --neural LABEL[@D]=CKPT,.. --out DIR   # mAP / mIoU vs bpp per codec
     codec train / eval / report    # the shared driver's verbs, when incdet.engine.cli exists
 """
 from __future__ import annotations
@@ -189,6 +191,53 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_eval_detector(args) -> int:
+    import shlex
+
+    import torch
+
+    from codec import detector_eval as de
+
+    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    if not (args.incdet or args.blitznet):
+        raise ConfigError("eval-detector: give a detector (--incdet CKPT and/or --blitznet WEIGHTS)")
+    es = de.load_eval_set(args.data, args.split, args.max_images, masks=bool(args.blitznet))
+    dets = []
+    if args.incdet:
+        dets.append(de.IncdetDetector(args.incdet, device=dev, proposals=args.proposals, method=args.proposal_method,
+                                      max_proposals=args.max_proposals))
+    if args.blitznet:
+        dets.append(de.BlitzNetDetector(args.blitznet, device=dev, score_thresh=args.blitznet_score_thresh))
+    points = []
+    if args.jpeg:
+        points += de.pil_rate_points("jpeg", args.jpeg)
+    if args.jpeg2000:
+        points += de.pil_rate_points("jpeg2000", args.jpeg2000)
+    neural = []
+    for spec in args.neural or []:
+        label, dom, files = de.parse_neural_spec(spec)
+        if label in (de.ORIGINAL, "JPEG", "JPEG2000") or label in dict(neural):
+            raise ConfigError(f"--neural {spec!r}: label {label!r} is already used (or reserved: {de.ORIGINAL}, JPEG, JPEG2000)")
+        neural.append((label, files))
+        points += de.neural_rate_points(label, files, dom, dev)
+    compat = [] if args.no_compat else de.compat_pairs(neural, args.compat or [])
+    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose") and v not in (None, [], False)}
+    parts = []
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif k in ("neural", "compat"):  # repeated options
+            parts += [f"{flag} {shlex.quote(str(x))}" for x in v]
+        else:
+            parts.append(flag + " " + " ".join(shlex.quote(f"{x:g}" if isinstance(x, float) else str(x))
+                                               for x in (v if isinstance(v, list) else [v])))
+    cmd = "codec eval-detector " + " ".join(parts)
+    de.run_eval_detector(es, points, dets, args.out, compat=compat, device=dev, command=cmd)
+    print(f"wrote {Path(args.out) / 'results.md'}, results.json, rate_accuracy.png")
+    return 0
+
+
 def _add_model_args(p):
     p.add_argument("--model", required=True, help="codec checkpoint (codec run / codec init / driver run) or compressai factorized state_dict")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (decode on the device that encoded for bit-exactness)")
@@ -246,6 +295,34 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_report)
 
 
+def register_eval_detector(sub) -> None:
+    p = sub.add_parser("eval-detector", help="rate vs detection accuracy: codecs x rates -> detector mAP / mIoU vs bpp",
+                       description="Encode every image of a VOC-layout split with JPEG, JPEG2000 and neural codecs at "
+                                   "several rates, run trained detectors on the decoded images, and write "
+                                   "OUT/results.{md,json} and OUT/rate_accuracy.png (see codec/detector_eval.py).")
+    p.add_argument("--data", required=True, help="VOC-layout root (ImageSets/Main, JPEGImages, Annotations)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--incdet", help="incdet Fast R-CNN driver checkpoint (RUN/checkpoints/taskK.pt)")
+    p.add_argument("--proposals", default="decoded",
+                   help="'decoded': proposals computed on each decoded image (default); or an .npz/.pkl file of "
+                        "proposals of the original images by image id (faster, optimistic)")
+    p.add_argument("--proposal-method", default="selective_search", help="selective_search | sliding_window")
+    p.add_argument("--max-proposals", type=int, default=None)
+    p.add_argument("--blitznet", help="BlitzNet weights file or blitznet run checkpoint")
+    p.add_argument("--blitznet-score-thresh", type=float, default=0.01, help="BlitzNet detection score threshold")
+    p.add_argument("--jpeg", type=float, nargs="*", default=[], help="JPEG qualities")
+    p.add_argument("--jpeg2000", type=float, nargs="*", default=[], help="JPEG2000 compression ratios")
+    p.add_argument("--neural", action="append", metavar="LABEL[@DOMAIN]=CKPT[,CKPT...]",
+                   help="a neural codec curve, one checkpoint per rate (globs allowed); domain: default the codec's last")
+    p.add_argument("--compat", action="append", metavar="SOURCE_LABEL:ADAPTED_LABEL",
+                   help="compatibility pairs (default: the first plain codec vs every CAwF codec)")
+    p.add_argument("--no-compat", action="store_true", help="skip the bitstream compatibility check")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_eval_detector)
+
+
 def _registrars():
     regs = []
     try:
@@ -255,6 +332,7 @@ def _registrars():
     except ImportError:  # the shared driver's CLI is not available
         pass
     regs.append(register)
+    regs.append(register_eval_detector)
     return regs
 
 
