@@ -1,0 +1,99 @@
+"""tools/blitznet_experiments.py: tables and markdown from fabricated run directories."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("blitznet_experiments", ROOT / "tools" / "blitznet_experiments.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules["blitznet_experiments"] = m  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(m)
+    return m
+
+
+def _write(run: Path, rows, seconds=120.0, command=None):
+    """rows[i][j]: metrics dict evaluated on task j after task i (None: not measured);
+    ``aps`` inside a metrics dict is expanded to ``AP/<class>`` keys (fractions)."""
+    am = []
+    for r in rows:
+        out = []
+        for c in r:
+            if c is None:
+                out.append(None)
+                continue
+            c = dict(c)
+            aps = c.pop("aps", {})
+            out.append({**c, **{f"AP/{k}": v for k, v in aps.items()}})
+        am.append(out)
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "metric": "mAP", "higher_is_better": True, "tasks": [f"t{i}" for i in range(len(rows))],
+        "matrix": [[None if c is None else 0.0 for c in r] for r in rows], "all_metrics": am}))
+    (run / "wall.json").write_text(json.dumps({"seconds": seconds, "threads": 1, "cpu": "test cpu",
+                                               "device": "cpu", "torch": "x"}))
+    if command:
+        (run / "command.txt").write_text(command + "\n")
+
+
+def test_c3_c8_tables(tool, tmp_path):
+    out = tmp_path / "exp"
+    _write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25, "aps": {"a": 0.6, "b": 0.4}}]], seconds=90,
+           command="blitznet train X --out joint")
+    _write(out / "det_only", [[{"mAP": 0.45, "mIoU": None}]])
+    _write(out / "seg_only", [[{"mAP": None, "mIoU": 0.2}]])
+    lines = tool.c3_table(out).splitlines()
+    assert lines[2] == "| detection only | 45.0 | - | 2.0 min |"
+    assert lines[3] == "| segmentation only | - | 20.0 | 2.0 min |"
+    assert lines[4] == "| detection + segmentation | 50.0 | 25.0 | 1.5 min |"
+    c8 = tool.c8_table(out).splitlines()
+    assert c8[2].endswith("| 50.0 | 25.0 | 1.5 min |") and "not run" in c8[3] and "not run" in c8[4]
+    assert tool.voc_table(out) is None and tool.inc_table(out) is None
+
+
+def test_incremental_table_by_hand(tool, tmp_path):
+    out = tmp_path / "exp"
+    a = {"mAP": 0.3, "mIoU": 0.5, "aps": {"a": 0.4, "b": 0.2}}  # A(old) = 30
+    # after B: eval on task 0 (old classes) and on task 1 (new classes; AP of all seen classes)
+    _write(out / "inc15+5_distill", [[a, None], [{"mAP": 0.27, "mIoU": 0.4, "aps": {"a": 0.36, "b": 0.18}},
+                                                 {"mAP": 0.09, "mIoU": 0.3, "mIoU_seen": 0.35,
+                                                  "aps": {"a": 0.36, "b": 0.18, "c": 0.09}}]])
+    _write(out / "inc15+5_naive", [[a, None], [{"mAP": 0.01, "mIoU": 0.1},
+                                               {"mAP": 0.12, "mIoU": 0.3, "mIoU_seen": 0.2,
+                                                "aps": {"a": 0.0, "b": 0.02, "c": 0.12}}]], seconds=60)
+    _write(out / "joint", [[{"mAP": 0.3, "mIoU": 0.6, "aps": {"a": 0.5, "b": 0.3, "c": 0.1}}]])
+    lines = tool.inc_table(out).splitlines()
+    assert lines[2] == "| A(1-15) | 30.0 | - | - | 50.0 | - | - | (in the next row) |"
+    assert lines[3] == "| +B(16-20) with distillation | 27.0 | 9.0 | 21.0 | 40.0 | 30.0 | 35.0 | 2.0 min |"
+    assert lines[4] == ("| +B(16-20) without distillation (naive fine-tuning) | 1.0 | 12.0 | 4.7 | 10.0 | 30.0 | "
+                        "20.0 | 1.0 min |")
+    assert lines[5] == "| joint training A(1-20) | 40.0 | 10.0 | 30.0 | - | - | 60.0 | 2.0 min |"
+
+
+def test_unfinished_run_is_ignored_and_markdown(tool, tmp_path):
+    out = tmp_path / "exp"
+    _write(out / "voc100", [[None]])  # no evaluation yet: not finished
+    assert tool.voc_table(out) is None
+    _write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25}]], command="blitznet train CFG --out J")
+    md = tmp_path / "docs" / "blitznet.md"
+    text = tool.write_markdown(out, md, notes="## Notes\n\nhello")
+    assert md.read_text() == text
+    assert "test cpu" in text and "blitznet train CFG --out J" in text and text.rstrip().endswith("hello")
+    assert text.count("Not run yet.") == 2  # VOC and 15+5 (needs its A run); C.3 and C.8 show the joint row
+    # the command of a missing run is the one the tool would run
+    assert "fusion_plain --quiet" in text and "learner.model.fusion=plain" in text
+
+
+def test_cli_list_and_profiles(tool, capsys):
+    assert tool.main(["list", "--profile", "quick", "--out", "X"]) == 0
+    txt = capsys.readouterr().out
+    assert "tasks.init_from=X/inc15+5_distill/checkpoints/task0.pt" in txt
+    assert set(tool.RUN_ORDER) == set(tool.BY_NAME)
+    for prof in tool.PROFILES.values():
+        assert set(prof) == {"shapes", "inc", "voc"}

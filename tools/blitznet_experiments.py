@@ -1,0 +1,479 @@
+"""The BlitzNet experiments of thesis appendix C on shapes-voc (and an end-to-end VOC2012-100
+run), and the tables of ``docs/results/blitznet.md``.
+
+    python tools/blitznet_experiments.py run    [--out runs/blitznet_exp] [--only NAME ...] [--profile cpu]
+    python tools/blitznet_experiments.py table  [--out runs/blitznet_exp] [--md docs/results/blitznet.md]
+    python tools/blitznet_experiments.py all    (run, then table)
+    python tools/blitznet_experiments.py list   [--profile cpu]
+    python tools/blitznet_experiments.py figures [--out runs/blitznet_exp]   (PNG tiles of predictions)
+
+``run`` trains every experiment of :data:`EXPERIMENTS` that has no finished ``results.json`` in
+``OUT/NAME`` yet (an interrupted set is continued by running it again; a run with a
+``checkpoint.pt`` is resumed), in :data:`RUN_ORDER`. Each run goes through the shared driver
+exactly as ``blitznet train CONFIG --out OUT/NAME --quiet --set ...`` would; that command is
+written to ``OUT/NAME/command.txt`` and the wall time, threads and CPU to ``OUT/NAME/wall.json``.
+``table`` only reads finished run directories and writes the markdown:
+
+- table C.3 analogue: detection only, segmentation only, joint (mAP and mIoU);
+- table C.8 analogue: fusion block ResSkip / plain (no residual) / hourglass, joint training;
+- class-incremental BlitzNet, shapes 15+5: A(1-15), +B(16-20) with and without distillation,
+  joint A(1-20): old / new / all mAP (incdet's forgetting-table layout) and mIoU;
+- VOC2012-100 end to end (BlitzNet300: ResNet-50, 512 channels, 300 px): mAP and mIoU.
+
+Profiles (:data:`PROFILES`) hold the schedules as ``--set`` overrides: ``cpu`` is sized for one
+CPU core and ~1.5 h for the whole set; ``paper`` keeps the configs' own schedules (GPU); ``gpu``
+is 2/3 of them, for ~10 runs sharing one GPU (``tools/gpu_experiments.sh``);
+``quick`` is a few iterations on a few images (a smoke test of the plumbing).
+mAP / mIoU are reported in % (the learner stores fractions).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
+INC_CFG = "configs/blitznet/shapes_15+5.yaml"
+VOC_CFG = "configs/blitznet/voc100.yaml"
+
+
+@dataclass
+class Experiment:
+    name: str              #: run directory under OUT
+    config: str            #: path relative to the repo root
+    kind: str              #: schedule family in a profile: "shapes", "inc" or "voc"
+    sets: List[str] = field(default_factory=list)
+    init_from: Optional[str] = None  #: another experiment whose checkpoints/task0.pt is task 0
+    label: str = ""
+
+
+EXPERIMENTS: List[Experiment] = [
+    Experiment("joint", JOINT_CFG, "shapes", [], label="joint (detection + segmentation), ResSkip"),
+    Experiment("det_only", JOINT_CFG, "shapes", ["learner.model.segmentation=false"], label="detection only"),
+    Experiment("seg_only", JOINT_CFG, "shapes", ["learner.model.detection=false", "eval.metric=mIoU"],
+               label="segmentation only"),
+    Experiment("fusion_plain", JOINT_CFG, "shapes", ["learner.model.fusion=plain"],
+               label="plain (ResSkip without the residual)"),
+    Experiment("fusion_hourglass", JOINT_CFG, "shapes", ["learner.model.fusion=hourglass"], label="hourglass"),
+    Experiment("inc15+5_distill", INC_CFG, "inc", [], label="+B(16-20) with distillation"),
+    Experiment("inc15+5_naive", INC_CFG, "inc", ["learner.distill=false"], init_from="inc15+5_distill",
+               label="+B(16-20) without distillation (naive fine-tuning)"),
+    # probe (not in the paper): distillation terms x10, same A
+    Experiment("inc15+5_distill_w10", INC_CFG, "inc", ["learner.distill_weight=10", "learner.distill_seg_weight=10"],
+               init_from="inc15+5_distill", label="+B(16-20) with distillation, weights x10 (probe)"),
+    # probe: the joint run again with another seed (run-to-run spread of the C.3 / C.8 numbers)
+    Experiment("joint_seed1", JOINT_CFG, "shapes", ["experiment.seed=1"],
+               label="detection + segmentation, seed 1 (noise probe)"),
+    Experiment("voc100", VOC_CFG, "voc", [], label="BlitzNet300-s4, VOC2012-100"),
+]
+BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
+#: the main results first (joint, incremental), the VOC path, then the ablations
+RUN_ORDER: List[str] = ["joint", "inc15+5_distill", "inc15+5_naive", "voc100", "det_only", "seg_only",
+                        "fusion_plain", "fusion_hourglass", "inc15+5_distill_w10",
+                        "joint_seed1"]
+
+_NW = ["train.num_workers=0"]  # one core: data loading in the training process
+PROFILES: Dict[str, Dict[str, List[str]]] = {
+    # measured on this machine (one thread, the other core busy with another job): ~1.5 s per
+    # shapes iteration at batch 8 (160 px, ResNet-18, 128 ch), ~6.5 s per VOC iteration at
+    # batch 4 (300 px, ResNet-50, 512 ch); the whole set takes ~80 min
+    "cpu": {
+        "shapes": ["train.iterations=400", "train.lr_steps=[280,360]", "train.warmup_iters=40",
+                   "train.checkpoint_every=200", "train.log_every=20"] + _NW,
+        "inc": ["train.first_task.iterations=400", "train.first_task.lr_steps=[280,360]",
+                "train.first_task.warmup_iters=40", "train.iterations=200", "train.lr_steps=[160]",
+                "train.checkpoint_every=200", "train.log_every=20"] + _NW,
+        "voc": ["train.iterations=60", "train.batch_size=4", "train.lr=1e-3", "train.lr_steps=[48]",
+                "train.warmup_iters=6", "train.checkpoint_every=30", "train.log_every=6"] + _NW,
+    },
+    "paper": {"shapes": [], "inc": [], "voc": []},
+    # one GPU shared by ~10 runs at once (tools/gpu_experiments.sh): 2/3 of the configs' schedules
+    "gpu": {
+        "shapes": ["train.iterations=2000", "train.lr_steps=[1400,1800]", "train.checkpoint_every=1000",
+                   "train.num_workers=2"],
+        "inc": ["train.first_task.iterations=2000", "train.first_task.lr_steps=[1400,1800]",
+                "train.iterations=1000", "train.lr_steps=[800]", "train.checkpoint_every=1000",
+                "train.num_workers=2"],
+        "voc": ["train.num_workers=2"],
+    },
+    "quick": {
+        k: ["train.iterations=2", "train.batch_size=2", "train.lr_steps=[]", "train.warmup_iters=0",
+            "train.checkpoint_every=0", "train.log_every=1", "tasks.max_train_images=8",
+            "tasks.max_eval_images=4"] + (["train.first_task={}"] if k == "inc" else []) + _NW
+        for k in ("shapes", "inc", "voc")
+    },
+}
+
+
+def _finished(run: Path) -> bool:
+    p = run / "results.json"
+    if not p.is_file():
+        return False
+    d = json.loads(p.read_text())
+    m = d.get("matrix") or []
+    return bool(m) and len(m) == len(d.get("tasks") or []) and m[-1][-1] is not None
+
+
+def overrides_of(e: Experiment, out: Path, profile: str) -> List[str]:
+    sets = list(PROFILES[profile][e.kind]) + list(e.sets)
+    if e.init_from:
+        sets.append(f"tasks.init_from={out / e.init_from / 'checkpoints' / 'task0.pt'}")
+    return sets
+
+
+def command_of(e: Experiment, out: Path, profile: str) -> List[str]:
+    cmd = ["blitznet", "train", e.config, "--out", str(out / e.name), "--quiet"]
+    for s in overrides_of(e, out, profile):
+        cmd += ["--set", s]
+    return cmd
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(names: Sequence[str], out: Path, profile: str, threads: int, device: str) -> int:
+    import torch
+
+    from incdet.engine.families import import_family
+    from incdet.engine.trainer import run_training
+
+    os.chdir(ROOT)  # configs name their data relative to the repo root
+    torch.set_num_threads(threads)
+    import_family("blitznet")
+    failed = []
+    out.mkdir(parents=True, exist_ok=True)
+    for e in [BY_NAME[n] for n in (names or RUN_ORDER)]:
+        rd = out / e.name
+        if _finished(rd):
+            print(f"[blitznet-exp] {e.name}: finished, skipped", flush=True)
+            continue
+        if e.init_from and not (out / e.init_from / "checkpoints" / "task0.pt").is_file():
+            print(f"[blitznet-exp] {e.name}: needs {e.init_from} first, skipped", flush=True)
+            continue
+        cmd = command_of(e, out, profile)
+        print(f"[blitznet-exp] {e.name}: {shlex.join(cmd)}", flush=True)
+        resume = rd if (rd / "checkpoint.pt").is_file() and (rd / "config.yaml").is_file() else None
+        prev = json.loads((rd / "wall.json").read_text()).get("seconds", 0.0) if (rd / "wall.json").is_file() else 0.0
+        t0 = time.perf_counter()
+        try:
+            if resume is not None:
+                run_training(ROOT / e.config, resume_dir=resume, quiet=True, device=device)
+            else:
+                run_training(ROOT / e.config, overrides=overrides_of(e, out, profile), run_dir=rd, quiet=True,
+                             device=device)
+        except Exception as exc:  # one failed run must not stop the others; reported at the end
+            print(f"[blitznet-exp] {e.name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(e.name)
+            continue
+        dt = time.perf_counter() - t0 + (prev if resume is not None else 0.0)
+        (rd / "command.txt").write_text(shlex.join(cmd) + "\n")
+        (rd / "wall.json").write_text(json.dumps({
+            "seconds": round(dt, 1), "threads": threads, "device": device if device != "auto" else
+            ("cuda" if torch.cuda.is_available() else "cpu"), "cpu": _cpu_name(), "profile": profile,
+            "resumed": resume is not None, "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None}))
+        print(f"[blitznet-exp] {e.name}: done in {dt:.0f} s", flush=True)
+    if failed:
+        print(f"[blitznet-exp] failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------- tables
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _f(x) -> str:
+    """A fraction as a percentage with one decimal; '-' when missing."""
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def class_aps(metrics: dict) -> Dict[str, float]:
+    """``{class: AP}`` from an ``evaluate`` dict (``AP/<class>`` entries; null = NaN)."""
+    return {k[3:]: _num(v) for k, v in (metrics or {}).items() if k.startswith("AP/")}
+
+
+def load_run(run: Path) -> Optional[dict]:
+    """``results.json`` of a finished run with ``_wall`` (wall.json) and ``_command`` added, or None."""
+    if not _finished(run):
+        return None
+    d = json.loads((run / "results.json").read_text())
+    w = run / "wall.json"
+    d["_wall"] = json.loads(w.read_text()) if w.is_file() else {}
+    c = run / "command.txt"
+    d["_command"] = c.read_text().strip() if c.is_file() else None
+    return d
+
+
+def _last(d: dict) -> dict:
+    return d["all_metrics"][-1][-1] or {}
+
+
+def _wall(d: Optional[dict]) -> str:
+    s = (d or {}).get("_wall", {}).get("seconds")
+    return "-" if s is None else f"{s / 60:.1f} min"
+
+
+def _cmds(names: Sequence[str], out: Path, profile: str) -> str:
+    lines = []
+    for n in names:
+        d = load_run(out / n)
+        lines.append((d or {}).get("_command") or shlex.join(command_of(BY_NAME[n], out, profile)))
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def c3_table(out: Path) -> Optional[str]:
+    """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint."""
+    rows = [("det_only", "detection only"), ("seg_only", "segmentation only"), ("joint", "detection + segmentation")]
+    if all(load_run(out / n) is None for n, _ in rows):
+        return None
+    if load_run(out / "joint_seed1") is not None:
+        rows.append(("joint_seed1", BY_NAME["joint_seed1"].label))
+    lines = ["| trained for | mAP (%) | mIoU (%) | wall time |", "|---|---:|---:|---:|"]
+    for n, label in rows:
+        d = load_run(out / n)
+        if d is None:
+            lines.append(f"| {label} | not run | | |")
+            continue
+        m = _last(d)
+        lines.append(f"| {label} | {_f(_num(m.get('mAP')))} | {_f(_num(m.get('mIoU')))} | {_wall(d)} |")
+    return "\n".join(lines)
+
+
+def c8_table(out: Path) -> Optional[str]:
+    """Table C.8 analogue: fusion block of the upscale stream, joint training."""
+    rows = [("joint", "ResSkip (bilinear up, concat skip, 1x1-3x3-1x1, + 1x1 projection)"),
+            ("fusion_plain", "plain (the same block without the residual)"),
+            ("fusion_hourglass", "hourglass (a residual block on the skip map added to the upsampled stream)")]
+    if all(load_run(out / n) is None for n, _ in rows):
+        return None
+    lines = ["| fusion block | mAP (%) | mIoU (%) | wall time |", "|---|---:|---:|---:|"]
+    for n, label in rows:
+        d = load_run(out / n)
+        if d is None:
+            lines.append(f"| {label} | not run | | |")
+            continue
+        m = _last(d)
+        lines.append(f"| {label} | {_f(_num(m.get('mAP')))} | {_f(_num(m.get('mIoU')))} | {_wall(d)} |")
+    return "\n".join(lines)
+
+
+def inc_table(out: Path) -> Optional[str]:
+    """Old / new / all mAP (and mIoU) after the last task of each 15+5 run.
+
+    old = task 0's classes (1-15), new = task 1's (16-20), all = both: means of per-class AP.
+    mIoU old = background + old classes (task 0's eval), new = background + new classes,
+    all = background + all 20 (``mIoU_seen`` of the last evaluation). The A row is task 0's
+    diagonal of the distillation run (the naive run starts from the same checkpoint).
+    The joint row is the ``joint`` run (all 20 classes at once) split the same way (its mIoU
+    is over all classes only).
+    """
+    base = load_run(out / "inc15+5_distill")
+    if base is None:
+        return None
+    a_m = base["all_metrics"][0][0] or {}
+    old = list(class_aps(a_m))
+    lines = ["| method | mAP old (1-15) | mAP new (16-20) | mAP all | mIoU old | mIoU new | mIoU all | wall time |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| A(1-15) | {_f(_num(a_m.get('mAP')))} | - | - | {_f(_num(a_m.get('mIoU')))} | - | - | "
+             f"(in the next row) |"]
+    new: List[str] = []
+    for n in ("inc15+5_distill", "inc15+5_naive", "inc15+5_distill_w10"):
+        d = load_run(out / n)
+        if d is None and n == "inc15+5_distill_w10":
+            continue
+        if d is None:
+            lines.append(f"| {BY_NAME[n].label} | not run | | | | | | |")
+            continue
+        r = d["all_metrics"][-1]
+        aps = class_aps(r[-1])
+        new = [c for c in aps if c not in old]
+        lines.append(f"| {BY_NAME[n].label} | {_f(_mean([aps.get(c) for c in old]))} | "
+                     f"{_f(_mean([aps.get(c) for c in new]))} | {_f(_mean(list(aps.values())))} | "
+                     f"{_f(_num((r[0] or {}).get('mIoU')))} | {_f(_num(r[-1].get('mIoU')))} | "
+                     f"{_f(_num(r[-1].get('mIoU_seen')))} | {_wall(d)} |")
+    j = load_run(out / "joint")
+    if j is not None:
+        aps = class_aps(_last(j))
+        new = new or [c for c in aps if c not in old]
+        lines.append(f"| joint training A(1-20) | {_f(_mean([aps.get(c) for c in old]))} | "
+                     f"{_f(_mean([aps.get(c) for c in new]))} | {_f(_mean([aps.get(c) for c in old + new]))} | "
+                     f"- | - | {_f(_num(_last(j).get('mIoU')))} | {_wall(j)} |")
+    return "\n".join(lines)
+
+
+def voc_table(out: Path) -> Optional[str]:
+    d = load_run(out / "voc100")
+    if d is None:
+        return None
+    m = _last(d)
+    aps = class_aps(m)
+    n_ap = sum(1 for v in aps.values() if v == v)
+    return "\n".join(["| model | mAP (%) | mIoU (%) | classes with an AP | wall time |", "|---|---:|---:|---:|---:|",
+                      f"| BlitzNet300-s4 (ResNet-50, 512 ch), random init | {_f(_num(m.get('mAP')))} | "
+                      f"{_f(_num(m.get('mIoU')))} | {n_ap} / {len(aps)} | {_wall(d)} |"])
+
+
+def _hardware(out: Path, names: Optional[Sequence[str]] = None) -> str:
+    """CPU, threads, torch and the summed wall time of the finished runs ``names`` (all: None)."""
+    names = [e.name for e in EXPERIMENTS] if names is None else names
+    walls = [w for w in ((load_run(out / n) or {}).get("_wall") for n in names) if w]
+    if not walls:
+        return "Hardware: no finished runs yet."
+    secs = sum(w.get("seconds", 0) for w in walls)
+    thr = sorted({w.get("threads") for w in walls if w.get("threads") is not None})
+    dev = sorted({w.get("device", "?") for w in walls})
+    gpu = next((w.get("gpu") for w in walls if w.get("gpu")), None)
+    how = (f"GPU {gpu}, about ten training processes sharing it at once (tools/gpu_experiments.sh)" if gpu else
+           "one training process at a time on a 2-core machine shared with other jobs")
+    return (f"Hardware: {walls[0].get('cpu', _cpu_name())}, device {'/'.join(dev)}, "
+            f"{'/'.join(map(str, thr))} torch thread(s) (OMP_NUM_THREADS=1), {how}; "
+            f"torch {walls[0].get('torch', '?')}. "
+            f"Total wall time of the {len(walls)} finished runs: {secs / 60:.0f} min.")
+
+
+def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "") -> str:
+    """Write ``md`` from the finished runs under ``out``; returns the text."""
+    hw = _hardware(out)
+    parts = ["# BlitzNet on shapes-voc and VOC2012-100 (thesis appendix C)", "",
+             f"Produced by `python tools/blitznet_experiments.py run --out {out} --profile {profile}` "
+             "(trains every run below, one after another; resumable) and "
+             f"`python tools/blitznet_experiments.py table --out {out}` (writes this file from the run "
+             "directories). Each run is exactly the `blitznet train` command shown above its table.", "",
+             hw, "",
+             "mAP: mean of per-class VOC all-point AP, mIoU: mean IoU over background and the classes "
+             "(both in %), on the full shapes-voc test split (250 images, 160 px) unless said otherwise. "
+             "All models start from random initialisation (no pretrained weights exist here).", ""]
+    if profile == "cpu":
+        parts += ["**Schedules are CPU-sized and short** (the `cpu` profile of the tool: 400 iterations at "
+                  "batch 8 = 4 epochs of the 800 shapes training images for a shapes model, against 3000 in "
+                  "the configs and ~10^5 in the paper). Absolute numbers are therefore low and a difference "
+                  "of a few points between rows can be run-to-run noise (one seed per row; the joint run "
+                  "is repeated with a second seed to show the spread); read the tables for the direction "
+                  "of large effects only. Wall times vary with the load of the other job sharing the "
+                  "machine.", ""]
+    elif profile == "gpu":
+        parts += ["**Schedules are short** (the `gpu` profile of the tool: 2000 iterations at batch 8 = 20 "
+                  "epochs of the 800 shapes training images for a shapes model, 2/3 of the configs' 3000 and "
+                  "far below the paper's ~10^5). One seed per row; the joint run is repeated with a second "
+                  "seed to show the run-to-run spread. Wall times are of runs sharing one GPU.", ""]
+    sections = [
+        ("## Detection, segmentation, or both (table C.3 analogue)", c3_table(out),
+         ["det_only", "seg_only", "joint"] + (["joint_seed1"] if load_run(out / "joint_seed1") else [])),
+        ("## Fusion block of the upscale stream (table C.8 analogue, joint training)", c8_table(out),
+         ["joint", "fusion_plain", "fusion_hourglass"]),
+        ("## Class-incremental BlitzNet, shapes 15+5 (thesis 7.1.1 on an SSD-style detector)", inc_table(out),
+         ["inc15+5_distill", "inc15+5_naive", "inc15+5_distill_w10", "joint"]),
+        ("## End to end on VOC2012-100 (detection + segmentation, short schedule)", voc_table(out), ["voc100"]),
+    ]
+    for title, table, names in sections:
+        parts += [title, ""]
+        if table is None:
+            parts += ["Not run yet.", ""]
+            continue
+        parts += ["Commands:", "", _cmds(names, out, profile), "", _hardware(out, names), "", table, ""]
+        if names[0] == "inc15+5_distill":
+            parts += ["old = classes 1-15 (task A), new = 16-20 (task B). The naive and the x10 runs start "
+                      "from the distillation run's A checkpoint (`tasks.init_from`), so all +B rows share A "
+                      "(the distillation run's wall time includes training A). mAP: per-class AP on the whole "
+                      "test split after B, averaged over old / new / all classes. mIoU old: background + "
+                      "classes 1-15 with new-class pixels counted as background (task A's evaluation after B); "
+                      "mIoU new: background + classes 16-20; mIoU all: background + all 20.", ""]
+        if names[0] == "voc100":
+            parts += ["VOC2012-100 has 100 images and no separate test split: the model is trained and "
+                      "evaluated on the same `trainval` images (a check that the real VOC path - XML, "
+                      "masks with void, 20 classes, 300 px, ResNet-50 - runs end to end, not a benchmark).", ""]
+    if notes:
+        parts += [notes.strip(), ""]
+    text = "\n".join(parts)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)
+    return text
+
+
+FIGURES = {  # run -> (picture under docs/results/blitznet/, images)
+    "joint": ("joint_shapes_test.png", [f"data/shapes-voc/JPEGImages/test_{i:06d}.jpg" for i in range(6)]),
+    "inc15+5_distill": ("inc15+5_distill_shapes_test.png",
+                        [f"data/shapes-voc/JPEGImages/test_{i:06d}.jpg" for i in range(6)]),
+    "inc15+5_naive": ("inc15+5_naive_shapes_test.png",
+                      [f"data/shapes-voc/JPEGImages/test_{i:06d}.jpg" for i in range(6)]),
+}
+
+
+def figures(out: Path, fig_dir: Path, min_score: float = 0.3) -> List[Path]:
+    """Boxes (score >= ``min_score``) and masks of finished runs on a few test images (PNG tiles,
+    drawn by ``tools/showcase.py``); returns the pictures written."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from showcase import blitznet_tiles
+
+    written = []
+    for name, (png, images) in FIGURES.items():
+        ck = out / name / "checkpoint.pt"
+        imgs = [str(ROOT / i) for i in images if (ROOT / i).is_file()]
+        if load_run(out / name) is None or not ck.is_file() or not imgs:
+            continue
+        written.append(blitznet_tiles(str(ck), imgs, str(fig_dir / png), min_score=min_score))
+        print(f"wrote {written[-1]}")
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="blitznet_experiments", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("run", "train the experiments that are not finished yet"),
+                        ("all", "run, then write the markdown"),
+                        ("table", "write docs/results/blitznet.md from finished run directories"),
+                        ("list", "list the experiments and their commands"),
+                        ("figures", "prediction pictures of finished runs under docs/results/blitznet/")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--out", default="runs/blitznet_exp")
+        s.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+        if name in ("run", "all"):
+            s.add_argument("--only", nargs="*", default=[], choices=sorted(BY_NAME), metavar="NAME")
+            s.add_argument("--threads", type=int, default=1)
+            s.add_argument("--device", default="auto")
+        if name in ("table", "all"):
+            s.add_argument("--md", default=str(ROOT / "docs" / "results" / "blitznet.md"))
+            s.add_argument("--notes", default=None, help="a markdown file appended after the tables")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    if a.cmd == "list":
+        for e in EXPERIMENTS:
+            print(f"{e.name:18s} {shlex.join(command_of(e, out, a.profile))}")
+        return 0
+    if a.cmd == "figures":
+        figures(out, ROOT / "docs" / "results" / "blitznet")
+        return 0
+    rc = 0
+    if a.cmd in ("run", "all"):
+        rc = run(a.only, out, a.profile, a.threads, a.device)
+    if a.cmd in ("table", "all"):
+        notes = Path(a.notes).read_text() if a.notes else ""
+        write_markdown(out, Path(a.md), a.profile, notes)
+        print(f"wrote {a.md}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
