@@ -182,14 +182,19 @@ def bench_speed(args, device) -> List[Dict]:
         return time.perf_counter() - t, r
 
     rows = []
-    for n, bs in enumerate(args.batches):
+    for bs in args.batches:
         x = torch.rand(bs, 3, 300, 300, device=device) * 255
         xs = [im / 255 for im in x]
-        reps = args.reps_speed if bs == 1 else max(1, args.reps_speed - 1)
+        reps = args.reps_speed
         parts = {"fwd": [], "det_post": [], "seg_post": [], "fwd_noseg": [], "ssd": []}
         with torch.no_grad():
-            if n == 0:  # warm-up
+            for _ in range(2):  # warm-up at every batch size (cuDNN picks kernels per shape)
                 blitz.postprocess(blitz(blitz.normalize(x)), (300, 300))
+                blitz.config.segmentation = False
+                try:
+                    blitz(blitz.normalize(x))
+                finally:
+                    blitz.config.segmentation = True
                 ssd(xs)
             for _ in range(reps):
                 t, out = clock(lambda: blitz(blitz.normalize(x)))
@@ -240,7 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-images", type=int, default=100)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--reps-nms", type=int, default=3)
-    ap.add_argument("--reps-speed", type=int, default=3)
+    ap.add_argument("--reps-speed", type=int, default=5)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 1 repetition")
     args = ap.parse_args(argv)
