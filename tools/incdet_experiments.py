@@ -75,6 +75,8 @@ def _exps() -> List[Experiment]:
                  label="distillation (biased sampling)"))
     for suf, label, sets in variants[:2]:
         out.append(E(f"15+1x5_{suf}", c15x, sets, init_from="15+5_distill", split="15+1x5", label=label))
+    out.append(E("15+1x5_lambda10", c15x, ["learner.distill_weight=10"], init_from="15+5_distill", split="15+1x5",
+                 label="distillation, lambda = 10"))
     out.append(E("voc100_10+10", "configs/incdet/voc12-100_10+10.yaml", split="voc100",
                  label="distillation (VOC2012-100, smoke)"))
     return out
@@ -148,6 +150,7 @@ def run(names: Sequence[str], out: Path, threads: int, device: str) -> int:
         (rd / "command.txt").write_text(shlex.join(cmd) + "\n")
         (rd / "wall.json").write_text(json.dumps({
             "seconds": round(dt, 1), "threads": threads, "device": device, "cpu": _cpu_name(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None,
             "resumed": resume is not None}))
         print(f"[incdet-exp] {e.name}: done in {dt:.0f} s", flush=True)
     if failed:
@@ -281,7 +284,10 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "") -> str:
     secs = sum(w.get("seconds", 0) for w in walls)
     cpu = next((w.get("cpu") for w in walls if w.get("cpu")), _cpu_name())
     thr = next((w.get("threads") for w in walls if w.get("threads")), None)
-    parts += [f"Hardware: {cpu}, CPU only, {thr} torch thread(s) per run; total training + evaluation "
+    gpu = next((w.get("gpu") for w in walls if w.get("gpu")), None)
+    where = (f"{gpu} (several runs sharing it at once, see tools/gpu_experiments.sh), host CPU {cpu}"
+             if gpu else f"{cpu}, CPU only")
+    parts += [f"Hardware: {where}, {thr} torch thread(s) per run; total training + evaluation "
               f"wall time {secs / 60:.0f} min.", "",
               "mAP: mean of per-class VOC all-point AP (%) on the full shapes-voc test split "
               "(250 images); old = classes of the first task, new = classes added afterwards, "

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The incdet and BlitzNet experiment sets of docs/results/{incdet,blitznet}.md on ONE GPU machine,
+# many runs at once (each run is small and mostly bound by Python / data loading, so ~10 runs share
+# one GPU well). A variant that re-uses an A starts as soon as that A is written.
+#
+#   bash tools/gpu_experiments.sh [OUT=runs] [DEADLINE_S=0 (none)]
+#
+# then, on any machine:
+#   python tools/incdet_experiments.py table --out OUT/incdet_exp [--notes NOTES.md]
+#   python tools/blitznet_experiments.py table --out OUT/blitznet_exp --profile gpu [--notes NOTES.md]
+#
+# Needs data/shapes-voc with its selective-search proposals already computed
+# (data/shapes-voc/proposals_selective_search.npz, e.g. by `incdet demo` or `incdet proposals`), so
+# that the GPU machine does not need opencv-contrib. Runs that are not finished by the deadline are
+# killed; running the script again continues them (both tools resume from checkpoints).
+set -u
+OUT=${1:-runs}
+DEADLINE=${2:-0}
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+mkdir -p "$OUT/logs"
+DEVICE=${DEVICE:-cuda}
+I="python tools/incdet_experiments.py run --out $OUT/incdet_exp --device $DEVICE --threads 1 --only"
+B="python tools/blitznet_experiments.py run --out $OUT/blitznet_exp --profile gpu --device $DEVICE --threads 1 --only"
+L="$OUT/logs"
+
+( $I 15+5_distill && {
+    $I 15+5_naive 15+5_unbiased 15+5_nobox >"$L/i155a.log" 2>&1 &
+    $I 15+5_ewc 15+5_lambda10 15+5_bnfrozen >"$L/i155b.log" 2>&1 &
+    $I 15+1x5_distill 15+1x5_lambda10 >"$L/i15x5a.log" 2>&1 &
+    $I 15+1x5_naive 15+1x5_unbiased >"$L/i15x5b.log" 2>&1 &
+    wait; } ) >"$L/i155.log" 2>&1 &
+( $I 10+10_distill && {
+    $I 10+10_naive 10+10_unbiased >"$L/i1010a.log" 2>&1 &
+    $I 10+10_nobox 10+10_ewc >"$L/i1010b.log" 2>&1 &
+    wait; } ) >"$L/i1010.log" 2>&1 &
+$I joint >"$L/ijoint.log" 2>&1 &
+( $B inc15+5_distill && {
+    $B inc15+5_naive >"$L/binca.log" 2>&1 &
+    $B inc15+5_distill_w10 >"$L/bincb.log" 2>&1 &
+    wait; } ) >"$L/binc.log" 2>&1 &
+for n in joint det_only seg_only fusion_plain fusion_hourglass joint_seed1; do
+    $B $n >"$L/b_$n.log" 2>&1 &
+done
+
+if [ "$DEADLINE" -gt 0 ]; then
+    ( sleep "$DEADLINE"; echo "deadline ${DEADLINE}s reached: stopping unfinished runs" >>"$L/deadline.log";
+      pkill -f "tools/(incdet|blitznet)_experiments.py run" ) &
+    KILLER=$!
+fi
+wait $(jobs -p | grep -v "^${KILLER:-x}$") 2>/dev/null
+[ -n "${KILLER:-}" ] && kill "$KILLER" 2>/dev/null
+echo "gpu_experiments: done"
