@@ -45,10 +45,10 @@ def test_split_table_by_hand(tool, tmp_path):
     t = tool.split_table("15+5", out)
     lines = t.splitlines()
     assert lines[2].startswith("| A(2 old classes) | 30.0 |")
-    assert "| +B distillation (biased sampling) | 27.0 | 9.0 | 21.0 | 12 s |" in lines
-    assert "| +B w/o distillation (naive fine-tuning) | 1.0 | 12.0 | 4.7 | 12 s |" in lines
+    assert "| +B distillation (biased sampling) | 27.0 | 9.0 | 21.0 | 12 s (CPU) |" in lines
+    assert "| +B w/o distillation (naive fine-tuning) | 1.0 | 12.0 | 4.7 | 12 s (CPU) |" in lines
     assert "| +B distillation, unbiased sampling | not run | | | |" in lines
-    assert "| joint training A(1-20) | 40.0 | 10.0 | 30.0 | 12 s |" in lines
+    assert "| joint training A(1-20) | 40.0 | 10.0 | 30.0 | 12 s (CPU) |" in lines
 
 
 def test_steps_table_and_markdown(tool, tmp_path):

@@ -418,6 +418,8 @@ FIGURES = {  # run -> (picture under docs/results/blitznet/, images)
                         [f"data/shapes-voc/JPEGImages/test_{i:06d}.jpg" for i in range(6)]),
     "inc15+5_naive": ("inc15+5_naive_shapes_test.png",
                       [f"data/shapes-voc/JPEGImages/test_{i:06d}.jpg" for i in range(6)]),
+    "voc100": ("voc100_voc2012.png", [f"../shared/data/voc2012-100/VOCdevkit/VOC2012/JPEGImages/{n}.jpg"
+                                      for n in ("2007_000549", "2007_000636", "2007_001284")]),
 }
 
 

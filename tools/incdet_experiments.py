@@ -169,6 +169,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _wt(d: dict) -> str:
+    """Wall time of a run and where it ran (GPU runs shared the GPU with other runs)."""
+    w = d.get("_wall", {})
+    if w.get("seconds") is None:
+        return "-"
+    return f"{w['seconds']:.0f} s ({'GPU' if w.get('gpu') else 'CPU'})"
+
+
 def _mean(xs: List[float]) -> float:
     xs = [x for x in xs if x is not None and x == x]
     return float(np.mean(xs)) if xs else float("nan")
@@ -236,13 +244,12 @@ def split_table(split: str, out: Path) -> Optional[str]:
         s = old_new_all(class_aps(last), old, new)
         w = d["_wall"].get("seconds")
         lines.append(f"| +B {e.label} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
-                     f"{'-' if w is None else f'{w:.0f} s'} |")
+                     f"{_wt(d)} |")
     j = _load(out / "joint")
     if j is not None and j["matrix"] and j["matrix"][-1][-1] is not None:
         s = old_new_all(class_aps(j["all_metrics"][-1][-1]), old, new)
-        w = j["_wall"].get("seconds")
         lines.append(f"| joint training A(1-20) | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
-                     f"{'-' if w is None else f'{w:.0f} s'} |")
+                     f"{_wt(j)} |")
     return "\n".join(lines)
 
 
@@ -274,12 +281,14 @@ def commands_block(split: str, out: Path) -> str:
     return "```\n" + "\n".join(cmds) + "\n```"
 
 
-def write_markdown(out: Path, md: Path, extra_notes: str = "") -> str:
+def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str = "") -> str:
+    notes_arg = f" --notes {notes_path}" if notes_path else ""
     parts = ["# incdet on shapes-voc: class-incremental Fast R-CNN (thesis chapter 3)", "",
              "Produced by `python tools/incdet_experiments.py run --out runs/incdet_exp` "
-             "(trains every run below; resumable) and `python tools/incdet_experiments.py table "
-             "--out runs/incdet_exp` (writes this file). Each run is exactly the `incdet train` "
-             "command listed under its table.", ""]
+             "(trains every run below, one after another; resumable), or on a GPU machine by "
+             "`bash tools/gpu_experiments.sh runs` (the same runs, several at once), and "
+             f"`python tools/incdet_experiments.py table --out runs/incdet_exp{notes_arg}` (writes this "
+             "file). Each run is exactly the `incdet train` command listed under its table.", ""]
     walls = [(_load(out / e.name) or {}).get("_wall", {}) for e in EXPERIMENTS]
     secs = sum(w.get("seconds", 0) for w in walls)
     cpu = next((w.get("cpu") for w in walls if w.get("cpu")), _cpu_name())
@@ -319,7 +328,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "") -> str:
         w = v["_wall"].get("seconds")
         parts += ["| A(1-10) mAP | +B(11-20) old | new | all | wall time |", "|---:|---:|---:|---:|---:|",
                   f"| {_f(a)} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
-                  f"{'-' if w is None else f'{w:.0f} s'} |", "",
+                  f"{_wt(v)} |", "",
                   "Command: `" + shlex.join(command_of(BY_NAME["voc100_10+10"], out)) + "`", ""]
     else:
         parts += ["Not run yet.", ""]
@@ -352,7 +361,7 @@ def main(argv=None) -> int:
     if a.cmd == "run":
         return run(a.only, Path(a.out), a.threads, a.device)
     notes = Path(a.notes).read_text() if a.notes else ""
-    print(write_markdown(Path(a.out), Path(a.md), notes))
+    print(write_markdown(Path(a.out), Path(a.md), notes, a.notes or ""))
     return 0
 
 
