@@ -243,14 +243,9 @@ def _cmds(names: Sequence[str], out: Path, profile: str) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-def c3_table(out: Path) -> Optional[str]:
-    """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint."""
-    rows = [("det_only", "detection only"), ("seg_only", "segmentation only"), ("joint", "detection + segmentation")]
-    if all(load_run(out / n) is None for n, _ in rows):
-        return None
-    if load_run(out / "joint_seed1") is not None:
-        rows.append(("joint_seed1", BY_NAME["joint_seed1"].label))
-    lines = ["| trained for | mAP (%) | mIoU (%) | wall time |", "|---|---:|---:|---:|"]
+def _map_miou_table(first: str, rows, out: Path) -> str:
+    """``| first | mAP | mIoU | wall time |`` after the last task of each run in ``rows``."""
+    lines = [f"| {first} | mAP (%) | mIoU (%) | wall time |", "|---|---:|---:|---:|"]
     for n, label in rows:
         d = load_run(out / n)
         if d is None:
@@ -259,6 +254,16 @@ def c3_table(out: Path) -> Optional[str]:
         m = _last(d)
         lines.append(f"| {label} | {_f(_num(m.get('mAP')))} | {_f(_num(m.get('mIoU')))} | {_wall(d)} |")
     return "\n".join(lines)
+
+
+def c3_table(out: Path) -> Optional[str]:
+    """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint."""
+    rows = [("det_only", "detection only"), ("seg_only", "segmentation only"), ("joint", "detection + segmentation")]
+    if all(load_run(out / n) is None for n, _ in rows):
+        return None
+    if load_run(out / "joint_seed1") is not None:
+        rows.append(("joint_seed1", BY_NAME["joint_seed1"].label))
+    return _map_miou_table("trained for", rows, out)
 
 
 def c8_table(out: Path) -> Optional[str]:
@@ -268,15 +273,7 @@ def c8_table(out: Path) -> Optional[str]:
             ("fusion_hourglass", "hourglass (a residual block on the skip map added to the upsampled stream)")]
     if all(load_run(out / n) is None for n, _ in rows):
         return None
-    lines = ["| fusion block | mAP (%) | mIoU (%) | wall time |", "|---|---:|---:|---:|"]
-    for n, label in rows:
-        d = load_run(out / n)
-        if d is None:
-            lines.append(f"| {label} | not run | | |")
-            continue
-        m = _last(d)
-        lines.append(f"| {label} | {_f(_num(m.get('mAP')))} | {_f(_num(m.get('mIoU')))} | {_wall(d)} |")
-    return "\n".join(lines)
+    return _map_miou_table("fusion block", rows, out)
 
 
 def inc_table(out: Path) -> Optional[str]:
