@@ -294,7 +294,9 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
     cpu = next((w.get("cpu") for w in walls if w.get("cpu")), _cpu_name())
     thr = next((w.get("threads") for w in walls if w.get("threads")), None)
     gpu = next((w.get("gpu") for w in walls if w.get("gpu")), None)
+    mixed = gpu and any(w.get("seconds") is not None and not w.get("gpu") for w in walls)
     where = (f"{gpu} (several runs sharing it at once, see tools/gpu_experiments.sh), host CPU {cpu}"
+             + ("; the runs marked CPU in the tables ran on the CPU alone" if mixed else "")
              if gpu else f"{cpu}, CPU only")
     parts += [f"Hardware: {where}, {thr} torch thread(s) per run; total training + evaluation "
               f"wall time {secs / 60:.0f} min.", "",
