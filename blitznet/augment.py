@@ -22,12 +22,16 @@ pixels, as VOC Samples); COCO Samples (continuous ``x2 = x + w``) come out 1 pix
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
-import albumentations as A
-import cv2
-import numpy as np
-import torch
+# albumentations asks PyPI for a newer version at import time (a network call, and a warning on
+# machines without internet): this package never goes online at run time.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from incdet.errors import DataError
 
