@@ -343,7 +343,7 @@ def _hardware(out: Path, names: Optional[Sequence[str]] = None) -> str:
     dev = sorted({w.get("device", "?") for w in walls})
     gpu = next((w.get("gpu") for w in walls if w.get("gpu")), None)
     how = (f"GPU {gpu}, about ten training processes sharing it at once (tools/gpu_experiments.sh)" if gpu else
-           "one training process at a time on a 2-core machine shared with other jobs")
+           "one or two training processes at a time on a 2-core machine shared with other jobs")
     return (f"Hardware: {walls[0].get('cpu', _cpu_name())}, device {'/'.join(dev)}, "
             f"{'/'.join(map(str, thr))} torch thread(s) (OMP_NUM_THREADS=1), {how}; "
             f"torch {walls[0].get('torch', '?')}. "
