@@ -350,13 +350,14 @@ def _hardware(out: Path, names: Optional[Sequence[str]] = None) -> str:
             f"Total wall time of the {len(walls)} finished runs: {secs / 60:.0f} min.")
 
 
-def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "") -> str:
+def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", notes_path: str = "") -> str:
     """Write ``md`` from the finished runs under ``out``; returns the text."""
     hw = _hardware(out)
     parts = ["# BlitzNet on shapes-voc and VOC2012-100 (thesis appendix C)", "",
              f"Produced by `python tools/blitznet_experiments.py run --out {out} --profile {profile}` "
              "(trains every run below, one after another; resumable) and "
-             f"`python tools/blitznet_experiments.py table --out {out}` (writes this file from the run "
+             f"`python tools/blitznet_experiments.py table --out {out}"
+             f"{' --notes ' + notes_path if notes_path else ''}` (writes this file from the run "
              "directories). Each run is exactly the `blitznet train` command shown above its table.", "",
              hw, "",
              "mAP: mean of per-class VOC all-point AP, mIoU: mean IoU over background and the classes "
@@ -469,7 +470,7 @@ def main(argv=None) -> int:
         rc = run(a.only, out, a.profile, a.threads, a.device)
     if a.cmd in ("table", "all"):
         notes = Path(a.notes).read_text() if a.notes else ""
-        write_markdown(out, Path(a.md), a.profile, notes)
+        write_markdown(out, Path(a.md), a.profile, notes, a.notes or "")
         print(f"wrote {a.md}")
     return rc
 
