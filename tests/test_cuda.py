@@ -43,8 +43,9 @@ def test_incdet_driver_on_cuda(tmp_path, amp):
 
 
 def test_incdet_resume_on_cuda(tmp_path):
-    """A run resumed on the GPU from a mid-task checkpoint finishes (bitwise equality is only
-    promised on the CPU)."""
+    """``--resume`` of a GPU run directory reloads its GPU-written checkpoint on the GPU and
+    finishes (the run has already ended here, so this checks the reload path, not a mid-task
+    restart; bitwise equality after a restart is only promised on the CPU)."""
     from incdet.engine.trainer import run_training
 
     cfg = REPO / "configs" / "incdet" / "shapes_15+5.yaml"
