@@ -13,6 +13,10 @@ Domains (name -> files under the data root, default ``../shared/data``):
 ``camvid``      domains/camvid/val/*.png
 ==============  ==================================================================
 
+Any other name is a path: a folder of images (recursive), or a VOC image-set file
+``ROOT/ImageSets/Main/<split>.txt`` whose ids name ``ROOT/JPEGImages/<id>.jpg`` (e.g.
+``data/shapes-voc/ImageSets/Main/train.txt``: a detector's training images as a codec domain).
+
 Each domain is split deterministically into train/eval by file name (every ``eval_every``-th
 file of the sorted list goes to eval). Training items are random crops (uint8 ``[3, c, c]``;
 images smaller than the crop are replicate-padded); eval items are whole images (uint8
@@ -69,11 +73,28 @@ def domain_files(name: str, root=None, natural_with_camvid: bool = False) -> Lis
         p = Path(name)
         if p.is_dir():  # any folder of images is a domain too
             files = _images(p)
+        elif p.is_file() and p.suffix == ".txt":  # a VOC image set
+            files = voc_image_set(p)
         else:
             raise DataError(f"unknown image domain {name!r}; known: {', '.join(DOMAINS)} (or a folder of images)")
     if not files:
         raise DataError(f"domain {name!r}: no images found under {root} (is ../shared/data present?)")
     return files
+
+
+def voc_image_set(path) -> List[Path]:
+    """Images of a VOC image-set file ``ROOT/ImageSets/<Main|Segmentation>/<split>.txt`` (one id per
+    line, optional trailing columns): ``ROOT/JPEGImages/<id>.jpg`` in the file's order, sorted."""
+    path = Path(path)
+    root = path.parents[2]
+    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    if not ids:
+        raise DataError(f"{path}: VOC image set is empty")
+    files = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of {len(files)} listed images are missing, e.g. {missing[0]}")
+    return sorted(files)
 
 
 def split_files(files: Sequence[Path], eval_every: int = 5):

@@ -65,6 +65,29 @@ def test_domain_files_and_tasks(domains_root, kodak_root):
         domain_files("nope", data_root)
 
 
+def test_voc_image_set_is_a_domain(tmp_path):
+    """A VOC image-set file names the domain's images (a detector's training split)."""
+    from PIL import Image
+
+    from codec.data import domain_files
+    from incdet.errors import DataError
+
+    root = tmp_path / "voc"
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for i in ("b", "a", "c"):
+        Image.new("RGB", (8, 8)).save(root / "JPEGImages" / f"{i}.jpg")
+    split = root / "ImageSets" / "Main" / "train.txt"
+    split.write_text("b\na  1\n\n")
+    assert [p.name for p in domain_files(str(split))] == ["a.jpg", "b.jpg"]
+    split.write_text("a\nzz\n")
+    with pytest.raises(DataError, match=r"train.txt: 1 of 2 listed images are missing, e.g. .*zz.jpg"):
+        domain_files(str(split))
+    split.write_text("\n")
+    with pytest.raises(DataError, match="train.txt: VOC image set is empty"):
+        domain_files(str(split))
+
+
 def test_tiny_run_and_report(tmp_path, domains_root):
     """Two tasks, two lambdas, CAwF: source results unchanged at t=2; report renders."""
     from codec.learner import CodecConfig, DomainTasksConfig, RunSpec, run_sequence
