@@ -457,6 +457,36 @@ def bd_rate_table(rows: Sequence[dict], metric: str) -> Dict[str, Dict[str, floa
     return {t: {a: (0.0 if a == t else _bd(cv[a], cv[t])) for a in cv} for t in cv}
 
 
+def rate_at_accuracy(curve: Sequence[dict], target: float) -> float:
+    """The bpp at which a codec first reaches accuracy ``target`` (same units as the curve's
+    ``psnr`` slot): on the curve's upper envelope (:func:`codec.report.pareto`), the first point
+    at or above ``target``, linearly interpolated in log-bpp from the envelope point below it.
+    NaN when no point of the curve reaches ``target``; the lowest rate's bpp when it already does
+    (the codec may reach it at an even lower rate, not measured)."""
+    from codec.report import pareto
+
+    env = pareto(list(curve))
+    for k, p in enumerate(env):
+        if p["psnr"] >= target:
+            if k == 0:
+                return float(p["bpp"])
+            q = env[k - 1]
+            t = (target - q["psnr"]) / (p["psnr"] - q["psnr"])
+            return float(math.exp(math.log(q["bpp"]) + t * (math.log(p["bpp"]) - math.log(q["bpp"]))))
+    return float("nan")
+
+
+def rate_at_accuracy_table(rows: Sequence[dict], metric: str, fractions: Sequence[float] = (0.8, 0.9, 0.95)
+                           ) -> Dict[str, Dict[str, float]]:
+    """``{codec: {"<f>": bpp}}``: the bpp each codec needs to reach ``f`` x the accuracy of the
+    uncompressed images (:func:`rate_at_accuracy`); empty when the original row lacks ``metric``."""
+    orig = next((r for r in rows if r["codec"] == ORIGINAL), None)
+    ref = None if orig is None else orig.get(metric)
+    if ref is None or not math.isfinite(ref):
+        return {}
+    return {c: {f"{f:g}": rate_at_accuracy(pts, f * ref) for f in fractions} for c, pts in curves(rows, metric).items()}
+
+
 # ----------------------------------------------------------------------------------- outputs
 def _f(v, nd=2, sign=False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -492,6 +522,21 @@ def write_markdown(res: dict, path) -> str:
               "| codec \\ anchor | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for t in names:
             L.append(f"| {t} | " + " | ".join(_f(tab[t][a], sign=True) for a in names) + " |")
+        L.append("")
+    for k, tab in res.get("rate_at_accuracy", {}).items():
+        if not tab:
+            continue
+        fr = list(next(iter(tab.values())))
+        ref = next((r.get(k) for r in rows if r["codec"] == ORIGINAL), None)
+        L += [f"## bpp needed to reach a given {k}", "",
+              f"The rate at which each codec first reaches a fraction of the uncompressed {k.split('/')[-1]} "
+              f"({_f(ref)}), on its upper envelope, log-linear between measured points; n/a = not reached "
+              "at the measured rates; a value equal to the codec's lowest measured bpp means it was already "
+              "reached there.", "",
+              "| codec | " + " | ".join(f"{float(f) * 100:g} % ({_f(float(f) * ref)})" for f in fr) + " |",
+              "|---|" + "---|" * len(fr)]
+        for c, d in tab.items():
+            L.append(f"| {c} | " + " | ".join(_f(d[f], 3) for f in fr) + " |")
         L.append("")
     if res.get("compatibility"):
         L += ["## Bitstream compatibility across adaptation", "",
@@ -555,7 +600,8 @@ def run_eval_detector(es: EvalSet, points: Sequence[RatePoint], detectors: Seque
                 f"{k} {r[k]:.2f}" for k in metric_keys([r])) + f" ({r['seconds']:.1f}s)")
     res = {"data": es.root, "split": es.split, "images": len(es.images), "command": command,
            "detectors": [{"name": d.name, "metrics": list(d.metrics), "classes": list(d.classes)} for d in detectors],
-           "rows": rows, "bd_rate": {k: bd_rate_table(rows, k) for k in metric_keys(rows)}, "compatibility": []}
+           "rows": rows, "bd_rate": {k: bd_rate_table(rows, k) for k in metric_keys(rows)},
+           "rate_at_accuracy": {k: rate_at_accuracy_table(rows, k) for k in metric_keys(rows)}, "compatibility": []}
     for label, s, a in compat:
         c = compatibility_check(s, a, es, detectors, device=device, label=label)
         res["compatibility"].append(c)
@@ -632,5 +678,5 @@ def compat_pairs(neural: Sequence[Tuple[str, List[str]]], explicit: Sequence[str
 
 __all__ = ["RatePoint", "pil_rate_points", "neural_rate_points", "parse_neural_spec", "IncdetDetector",
            "BlitzNetDetector", "EvalSet", "load_eval_set", "detection_map", "segmentation_miou", "evaluate_point",
-           "compatibility_check", "bd_rate_table", "curves", "run_eval_detector", "write_markdown", "plot",
+           "compatibility_check", "bd_rate_table", "rate_at_accuracy", "rate_at_accuracy_table", "curves", "run_eval_detector", "write_markdown", "plot",
            "compat_pairs"]

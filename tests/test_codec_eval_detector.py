@@ -108,6 +108,7 @@ def test_whole_chain_writes_consistent_tables(chain, tmp_path):
     assert all(c["reencoded_identical_bytes"] == 4 and c["refused"] == 0 for c in comp)
     md = (out / "results.md").read_text()
     assert "| JPEG2000 | 40 |" in md and "BD-rate over the incdet/mAP" in md and "bit-exactly" in md
+    assert set(res["rate_at_accuracy"]) == {"incdet/mAP", "blitznet/mAP", "blitznet/mIoU"}
     assert (out / "rate_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -131,6 +132,22 @@ def test_bd_rate_over_accuracy_curves_and_non_monotone_points():
     # a flat curve keeps one point: undefined
     d = rows("D", [0.1, 0.2, 0.4], [50.0, 50.0, 50.0])
     assert math.isnan(de.bd_rate_table(a + d, "m/mAP")["D"]["A"])
+
+
+def test_rate_at_accuracy_worked_by_hand():
+    a = [{"bpp": 0.1, "psnr": 10.0}, {"bpp": 0.4, "psnr": 30.0}, {"bpp": 0.2, "psnr": 5.0}, {"bpp": 1.6, "psnr": 40.0}]
+    # 20 lies halfway between the envelope points (0.1, 10) and (0.4, 30) -> geometric mean 0.2
+    # ((0.2, 5) is dominated by the lower-rate (0.1, 10) and dropped)
+    assert de.rate_at_accuracy(a, 20.0) == pytest.approx(0.2)
+    assert de.rate_at_accuracy(a, 35.0) == pytest.approx(0.8)   # halfway 0.4 -> 1.6 in log
+    assert de.rate_at_accuracy(a, 40.0) == pytest.approx(1.6)
+    assert de.rate_at_accuracy(a, 8.0) == pytest.approx(0.1)    # reached at the lowest rate
+    assert math.isnan(de.rate_at_accuracy(a, 41.0))
+    rows = [{"codec": "original", "param": "", "bpp": float("nan"), "d/mAP": 40.0}]
+    rows += [{"codec": "A", "param": str(p["bpp"]), "bpp": p["bpp"], "d/mAP": p["psnr"]} for p in a]
+    tab = de.rate_at_accuracy_table(rows, "d/mAP", fractions=(0.5, 0.875))
+    assert tab["A"]["0.5"] == pytest.approx(0.2) and tab["A"]["0.875"] == pytest.approx(0.8)
+    assert de.rate_at_accuracy_table(rows, "d/mIoU") == {}
 
 
 def test_bad_inputs(chain, tmp_path, capsys):
