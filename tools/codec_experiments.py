@@ -54,6 +54,7 @@ def plan(a) -> List[Job]:
     cmd0 = [sys.executable, "-m", "codec.cli", "run", "--config", a.config]
     extra = [x for s in (a.set or []) for x in ("--set", s)]
     jobs: List[Job] = []
+    n_tasks = _n_tasks(a)
     # JPEG / JPEG2000 curves on the eval sets (cached for the report), beside the base run
     jobs.append(Job("baselines", [sys.executable, str(Path(__file__).resolve()), "baselines", "--out", str(out),
                                   "--config", a.config] + [x for s in (a.set or []) for x in ("--set", s)],
@@ -78,8 +79,8 @@ def plan(a) -> List[Job]:
             jobs.append(Job(f"{s}_{_lam(l)}", cmd0 + [
                 "--out", str(d), "--set", f"learner.lmbda={l}", "--set", f"learner.strategy={s}",
                 "--set", f"learner.source_checkpoint={src / 'codec_task0.pt'}", "--set", "learner.train_source=false",
-                "--set", f"run.source_results={src / 'results.json'}"] + extra, d, rows=3, deps=[f"src_{_lam(l)}"]))
-        if "cawf" in a.strategies:
+                "--set", f"run.source_results={src / 'results.json'}"] + extra, d, rows=n_tasks, deps=[f"src_{_lam(l)}"]))
+        if "cawf" in a.strategies and a.check:  # the PACS t=1/t=2/t=3 bitstream check
             chk = out / f"check_{_lam(l)}.json"
             deps = [f"{s}_{_lam(l)}" for s in a.strategies]
             jobs.append(Job(f"check_{_lam(l)}", [sys.executable, str(Path(__file__).resolve()), "check-one",
@@ -97,6 +98,12 @@ def plan(a) -> List[Job]:
     if a.joint_first:  # joint runs right after the sources (they need nothing else)
         jobs.sort(key=lambda j: 0 if j.name.startswith("src_") else 1 if j.name.startswith("joint_") else 2)
     return jobs
+
+
+def _n_tasks(a) -> int:
+    from codec.cli import load_run_config
+
+    return len(load_run_config(a.config, a.set or [])[0].sequence)
 
 
 def joint_iters(a) -> int:
@@ -516,6 +523,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", type=float, default=5e-4, help="lr of those steps and of the joint runs")
     p.add_argument("--joint-iters", type=int, default=None,
                    help="default: source_iterations + (tasks - 1) * iterations of the config")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="the PACS bitstream-compatibility check jobs (3-task sequences)")
     p.add_argument("--joint-first", action="store_true", help="schedule the joint runs before the strategies")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
