@@ -26,9 +26,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +35,9 @@ from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from codec_experiments import _fmt, _hardware  # noqa: E402  (the PACS tool's doc helpers)
 
 CONFIG = "configs/codec/shapes_cpu.yaml"
 LAMBDAS = (0.002, 0.008, 0.016, 0.032)
@@ -126,27 +127,6 @@ def evaluate(a) -> int:
 
 
 # ---------------------------------------------------------------------------------------- doc
-def _hardware() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, CPU only")
-
-
-def _f(v, nd=2, sign=False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
-
-
 def _read_cmd(ckpt: str) -> str:
     """The training command recorded beside a detector checkpoint (``command.txt`` of its run)."""
     p = Path(ckpt)
@@ -174,7 +154,7 @@ def verdict(res: dict, adapted=("CAwF", "adapters"), anchors=("source", "JPEG200
                 else:
                     word = f"BD-rate {bd:+.1f} % ({'fewer' if bd < 0 else 'more'} bits at equal accuracy)"
                 lines.append(f"- {k}: {t} vs {an}: {word}; bpp to reach {fraction * 100:g} % of the uncompressed "
-                             f"accuracy {_f(rt, 3)} vs {_f(ra, 3)}.")
+                             f"accuracy {_fmt(rt, 3, sign=False)} vs {_fmt(ra, 3, sign=False)}.")
     return lines
 
 
@@ -205,7 +185,7 @@ def write_doc(a) -> int:
          "Regenerate everything (codec training, evaluation, this file and its picture):", "",
          "```", f"python tools/codec_detector_experiments.py all --out {a.out}", "```", "",
          f"This file alone from finished runs: `python tools/codec_detector_experiments.py doc --out {a.out}`.", "",
-         f"- Hardware: {_hardware()}.",
+         f"- Hardware: {_hardware('', '')}.",
          f"- Wall time: codec training {train_s / 60:.1f} min summed over its runs "
          f"(`{out}/timing.json`); evaluation {timing.get('eval_seconds', float('nan')) / 60:.1f} min "
          f"(`{res['images']}` test images x {len(rows)} rows, two detectors, proposals recomputed on every decoded image).",
@@ -219,7 +199,7 @@ def write_doc(a) -> int:
          f"- Detectors: **incdet** `{a.incdet}` (Fast R-CNN after the incremental step 15+5 with distillation; "
          f"trained by `{_read_cmd(a.incdet)}`, i.e. `{INCDET_CMD}`) and **BlitzNet** `{a.blitznet}` (joint detection + "
          f"segmentation; trained by `{_read_cmd(a.blitznet)}`, i.e. `{BLITZNET_CMD}`). Uncompressed test images: "
-         + ", ".join(f"{k} {_f(src_row.get(k))}" for k in de.metric_keys(rows)) + ".",
+         + ", ".join(f"{k} {_fmt(src_row.get(k), sign=False)}" for k in de.metric_keys(rows)) + ".",
          f"- Evaluation command (run by `eval`): `{res.get('command', '')}`.", "",
          f"![mAP / mIoU against bpp]({pics.relative_to(Path(a.doc).parent) if pics.is_relative_to(Path(a.doc).parent) else pics}/rate_accuracy.png)",
          "", "## Against the issue's target", "",
@@ -228,7 +208,7 @@ def write_doc(a) -> int:
     L += ["PSNR BD-rate on the same test images (row vs column, %; negative = fewer bits at equal PSNR):", "",
           "| codec \\ anchor | " + " | ".join(psnr_bd) + " |", "|---|" + "---|" * len(psnr_bd)]
     for t in psnr_bd:
-        L.append(f"| {t} | " + " | ".join(_f(psnr_bd[t][x], sign=True) for x in psnr_bd) + " |")
+        L.append(f"| {t} | " + " | ".join(_fmt(psnr_bd[t][x], sign=True) for x in psnr_bd) + " |")
     L += ["", "## Results", "", body.strip(), ""]
     if a.notes and Path(a.notes).is_file():
         L += ["## Notes", "", Path(a.notes).read_text().strip(), ""]

@@ -284,7 +284,8 @@ def baselines(a) -> int:
 # ---------------------------------------------------------------------------------------
 # the doc
 # ---------------------------------------------------------------------------------------
-def _hardware() -> str:
+def _hardware(cores_note: str = " (shared with other jobs during the runs)",
+              run_note: str = ", one thread per run") -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -295,8 +296,8 @@ def _hardware() -> str:
         pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} logical cores (shared with other jobs during the runs), "
-            f"torch {torch.__version__}, Python {platform.python_version()}, CPU only, one thread per run")
+    return (f"{cpu}, {os.cpu_count()} logical cores{cores_note}, "
+            f"torch {torch.__version__}, Python {platform.python_version()}, CPU only{run_note}")
 
 
 def _fmt(v, nd=2, sign=True) -> str:
