@@ -233,7 +233,8 @@ def cmd_eval_detector(args) -> int:
             parts.append(flag + " " + " ".join(shlex.quote(f"{x:g}" if isinstance(x, float) else str(x))
                                                for x in (v if isinstance(v, list) else [v])))
     cmd = "codec eval-detector " + " ".join(parts)
-    de.run_eval_detector(es, points, dets, args.out, compat=compat, device=dev, command=cmd)
+    de.run_eval_detector(es, points, dets, args.out, compat=compat, device=dev, command=cmd,
+                         compat_images=args.compat_max_images)
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, rate_accuracy.png")
     return 0
 
@@ -318,6 +319,8 @@ def register_eval_detector(sub) -> None:
     p.add_argument("--compat", action="append", metavar="SOURCE_LABEL:ADAPTED_LABEL",
                    help="compatibility pairs (default: the first plain codec vs every CAwF codec)")
     p.add_argument("--no-compat", action="store_true", help="skip the bitstream compatibility check")
+    p.add_argument("--compat-max-images", type=int, default=None,
+                   help="images in the compatibility check (the first ones of the split; default all)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.set_defaults(func=cmd_eval_detector)

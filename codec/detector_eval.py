@@ -582,9 +582,9 @@ def plot(res: dict, path) -> None:
 
 def run_eval_detector(es: EvalSet, points: Sequence[RatePoint], detectors: Sequence, out_dir,
                       compat: Sequence[Tuple[str, str, str]] = (), device: str = "cpu", command: str = "",
-                      log: Optional[Callable[[str], None]] = print) -> dict:
+                      log: Optional[Callable[[str], None]] = print, compat_images: Optional[int] = None) -> dict:
     """Evaluate the original images and every rate point, the compatibility pairs
-    ``(label, source_ckpt, adapted_ckpt)``, write ``results.json``, ``results.md`` and
+    ``(label, source_ckpt, adapted_ckpt)`` (on the first ``compat_images`` images; all by default), write ``results.json``, ``results.md`` and
     ``rate_accuracy.png`` into ``out_dir``; returns the results dict."""
     if not detectors:
         raise ConfigError("eval-detector needs at least one detector (--incdet and/or --blitznet)")
@@ -602,8 +602,11 @@ def run_eval_detector(es: EvalSet, points: Sequence[RatePoint], detectors: Seque
            "detectors": [{"name": d.name, "metrics": list(d.metrics), "classes": list(d.classes)} for d in detectors],
            "rows": rows, "bd_rate": {k: bd_rate_table(rows, k) for k in metric_keys(rows)},
            "rate_at_accuracy": {k: rate_at_accuracy_table(rows, k) for k in metric_keys(rows)}, "compatibility": []}
+    ces = es if not compat_images else EvalSet(es.ids[:compat_images], es.images[:compat_images],
+                                               es.gts[:compat_images], es.masks[:compat_images], es.classes,
+                                               es.root, es.split)
     for label, s, a in compat:
-        c = compatibility_check(s, a, es, detectors, device=device, label=label)
+        c = compatibility_check(s, a, ces, detectors, device=device, label=label)
         res["compatibility"].append(c)
         if log:
             log(f"compatibility {label}: {c['decoded_identical']}/{c['images']} bit-exact, "

@@ -112,6 +112,16 @@ def test_whole_chain_writes_consistent_tables(chain, tmp_path):
     assert (out / "rate_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_compatibility_check_on_the_first_images_only(chain, tmp_path):
+    es = de.load_eval_set(chain / "shapes", "test", masks=False)
+    det = de.IncdetDetector(chain / "run" / "checkpoints" / "task1.pt", method="sliding_window")
+    res = de.run_eval_detector(es, [], [det], tmp_path / "o", log=None, compat_images=2,
+                               compat=[("s:c", str(chain / "src0.pt"), str(chain / "cawf0.pt"))])
+    assert res["images"] == 4 and res["rows"][0]["images"] == 4
+    c = res["compatibility"][0]
+    assert c["images"] == 2 and c["decoded_identical"] == 2 and c["same_detections"] == {"incdet": 2} and c["ok"]
+
+
 def test_compatibility_flags_a_retrained_codec(chain):
     es = de.load_eval_set(chain / "shapes", "test", max_images=2, masks=False)
     r = de.compatibility_check(chain / "src0.pt", chain / "src1.pt", es, [])

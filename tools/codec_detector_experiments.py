@@ -89,7 +89,7 @@ def eval_cmd(a) -> List[str]:
     for label, prefix, task in NEURAL:
         cks = [str(out / f"{prefix}_{_lam(l)}" / f"codec_task{task}.pt") for l in a.lambdas]
         cmd += ["--neural", f"{label}=" + ",".join(cks)]
-    cmd += ["--compat", "source:CAwF"]
+    cmd += ["--compat", "source:CAwF", "--compat-max-images", str(a.compat_images)]
     return cmd
 
 
@@ -227,6 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="data/shapes-voc")
     p.add_argument("--split", default="test")
     p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--compat-images", type=int, default=50, help="test images in the CAwF compatibility check")
     p.add_argument("--incdet", default=INCDET)
     p.add_argument("--blitznet", default=BLITZNET)
     p.add_argument("--jpeg", type=int, nargs="+", default=list(JPEG))
