@@ -87,6 +87,11 @@ def test_doc_states_the_verdict_from_the_results(tool, tmp_path):
     assert "- incdet/mAP: CAwF vs JPEG2000: BD-rate -50.0 % (fewer bits at equal accuracy); bpp to reach 90 % " \
            "of the uncompressed accuracy 0.303 vs 0.606." in text
     assert "- incdet/mAP: CAwF vs source: BD-rate" in text and "vs n/a" in text  # source never reaches 36
+    # CAwF's 0.4-bpp point (40 mAP) is below the source's highest rate (0.8) and above its best (30)
+    dom = tool._dominates(_rows(), "incdet/mAP", "CAwF", "source")
+    assert dom == ("CAwF at 0.400 bpp (40.00) is more accurate than every source point "
+                   "(best 30.00 at 0.800 bpp, highest rate 0.800 bpp)")
+    assert tool._dominates(_rows(), "incdet/mAP", "source", "CAwF") == ""
     assert "A hand-written note." in text and "![mAP / mIoU against bpp](cd/rate_accuracy.png)" in text
     assert (pics / "rate_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # no eval results: a clear message, no traceback

@@ -137,6 +137,23 @@ def _read_cmd(ckpt: str) -> str:
     return "?"
 
 
+def _dominates(rows, metric: str, a: str, b: str) -> str:
+    """A sentence when some point of codec ``a`` is at most the highest rate of codec ``b`` yet
+    more accurate than every point of ``b`` ("" otherwise)."""
+    pa = [r for r in rows if r["codec"] == a and r.get(metric) is not None and math.isfinite(r[metric])]
+    pb = [r for r in rows if r["codec"] == b and r.get(metric) is not None and math.isfinite(r[metric])]
+    if not pa or not pb:
+        return ""
+    best_b = max(pb, key=lambda r: r[metric])
+    top_rate = max(r["bpp"] for r in pb)
+    wins = [r for r in pa if r["bpp"] <= top_rate and r[metric] > best_b[metric]]
+    if not wins:
+        return ""
+    w = min(wins, key=lambda r: r["bpp"])
+    return (f"{a} at {w['bpp']:.3f} bpp ({w[metric]:.2f}) is more accurate than every {b} point "
+            f"(best {best_b[metric]:.2f} at {best_b['bpp']:.3f} bpp, highest rate {top_rate:.3f} bpp)")
+
+
 def verdict(res: dict, adapted=("CAwF", "adapters"), anchors=("source", "JPEG2000"), fraction: float = 0.9) -> List[str]:
     """Lines comparing every adapted codec with every anchor per detector metric: BD-rate over
     the accuracy-rate curves and the bpp needed to reach ``fraction`` of the uncompressed accuracy."""
@@ -149,8 +166,11 @@ def verdict(res: dict, adapted=("CAwF", "adapters"), anchors=("source", "JPEG200
                     continue
                 bd = tab[t][an]
                 rt, ra = rat.get(t, {}).get(f"{fraction:g}"), rat.get(an, {}).get(f"{fraction:g}")
+                dom = _dominates(res["rows"], k, an, t)
                 if bd is None or not math.isfinite(bd):
                     word = "BD-rate undefined (curves too short or not overlapping)"
+                    if dom:
+                        word += f"; {dom}"
                 else:
                     word = f"BD-rate {bd:+.1f} % ({'fewer' if bd < 0 else 'more'} bits at equal accuracy)"
                 lines.append(f"- {k}: {t} vs {an}: {word}; bpp to reach {fraction * 100:g} % of the uncompressed "
