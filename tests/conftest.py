@@ -13,6 +13,18 @@ SHARED = Path(os.environ.get("INCDET_SHARED", REPO.parent / "shared"))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` (the tools are scripts, not a package) as module ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[name] = m  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(m)
+    return m
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ``../shared``; skips the calling test when it does not exist."""
     p = SHARED.joinpath(*parts)

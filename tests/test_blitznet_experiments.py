@@ -1,21 +1,16 @@
 """tools/blitznet_experiments.py: tables and markdown from fabricated run directories."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_tool
+
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("blitznet_experiments", ROOT / "tools" / "blitznet_experiments.py")
-    m = importlib.util.module_from_spec(spec)
-    sys.modules["blitznet_experiments"] = m  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(m)
-    return m
+    return load_tool("blitznet_experiments")
 
 
 def _write(run: Path, rows, seconds=120.0, command=None):

@@ -1,25 +1,18 @@
 """tools/codec_detector_experiments.py: the commands it runs, its checks, and the doc from a
 fabricated eval directory (the chain itself is tested in test_codec_eval_detector.py)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
+
 from codec import detector_eval as de
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("codec_detector_experiments",
-                                                  ROOT / "tools" / "codec_detector_experiments.py")
-    m = importlib.util.module_from_spec(spec)
-    sys.modules["codec_detector_experiments"] = m
-    spec.loader.exec_module(m)
-    return m
+    return load_tool("codec_detector_experiments")
 
 
 def _args(tool, out, *extra):

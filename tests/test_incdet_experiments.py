@@ -1,21 +1,16 @@
 """tools/incdet_experiments.py: the old/new/all tables from run directories (fabricated results)."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_tool
+
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("incdet_experiments", ROOT / "tools" / "incdet_experiments.py")
-    m = importlib.util.module_from_spec(spec)
-    sys.modules["incdet_experiments"] = m  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(m)
-    return m
+    return load_tool("incdet_experiments")
 
 
 def _write(run: Path, rows):

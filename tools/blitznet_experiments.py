@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name  # noqa: E402  (shared by the tools)
 
 JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
 INC_CFG = "configs/blitznet/shapes_15+5.yaml"
@@ -137,16 +138,6 @@ def command_of(e: Experiment, out: Path, profile: str) -> List[str]:
     return cmd
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(names: Sequence[str], out: Path, profile: str, threads: int, device: str) -> int:
     import torch
 
@@ -185,7 +176,7 @@ def run(names: Sequence[str], out: Path, profile: str, threads: int, device: str
         (rd / "command.txt").write_text(shlex.join(cmd) + "\n")
         (rd / "wall.json").write_text(json.dumps({
             "seconds": round(dt, 1), "threads": threads, "device": device if device != "auto" else
-            ("cuda" if torch.cuda.is_available() else "cpu"), "cpu": _cpu_name(), "profile": profile,
+            ("cuda" if torch.cuda.is_available() else "cpu"), "cpu": cpu_name(), "profile": profile,
             "resumed": resume is not None, "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None}))
         print(f"[blitznet-exp] {e.name}: done in {dt:.0f} s", flush=True)
@@ -344,7 +335,7 @@ def _hardware(out: Path, names: Optional[Sequence[str]] = None) -> str:
     gpu = next((w.get("gpu") for w in walls if w.get("gpu")), None)
     how = (f"GPU {gpu}, about ten training processes sharing it at once (tools/gpu_experiments.sh)" if gpu else
            "one or two training processes at a time on a 2-core machine shared with other jobs")
-    return (f"Hardware: {walls[0].get('cpu', _cpu_name())}, device {'/'.join(dev)}, "
+    return (f"Hardware: {walls[0].get('cpu', cpu_name())}, device {'/'.join(dev)}, "
             f"{'/'.join(map(str, thr))} torch thread(s) (OMP_NUM_THREADS=1), {how}; "
             f"torch {walls[0].get('torch', '?')}. "
             f"Total wall time of the {len(walls)} finished runs: {secs / 60:.0f} min.")

@@ -30,6 +30,8 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name  # noqa: E402  (shared by the tools)
 
 LAMBDAS = (0.002, 0.008, 0.016, 0.032)
 STRATEGIES = ("naive", "selective", "cawf", "adapters")
@@ -286,15 +288,9 @@ def baselines(a) -> int:
 # ---------------------------------------------------------------------------------------
 def _hardware(cores_note: str = " (shared with other jobs during the runs)",
               run_note: str = ", one thread per run") -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
+
+    cpu = cpu_name()
 
     return (f"{cpu}, {os.cpu_count()} logical cores{cores_note}, "
             f"torch {torch.__version__}, Python {platform.python_version()}, CPU only{run_note}")

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -37,6 +35,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name  # noqa: E402  (shared by the tools)
 
 
 @dataclass
@@ -149,7 +149,7 @@ def run(names: Sequence[str], out: Path, threads: int, device: str) -> int:
         rd.mkdir(parents=True, exist_ok=True)
         (rd / "command.txt").write_text(shlex.join(cmd) + "\n")
         (rd / "wall.json").write_text(json.dumps({
-            "seconds": round(dt, 1), "threads": threads, "device": device, "cpu": _cpu_name(),
+            "seconds": round(dt, 1), "threads": threads, "device": device, "cpu": cpu_name(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None,
             "resumed": resume is not None}))
         print(f"[incdet-exp] {e.name}: done in {dt:.0f} s", flush=True)
@@ -159,16 +159,6 @@ def run(names: Sequence[str], out: Path, threads: int, device: str) -> int:
 
 
 # ---------------------------------------------------------------------------------- tables
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _wt(d: dict) -> str:
     """Wall time of a run and where it ran (GPU runs shared the GPU with other runs)."""
     w = d.get("_wall", {})
@@ -291,7 +281,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
              "file). Each run is exactly the `incdet train` command listed under its table.", ""]
     walls = [(_load(out / e.name) or {}).get("_wall", {}) for e in EXPERIMENTS]
     secs = sum(w.get("seconds", 0) for w in walls)
-    cpu = next((w.get("cpu") for w in walls if w.get("cpu")), _cpu_name())
+    cpu = next((w.get("cpu") for w in walls if w.get("cpu")), cpu_name())
     thr = next((w.get("threads") for w in walls if w.get("threads")), None)
     gpu = next((w.get("gpu") for w in walls if w.get("gpu")), None)
     mixed = gpu and any(w.get("seconds") is not None and not w.get("gpu") for w in walls)
