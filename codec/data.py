@@ -76,7 +76,8 @@ def domain_files(name: str, root=None, natural_with_camvid: bool = False) -> Lis
         elif p.is_file() and p.suffix == ".txt":  # a VOC image set
             files = voc_image_set(p)
         else:
-            raise DataError(f"unknown image domain {name!r}; known: {', '.join(DOMAINS)} (or a folder of images)")
+            raise DataError(f"unknown image domain {name!r}; known: {', '.join(DOMAINS)} "
+                            "(or a folder of images, or a VOC image-set .txt file)")
     if not files:
         raise DataError(f"domain {name!r}: no images found under {root} (is ../shared/data present?)")
     return files
@@ -86,6 +87,8 @@ def voc_image_set(path) -> List[Path]:
     """Images of a VOC image-set file ``ROOT/ImageSets/<Main|Segmentation>/<split>.txt`` (one id per
     line, optional trailing columns): ``ROOT/JPEGImages/<id>.jpg`` in the file's order, sorted."""
     path = Path(path)
+    if len(path.resolve().parents) < 3 or path.parent.parent.name != "ImageSets":
+        raise DataError(f"{path}: a VOC image set must be ROOT/ImageSets/<Main|Segmentation>/<split>.txt")
     root = path.parents[2]
     ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
     if not ids:

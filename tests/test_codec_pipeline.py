@@ -86,6 +86,10 @@ def test_voc_image_set_is_a_domain(tmp_path):
     split.write_text("\n")
     with pytest.raises(DataError, match="train.txt: VOC image set is empty"):
         domain_files(str(split))
+    loose = tmp_path / "ids.txt"
+    loose.write_text("a\n")
+    with pytest.raises(DataError, match=r"ids.txt: a VOC image set must be ROOT/ImageSets/"):
+        domain_files(str(loose))
 
 
 def test_tiny_run_and_report(tmp_path, domains_root):
