@@ -187,9 +187,7 @@ def write_doc(a) -> int:
         print(f"{ev}: not found; run `python tools/codec_detector_experiments.py eval --out {a.out}`", file=sys.stderr)
         return 1
     res = json.loads(ev.read_text())
-    rows = [{k: (float("nan") if v is None else v) for k, v in r.items()} for r in res["rows"]]
-    for r in rows:  # JSON nulls back to NaN
-        r["codec"], r["param"] = str(r["codec"]), str(r["param"])
+    rows = [{k: (float("nan") if v is None else v) for k, v in r.items()} for r in res["rows"]]  # nulls -> NaN
     pics = Path(a.plots)
     pics.mkdir(parents=True, exist_ok=True)
     res_nan = dict(res, rows=rows)
