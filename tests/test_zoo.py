@@ -1,0 +1,97 @@
+"""The model zoo: manifest, sha256 check, refusal of altered files, CLI."""
+import json
+
+import pytest
+import torch
+
+from incdet import zoo
+from incdet.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture
+def zdir(tmp_path, monkeypatch):
+    d = tmp_path / "zoo"
+    d.mkdir()
+    monkeypatch.setenv("INCDET_ZOO", str(d))
+    return d
+
+
+def _weights(path, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    torch.save({"conv1.weight": torch.randn(4, 3, 3, 3, generator=g)}, path)
+    return path
+
+
+def test_add_verify_resolve(zdir):
+    f = _weights(zdir / "r18.pt")
+    e = zoo.add("r18", f, command="incdet pretrain --out zoo/r18.pt", hardware="cpu", wall_s=12.5,
+                metrics={"top1": 91.0})
+    assert e.size == f.stat().st_size and len(e.sha256) == 64
+    doc = json.loads((zdir / "manifest.json").read_text())
+    assert doc["entries"]["r18"]["command"] == "incdet pretrain --out zoo/r18.pt"
+    assert zoo.resolve("zoo:r18") == str(zdir / "r18.pt")
+    assert zoo.resolve("/some/plain/path.pt") == "/some/plain/path.pt"
+    state = torch.load(zoo.resolve("zoo:r18"), weights_only=True)
+    assert set(state) == {"conv1.weight"}
+
+
+def test_one_byte_altered_file_is_refused(zdir):
+    f = _weights(zdir / "r18.pt")
+    zoo.add("r18", f, command="cmd", hardware="cpu", wall_s=1)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"sha256 .* does not match .*made by: cmd"):
+        zoo.resolve("zoo:r18")
+
+
+def test_truncated_missing_unknown(zdir):
+    f = _weights(zdir / "a.pt")
+    zoo.add("a", f, command="cmd-a", hardware="cpu", wall_s=1)
+    f.write_bytes(f.read_bytes()[:-3])
+    with pytest.raises(CheckpointError, match="truncated"):
+        zoo.verify("a")
+    f.unlink()
+    with pytest.raises(CheckpointError, match="missing; it is made by: cmd-a"):
+        zoo.verify("a")
+    with pytest.raises(CheckpointError, match=r"unknown zoo entry 'b'; known: a"):
+        zoo.resolve("zoo:b")
+
+
+def test_bad_manifest_and_limits(zdir, monkeypatch):
+    (zdir / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="not a zoo manifest"):
+        zoo.read_manifest()
+    (zdir / "manifest.json").write_text(json.dumps({"format": 1, "entries": {"x": {
+        "file": "../etc/passwd", "sha256": "0" * 64, "size": 1, "command": "c", "hardware": "h", "wall_s": 1}}}))
+    with pytest.raises(CheckpointError, match="plain file name"):
+        zoo.read_manifest()
+    (zdir / "manifest.json").unlink()
+    f = _weights(zdir / "big.pt")
+    monkeypatch.setattr(zoo, "MAX_FILE_BYTES", 10)
+    with pytest.raises(ConfigError, match="over the zoo's limit"):
+        zoo.add("big", f, command="c", hardware="h", wall_s=1)
+    with pytest.raises(ConfigError, match="zoo folder"):
+        zoo.add("x", __file__, command="c", hardware="h", wall_s=1)
+
+
+def test_cli(zdir, capsys):
+    from incdet.cli import main
+
+    f = _weights(zdir / "r.pt")
+    assert main(["zoo", "add", "r", str(f), "--command", "c", "--hardware", "cpu", "--wall-s", "3",
+                 "--metric", "top1=50"]) == 0
+    assert main(["zoo", "verify"]) == 0
+    assert "r: ok" in capsys.readouterr().out
+    f.write_bytes(b"x" + f.read_bytes()[1:])
+    assert main(["zoo", "verify", "r"]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main(["zoo", "add", "r", str(f), "--command", "c", "--hardware", "cpu", "--wall-s", "3",
+                 "--metric", "top1"]) == 2
+
+
+def test_repository_zoo_is_intact(monkeypatch):
+    """Every file the repository's zoo manifest lists matches its sha256 (no-op while the zoo is empty)."""
+    monkeypatch.delenv("INCDET_ZOO", raising=False)
+    for name in zoo.read_manifest():
+        zoo.verify(name)
