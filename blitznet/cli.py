@@ -21,30 +21,30 @@ from incdet.errors import ConfigError, DataError
 log = logging.getLogger("blitznet")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _predict(args) -> int:
-    from blitznet.predict import BlitzNetPredictor, _to_chw_uint8, write_outputs
+    from blitznet.predict import BlitzNetPredictor
+    from incdet.data.images import image_size
+    from incdet.vis import StagedOutputs, check_writable_size, encode_outputs, output_stems, to_chw_uint8
 
-    p = BlitzNetPredictor(args.weights, device=_device(args.device), score_thresh=args.score_thresh,
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    # everything that can be checked before the model runs: output names, files, sizes
+    stems = output_stems(args.images, with_mask=True)
+    for path in args.images:
+        check_writable_size(path, image_size(str(path)))
+    p = BlitzNetPredictor(args.weights, device=args.device, score_thresh=args.score_thresh,
                           batch_size=args.batch_size)
-    out = Path(args.out)
-    stems = [Path(i).stem for i in args.images]
-    if len(set(stems)) != len(stems):
-        raise DataError("predict: two input images have the same file stem; outputs would overwrite each other")
-    for k in range(0, len(args.images), args.batch_size):
-        paths = args.images[k:k + args.batch_size]
-        imgs = [_to_chw_uint8(i) for i in paths]
-        for path, img, pred in zip(paths, imgs, p.predict(imgs)):
-            files = write_outputs(pred, img, Path(path).stem, out, p.classes, vis_thresh=args.vis_thresh)
-            n = int((pred["scores"] >= args.vis_thresh).sum())
-            print(f"{path}: {n} detections >= {args.vis_thresh}; wrote " + ", ".join(files.values()))
+    lines = []
+    with StagedOutputs(args.out) as st:  # all files or none
+        for k in range(0, len(args.images), args.batch_size):
+            paths = args.images[k:k + args.batch_size]
+            imgs = [to_chw_uint8(i) for i in paths]
+            for path, stem, img, pred in zip(paths, stems[k:k + args.batch_size], imgs, p.predict(imgs)):
+                enc = encode_outputs(pred, img, stem, p.classes, vis_thresh=args.vis_thresh)
+                files = [st.add(name, data) for name, data in enc.values()]
+                n = int((pred["scores"] >= args.vis_thresh).sum())
+                lines.append(f"{path}: {n} detections >= {args.vis_thresh}; wrote " + ", ".join(files))
+    print("\n".join(lines))
     return 0
 
 
@@ -55,11 +55,12 @@ def _eval_weights(args) -> int:
     from blitznet.predict import load_weights
     from incdet.data import VOCDetection
     from incdet.engine import Task
+    from incdet.engine.distributed import resolve_device
 
     root = Path(args.root)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
-    device = torch.device(_device(args.device))
+    device = resolve_device(args.device)
     model, classes = load_weights(args.weights, device)
     ds = VOCDetection(root, args.split, keep_masks=True)
     if list(ds.classes[:len(classes)]) != list(classes) and not args.ignore_class_names:
@@ -99,7 +100,11 @@ def register(sub) -> None:
     if engine_cli is not None:
         engine_cli.register(sub, family="blitznet")
 
-    p = sub.add_parser("predict", help="detections JSON, mask PNG and overlay for each image")
+    p = sub.add_parser("predict", help="detections JSON, mask PNG and overlay for each image",
+                       description="STEM.json (COCO results), STEM_mask.png and STEM_overlay.jpg per image, "
+                                   "STEM being the image's file stem. Two inputs with the same stem (a/x.jpg, "
+                                   "b/x.png) are refused, never overwritten. Outputs are written all together "
+                                   "or, on any error, not at all.")
     p.add_argument("images", nargs="+", metavar="IMG")
     p.add_argument("--weights", required=True, help="weights file (blitznet export) or run checkpoint")
     p.add_argument("--out", required=True, help="output folder")

@@ -93,9 +93,9 @@ class BlitzNetPredictor:
 
     def __init__(self, weights: Union[str, Path], device: str = "auto", score_thresh: float = 0.01,
                  nms_method: str = "auto", batch_size: int = 8, **nms_kw):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        from incdet.engine.distributed import resolve_device
+
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.model, self.classes = load_weights(weights, self.device)
         self.nms_kw = dict(score_thresh=score_thresh, method=nms_method, **nms_kw)
         self.batch_size = batch_size

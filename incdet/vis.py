@@ -5,8 +5,9 @@ Used by ``incdet predict`` and ``blitznet predict`` (and the README showcase).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -79,26 +80,143 @@ def overlay(pred: dict, image: torch.Tensor, classes: Sequence[str], vis_thresh:
     return base
 
 
-def write_outputs(pred: dict, image: torch.Tensor, stem: str, out_dir: Union[str, Path], classes: Sequence[str],
-                  vis_thresh: float = 0.3) -> Dict[str, str]:
-    """Write ``STEM.json`` (COCO results), ``STEM_mask.png`` (palette; only when ``pred["mask"]``
-    is given) and ``STEM_overlay.jpg``; returns their paths by kind."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    jpath = out_dir / f"{stem}.json"
-    jpath.write_text(json.dumps(coco_results(pred, stem, classes), indent=1))
-    files["json"] = str(jpath)
+# libjpeg refuses images with a side above this (JPEG_MAX_DIMENSION)
+JPEG_MAX_SIDE = 65500
+
+
+def output_names(stem: str, with_mask: bool) -> Dict[str, str]:
+    """The file names :func:`write_outputs` writes for ``stem``, by kind."""
+    names = {"json": f"{stem}.json"}
+    if with_mask:
+        names["mask"] = f"{stem}_mask.png"
+    names["overlay"] = f"{stem}_overlay.jpg"
+    return names
+
+
+def output_stems(paths: Sequence[Union[str, Path]], with_mask: bool, reserved: Sequence[str] = ()) -> List[str]:
+    """The output stem of each input image: its file stem (``a/x.jpg`` -> ``x``).
+
+    Raises :class:`DataError` naming both inputs when two of them would write a file of the
+    same name (compared case-insensitively, as on macOS and Windows file systems; e.g.
+    ``a/same.jpg`` and ``b/same.png``), or when an output name equals one of ``reserved``
+    (e.g. ``predictions.json``). Outputs are never silently overwritten by a later image.
+    """
+    owner: Dict[str, str] = {r.casefold(): "(the summary file)" for r in reserved}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        for name in output_names(stem, with_mask).values():
+            prev = owner.get(name.casefold())
+            if prev is not None:
+                raise DataError(f"{path}: its output {name} would overwrite that of {prev}; "
+                                "give input images distinct file names")
+            owner[name.casefold()] = str(path)
+        stems.append(stem)
+    return stems
+
+
+def check_writable_size(image: Any, size: Sequence[int]) -> None:
+    """Raise :class:`DataError` when an ``(H, W)`` image is too large for its JPEG overlay."""
+    h, w = int(size[0]), int(size[1])
+    if max(h, w) > JPEG_MAX_SIDE:
+        raise DataError(f"{image}: image is {w}x{h} pixels; the overlay JPEG allows at most "
+                        f"{JPEG_MAX_SIDE} pixels a side")
+
+
+def encode_outputs(pred: dict, image: torch.Tensor, stem: str, classes: Sequence[str],
+                   vis_thresh: float = 0.3) -> Dict[str, Tuple[str, bytes]]:
+    """The outputs of one image, encoded in memory: ``{kind: (file name, bytes)}`` with
+    ``json`` (COCO results), ``mask`` (palette PNG; only when ``pred["mask"]`` is given) and
+    ``overlay`` (JPEG). Raises :class:`DataError` when the image is too large for a JPEG."""
+    import io
+
+    check_writable_size(stem, image.shape[-2:])
+    names = output_names(stem, pred.get("mask") is not None)
+    out = {"json": (names["json"], json.dumps(coco_results(pred, stem, classes), indent=1).encode())}
     if pred.get("mask") is not None:
         mimg = Image.fromarray(np.asarray(pred["mask"]).astype(np.uint8), mode="P")
         mimg.putpalette(palette())
-        mpath = out_dir / f"{stem}_mask.png"
-        mimg.save(mpath)
-        files["mask"] = str(mpath)
-    opath = out_dir / f"{stem}_overlay.jpg"
-    overlay(pred, image, classes, vis_thresh).save(opath, quality=90)
-    files["overlay"] = str(opath)
-    return files
+        buf = io.BytesIO()
+        mimg.save(buf, format="PNG")
+        out["mask"] = (names["mask"], buf.getvalue())
+    buf = io.BytesIO()
+    try:
+        overlay(pred, image, classes, vis_thresh).save(buf, format="JPEG", quality=90)
+    except OSError as e:  # pragma: no cover - sizes are checked above
+        raise DataError(f"{stem}: cannot encode the overlay JPEG ({e})") from None
+    out["overlay"] = (names["overlay"], buf.getvalue())
+    return out
 
 
-__all__ = ["to_chw_uint8", "palette", "coco_results", "overlay", "write_outputs"]
+class StagedOutputs:
+    """All-or-nothing writes into an output folder.
+
+    ``with StagedOutputs(out_dir) as st: st.add(name, data); ...`` writes every file into a
+    hidden staging folder inside ``out_dir`` and, when the block ends without an error, moves
+    them into ``out_dir`` (``os.replace``, each file atomic). When the block raises, the staging
+    folder is removed (and ``out_dir`` too when this created it): no partial output is left.
+    An ``out_dir`` that is an existing file, or a target name that is an existing folder,
+    raises :class:`DataError`; OS errors while writing become :class:`DataError` naming the path.
+    """
+
+    def __init__(self, out_dir: Union[str, Path]):
+        self.out_dir = Path(out_dir)
+        self.names: List[str] = []
+        self._stage: Optional[Path] = None
+        self._created = False
+
+    def __enter__(self) -> "StagedOutputs":
+        import tempfile
+
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise DataError(f"{self.out_dir}: output folder is an existing file")
+        try:
+            if not self.out_dir.exists():
+                self.out_dir.mkdir(parents=True)
+                self._created = True
+            self._stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
+        except OSError as e:
+            raise DataError(f"{self.out_dir}: cannot create the output folder ({e.strerror or e})") from None
+        return self
+
+    def add(self, name: str, data: bytes) -> str:
+        """Stage ``data`` as ``out_dir/name``; returns that final path."""
+        target = self.out_dir / name
+        if target.is_dir():
+            raise DataError(f"{target}: an output file name is an existing folder")
+        try:
+            (self._stage / name).write_bytes(data)
+        except OSError as e:
+            raise DataError(f"{target}: cannot write ({e.strerror or e})") from None
+        self.names.append(name)
+        return str(target)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil
+
+        try:
+            if exc_type is None:
+                for name in self.names:
+                    try:
+                        os.replace(self._stage / name, self.out_dir / name)
+                    except OSError as e:
+                        raise DataError(f"{self.out_dir / name}: cannot write ({e.strerror or e})") from None
+        finally:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            if exc_type is not None and self._created:
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+
+
+def write_outputs(pred: dict, image: torch.Tensor, stem: str, out_dir: Union[str, Path], classes: Sequence[str],
+                  vis_thresh: float = 0.3) -> Dict[str, str]:
+    """Write ``STEM.json`` (COCO results), ``STEM_mask.png`` (palette; only when ``pred["mask"]``
+    is given) and ``STEM_overlay.jpg``; returns their paths by kind. Everything is encoded
+    before anything is written, and the files appear together or not at all
+    (:class:`StagedOutputs`); an image too large for its overlay raises :class:`DataError`."""
+    enc = encode_outputs(pred, image, stem, classes, vis_thresh)
+    with StagedOutputs(out_dir) as st:
+        return {kind: st.add(name, data) for kind, (name, data) in enc.items()}
+
+
+__all__ = ["to_chw_uint8", "palette", "coco_results", "overlay", "write_outputs", "encode_outputs", "output_names",
+           "output_stems", "check_writable_size", "StagedOutputs", "JPEG_MAX_SIDE"]

@@ -16,6 +16,7 @@ from blitznet.model import BlitzNetConfig
 from blitznet.predict import BlitzNetPredictor, load_weights, save_weights
 from incdet.data import Sample
 from incdet.engine import LEARNERS, Task
+from incdet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="resnet18", input_size=64, final_stride=8, channels=32, seg_channels=8)
@@ -171,6 +172,43 @@ def test_predictor_and_cli_predict(tmp_path):
     # bad inputs: clear errors, exit 2
     assert main(["predict", "--weights", str(tmp_path / "nope.pt"), paths[0], "--out", str(out)]) == 2
     assert main(["predict", "--weights", str(w), str(tmp_path / "missing.jpg"), "--out", str(out)]) == 2
+
+
+def test_cli_predict_bad_inputs_leave_no_output(tmp_path, capsys):
+    """Same-stem inputs are refused, a too-large or undecodable image leaves no partial output,
+    bad --device values are one line (exit 2) - never a traceback or a silent overwrite."""
+    L = learner()
+    L.begin_task(Task(0, "all", ["a", "b", "c"], ["a", "b", "c"]))
+    w = tmp_path / "w.pt"
+    save_weights(L.unwrapped, w, ["a", "b", "c"])
+    img = make_sample(0).image.permute(1, 2, 0).numpy()
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(img).save(tmp_path / d / "same.jpg")
+    Image.new("RGB", (70000, 2)).save(tmp_path / "huge.png")
+    good = tmp_path / "a" / "same.jpg"
+    data = good.read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+
+    def one_line(argv):
+        capsys.readouterr()
+        assert main(["predict", "--weights", str(w), *map(str, argv), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("blitznet: error: "), err
+        assert not out.exists()
+        return err[0]
+
+    assert "same" in one_line([good, tmp_path / "b" / "same.jpg", "--device", "cpu"])
+    assert "65500" in one_line([good, tmp_path / "huge.png", "--device", "cpu"])
+    assert "trunc.jpg" in one_line([good, tmp_path / "trunc.jpg", "--device", "cpu"])
+    assert "device" in one_line([good, "--device", "banana"])
+    if not torch.cuda.is_available():
+        assert "CUDA" in one_line([good, "--device", "cuda"])
+    with pytest.raises(ConfigError, match="device"):
+        BlitzNetPredictor(w, device="banana")
+    assert main(["eval-weights", "--weights", str(w), "--root", str(tmp_path), "--device", "banana"]) == 2
+    assert "device" in capsys.readouterr().err
 
 
 def test_driver_shapes_incremental_run(tmp_path):

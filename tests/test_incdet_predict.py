@@ -86,3 +86,91 @@ def test_showcase_pictures(run, tmp_path):
     assert g.width > 4 * 128 and g.height > 2 * 128  # 4 columns x 2 rows of 2x-scaled 64 px tiles
     assert m.main(["heatmap", "--run", str(run / "run"), "--out", str(tmp_path / "h.png")]) == 0
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2, no output
+def _predict_argv(run, out, *images, device="cpu"):
+    return ["predict", "--checkpoint", str(run / "run" / "checkpoints" / "task1.pt"), *map(str, images),
+            "--out", str(out), "--proposals", "sliding_window", "--device", device]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("incdet: error: "), err
+    return err[0]
+
+
+def test_same_stem_refused_not_overwritten(run, tmp_path, capsys):
+    img = sorted((run / "shapes" / "JPEGImages").glob("test_*.jpg"))[0]
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "same.jpg").write_bytes(img.read_bytes())
+    out = tmp_path / "o"
+    assert main(_predict_argv(run, out, tmp_path / "a" / "same.jpg", tmp_path / "b" / "same.jpg")) == 2
+    assert "same.json" in _one_error_line(capsys) and not out.exists()
+    # case-insensitive file systems collide too, and so does the summary file's name
+    (tmp_path / "b" / "SAME.png").write_bytes(img.read_bytes())
+    assert main(_predict_argv(run, out, tmp_path / "a" / "same.jpg", tmp_path / "b" / "SAME.png")) == 2
+    _one_error_line(capsys)
+    (tmp_path / "predictions.jpg").write_bytes(img.read_bytes())
+    assert main(_predict_argv(run, out, tmp_path / "predictions.jpg")) == 2
+    assert "predictions.json" in _one_error_line(capsys) and not out.exists()
+
+
+def test_too_large_image_and_late_failure_leave_no_output(run, tmp_path, capsys):
+    from PIL import Image
+
+    img = sorted((run / "shapes" / "JPEGImages").glob("test_*.jpg"))[0]
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (2, 70000)).save(huge)
+    out = tmp_path / "o"
+    assert main(_predict_argv(run, out, img, huge)) == 2
+    assert "65500" in _one_error_line(capsys) and not out.exists()
+    # a file that fails only when decoded (truncated after its header): the first image's outputs
+    # are not left behind either, in an existing folder with an unrelated file
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    bad = tmp_path / "truncated.jpg"
+    data = img.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    from incdet.data.images import image_size
+
+    assert image_size(str(bad)) == image_size(str(img))  # the header is intact: fails at decode time
+    assert main(_predict_argv(run, out, img, bad)) == 2
+    assert "truncated.jpg" in _one_error_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:x", "cuda"])
+def test_bad_device_is_one_line(run, tmp_path, capsys, device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    img = sorted((run / "shapes" / "JPEGImages").glob("test_*.jpg"))[0]
+    assert main(_predict_argv(run, tmp_path / "o", img, device=device)) == 2
+    assert "device" in _one_error_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_staged_outputs_all_or_nothing(tmp_path):
+    from incdet.errors import DataError
+    from incdet.vis import StagedOutputs
+
+    with StagedOutputs(tmp_path / "o") as st:
+        st.add("a.json", b"1")
+        st.add("b.json", b"2")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.json", "b.json"]
+    with pytest.raises(RuntimeError):
+        with StagedOutputs(tmp_path / "o") as st:
+            st.add("a.json", b"new")
+            st.add("c.json", b"3")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.json", "b.json"]
+    assert (tmp_path / "o" / "a.json").read_bytes() == b"1"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="existing file"):
+        with StagedOutputs(tmp_path / "file"):
+            pass
+    (tmp_path / "o" / "d.json").mkdir()
+    with pytest.raises(DataError, match="existing folder"):
+        with StagedOutputs(tmp_path / "o") as st:
+            st.add("d.json", b"4")
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.json", "b.json", "d.json"]

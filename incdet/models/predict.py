@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from incdet.errors import CheckpointError, DataError
-from incdet.vis import to_chw_uint8, write_outputs
+from incdet.vis import to_chw_uint8
 
 
 def _classes_from_results(ckpt: dict) -> List[str]:
@@ -107,25 +107,40 @@ class FastRCNNPredictor:
 
 # ------------------------------------------------------------------------------------- CLI
 def _predict(args: argparse.Namespace) -> int:
+    from incdet.data.images import image_size
+    from incdet.errors import ConfigError
+    from incdet.vis import StagedOutputs, check_writable_size, encode_outputs, output_stems
+
+    if args.max_proposals is not None and args.max_proposals < 1:
+        raise ConfigError(f"--max-proposals must be >= 1, got {args.max_proposals}")
+    # everything that can be checked before the model runs: output names, files, sizes
+    stems = output_stems(args.images, with_mask=False, reserved=["predictions.json"])
+    for path in args.images:
+        check_writable_size(path, image_size(str(path)))
     p = FastRCNNPredictor(args.checkpoint, device=args.device, proposals=args.proposals,
                           max_proposals=args.max_proposals, score_thresh=args.score_thresh)
-    out = Path(args.out)
-    summary = []
-    for path in args.images:
-        img = to_chw_uint8(path)
-        pred = p.predict([img])[0]
-        files = write_outputs(pred, img, Path(path).stem, out, p.classes, vis_thresh=args.vis_thresh)
-        n = int((pred["scores"] >= args.vis_thresh).sum())
-        summary.append({"image": str(path), "detections": int(pred["scores"].numel()), **files})
-        print(f"{path}: {pred['scores'].numel()} detections ({n} >= {args.vis_thresh}) -> {files['overlay']}")
-    (out / "predictions.json").write_text(json.dumps(summary, indent=1))
+    summary, lines = [], []
+    with StagedOutputs(args.out) as st:  # all files or none
+        for path, stem in zip(args.images, stems):
+            img = to_chw_uint8(path)
+            pred = p.predict([img])[0]
+            enc = encode_outputs(pred, img, stem, p.classes, vis_thresh=args.vis_thresh)
+            files = {kind: st.add(name, data) for kind, (name, data) in enc.items()}
+            n = int((pred["scores"] >= args.vis_thresh).sum())
+            summary.append({"image": str(path), "detections": int(pred["scores"].numel()), **files})
+            lines.append(f"{path}: {pred['scores'].numel()} detections ({n} >= {args.vis_thresh}) -> {files['overlay']}")
+        st.add("predictions.json", json.dumps(summary, indent=1).encode())
+    print("\n".join(lines))
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="detections JSON (COCO results format) and an overlay picture per image",
                        description="Run a trained incdet Fast R-CNN on images: STEM.json (COCO results, "
-                                   "labels 1-based into the checkpoint's classes) and STEM_overlay.jpg per image.")
+                                   "labels 1-based into the checkpoint's classes) and STEM_overlay.jpg per image, "
+                                   "and predictions.json listing them. STEM is the image's file stem; two inputs "
+                                   "with the same stem (a/x.jpg, b/x.png) are refused, never overwritten. "
+                                   "Outputs are written all together or, on any error, not at all.")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt or RUN/checkpoints/taskK.pt")
     p.add_argument("--out", required=True, help="output directory")
