@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -29,8 +30,9 @@ def run_cli(prog: str, description: str, registrars: Iterable[Callable], argv: O
     )
     try:
         rc = args.func(args)
-    except IncdetError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except IncdetError as e:  # one line, whatever the message (e.g. torch's load_state_dict errors)
+        msg = re.sub(r"\s*\n\s*", " ", str(e).strip())
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

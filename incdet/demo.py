@@ -117,7 +117,12 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     from incdet.engine.families import import_family
     from incdet.engine.trainer import run_training
 
+    from incdet.engine.distributed import resolve_device
+
     t_start = time.perf_counter()
+    dev = str(resolve_device(device))  # a bad --device is refused before anything is built
+    if threads is not None and threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(int(threads))
     import_family("incdet")
@@ -125,6 +130,8 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     if quick:
         data_p = data_p.with_name(data_p.name + "-quick")
     out_p = Path(out)
+    if out_p.exists() and not out_p.is_dir():
+        raise ConfigError(f"--out {out_p}: exists and is not a directory")
     if out_p.exists():
         if not overwrite:
             raise ConfigError(f"{out_p}: already exists (remove it or choose another --out)")
@@ -184,8 +191,6 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     ]
     times["total"] = time.perf_counter() - t_start
     table = make_table(rows)
-    dev = str(torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device)))
     note = (f"shapes-voc test split ({'quick smoke version, numbers meaningless' if quick else 'full'}), "
             f"VOC all-point AP in %, {dev}, torch threads {torch.get_num_threads()}; "
             f"A: {a_it} iterations, B: {b_it} iterations; wall time {times['total']:.0f} s")

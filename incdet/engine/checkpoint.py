@@ -3,6 +3,7 @@
 A run checkpoint is a dict of tensors and builtins::
 
     {"format": "incdet-run", "version": 1,
+     "learner_name": "toy",                 # the learner that wrote it (absent before 2026-12)
      "task_index": t, "step": s,            # s optimizer steps done in task t
      "phase": "train" | "done",             # "done": end_task + evaluation of task t finished
      "global_step": g, "task_names": [...],
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -56,7 +57,41 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any
         raise CheckpointError(f"{path}: not an incdet run checkpoint (no format={FORMAT!r})")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} not supported (expected {VERSION})")
+    for key, types in _REQUIRED.items():
+        if not isinstance(ckpt.get(key), types) or isinstance(ckpt.get(key), bool):
+            raise CheckpointError(f"{path}: damaged checkpoint: {key!r} is missing or not a {types[0].__name__}")
+    if ckpt["phase"] not in ("train", "done") or ckpt["task_index"] < 0 or ckpt["step"] < 0:
+        raise CheckpointError(f"{path}: damaged checkpoint: phase {ckpt['phase']!r}, task_index "
+                              f"{ckpt['task_index']}, step {ckpt['step']}")
     return ckpt
+
+
+#: keys every run checkpoint has, with their types
+_REQUIRED = {"task_index": (int,), "step": (int,), "phase": (str,), "global_step": (int,),
+             "task_names": (list,), "learner": (dict,), "results": (dict,)}
+
+
+def checkpoint_learner(ckpt: Dict[str, Any]) -> Optional[str]:
+    """Name of the learner that wrote ``ckpt``: its ``learner_name``, or for checkpoints
+    written before that field, the ``learner.name`` of its saved config; None if neither."""
+    name = ckpt.get("learner_name")
+    if name is None:
+        cfg = ckpt.get("config")
+        learner = cfg.get("learner") if isinstance(cfg, dict) else None
+        name = learner.get("name") if isinstance(learner, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def check_learner(ckpt: Dict[str, Any], name: str, path: Union[str, Path], same_family: bool = False) -> None:
+    """CheckpointError unless ``ckpt`` was written by learner ``name`` (``same_family``: by a
+    learner with the same dotted prefix, e.g. ``codec.finetune`` for ``codec.adapters``, as
+    ``tasks.init_from`` allows). A checkpoint naming no learner is accepted."""
+    have = checkpoint_learner(ckpt)
+    if have is None or have == name:
+        return
+    if same_family and have.split(".")[0] == name.split(".")[0]:
+        return
+    raise CheckpointError(f"{path}: written by learner {have!r}, cannot be loaded into learner {name!r}")
 
 
 def rng_state() -> Dict[str, Any]:

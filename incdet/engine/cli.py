@@ -64,7 +64,7 @@ def _eval(args, family: str) -> int:
 
     from incdet.engine import LEARNERS
     from incdet.engine.builders import build_tasks
-    from incdet.engine.checkpoint import load_checkpoint
+    from incdet.engine.checkpoint import check_learner, load_checkpoint
     from incdet.engine.config import config_from_dict, load_yaml
     from incdet.engine.distributed import resolve_device
     from incdet.engine.families import import_family
@@ -76,12 +76,20 @@ def _eval(args, family: str) -> int:
         raise CheckpointError(f"{run}: not a run directory (no config.yaml)")
     cfg = config_from_dict(load_yaml(cpath), source=str(cpath))
     ckpt_path = Path(args.checkpoint) if args.checkpoint else run / "checkpoint.pt"
+    device = resolve_device(args.device or cfg.experiment.device, "--device" if args.device else "experiment.device")
     ckpt = load_checkpoint(ckpt_path)
-    device = resolve_device(args.device or cfg.experiment.device)
+    check_learner(ckpt, cfg.learner.name, ckpt_path)
     tasks = build_tasks(cfg)
-    learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, device)
-    learner.load_state_dict(ckpt["learner"])
     k = ckpt["task_index"]
+    if k >= len(tasks) or ckpt["task_names"][: k + 1] != [t.name for t in tasks[: k + 1]]:
+        raise CheckpointError(f"{ckpt_path}: its tasks {ckpt['task_names'][: k + 1]} do not match the "
+                              f"run's tasks {[t.name for t in tasks]}")
+    learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, device)
+    try:
+        learner.load_state_dict(ckpt["learner"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{ckpt_path}: cannot load the learner state into learner "
+                              f"{cfg.learner.name!r} of {cpath}: {e}") from None
     learner.resume_task(tasks[k])
     out = {"checkpoint": str(ckpt_path), "task_index": k, "phase": ckpt["phase"], "step": ckpt["step"], "tasks": []}
     for j in range(k + 1):

@@ -17,8 +17,9 @@ and the learner options against ``LEARNERS.get(name).Config``.
 from __future__ import annotations
 
 import copy
-import re
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,73 @@ import yaml
 
 from incdet.errors import ConfigError
 
+#: deepest nesting accepted in a config file or a ``--set`` value (a run config needs ~4)
+MAX_DEPTH = 32
+
+
+# --------------------------------------------------------------------------- value checks
+def check_range(section: str, name: str, value, lo=None, hi=None, *, lo_open: bool = False,
+                hi_open: bool = False, allow_none: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``lo <= value <= hi`` (``<`` where ``lo_open`` /
+    ``hi_open``; a bound of None is no bound). NaN and infinities are refused; None is
+    accepted only with ``allow_none``. The message names ``section.name``, the valid range and
+    the value, e.g. ``train.grad_clip must be > 0 or null, got -1``. For ``__post_init__`` of
+    config dataclasses (``build_dataclass`` adds the file name) and for checks in code."""
+    where = f"{section}.{name}" if section else name
+    if value is None and allow_none:
+        return
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi}")
+    want = " and ".join(parts) or "a finite number"
+    if allow_none:
+        want += " or null"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        raise ConfigError(f"{where} must be {want}, got {value!r}")
+
+
+def check_choice(section: str, name: str, value, choices) -> None:
+    """Raise :class:`ConfigError` unless ``value in choices`` (message lists the choices)."""
+    if value not in choices:
+        where = f"{section}.{name}" if section else name
+        raise ConfigError(f"{where} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def _depth(x) -> int:
+    """Nesting depth of lists/dicts, computed without recursion."""
+    best, stack = 0, [(x, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            best = max(best, d)
+            if d > MAX_DEPTH:
+                break
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return best
+
+
+def _safe_yaml(text: str, what: str):
+    """``yaml.safe_load`` whose nesting is bounded (deep input -> ConfigError, not RecursionError)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: invalid YAML: {e}") from None
+    except RecursionError:
+        data = None
+        depth = MAX_DEPTH + 1
+    else:
+        depth = _depth(data)
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+    return data
+
 
 # --------------------------------------------------------------------------- sections
 @dataclass
@@ -38,6 +106,16 @@ class ExperimentConfig:
     out: str = "runs"            #: parent folder of run directories
     device: str = "auto"         #: auto | cpu | cuda | cuda:N (``--device`` overrides)
     deterministic: bool = False  #: torch.use_deterministic_algorithms(True)
+
+    def __post_init__(self):
+        check_range("experiment", "seed", self.seed, 0, SEED_MAX)
+        from incdet.engine.distributed import check_device_name
+
+        check_device_name(self.device, "experiment.device")
+
+
+#: largest ``experiment.seed`` (torch.manual_seed takes 64-bit seeds; the driver mixes them mod 2**63 - 1)
+SEED_MAX = 2**63 - 2
 
 
 TRAIN_OVERRIDABLE = (
@@ -248,22 +326,29 @@ def build_dataclass(cls, data: Optional[dict], where: str = "", source: str = "<
     kwargs = {k: _check(v, hints.get(k, Any), prefix + k, source) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as e:  # a value check of __post_init__ (check_range): add the file
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(f"{source}: ") else f"{source}: {msg}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: invalid {where or 'config'}: {e}") from None
 
 
 # --------------------------------------------------------------------------- loading
 def load_yaml(path: Union[str, Path]) -> dict:
-    """Read a YAML mapping; missing file or bad syntax -> ConfigError naming the file."""
+    """Read a YAML mapping; missing file, binary file, bad syntax, nesting deeper than
+    :data:`MAX_DEPTH` or a top level that is not a mapping -> ConfigError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8: byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = _safe_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -282,10 +367,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         parts = key.split(".")
         if not key or any(not p for p in parts):
             raise ConfigError(f"--set {item!r}: bad key {key!r} (dotted path like train.lr)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: cannot parse value: {e}") from None
+        value = _safe_yaml(raw, f"--set {item!r}: value") if raw.strip() else None
         node = data
         for i, p in enumerate(parts[:-1]):
             nxt = node.get(p)
@@ -325,8 +407,9 @@ def config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
                           + ", ".join(sorted(TRAIN_OVERRIDABLE)))
     hints = typing.get_type_hints(TrainConfig)
     train.first_task = {k: _check(v, hints[k], f"train.first_task.{k}", source) for k, v in train.first_task.items()}
-    for t in (train, train.for_task(0)):
-        _check_schedule(t, source)
+    _check_schedule(train, source)
+    if train.first_task:
+        _check_schedule(train.for_task(0), source, set(train.first_task))
 
     tasks_raw = dict(data.get("tasks") or {})
     builder = tasks_raw.pop("builder", "classes")
@@ -366,22 +449,38 @@ def config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
     )
 
 
-def _check_schedule(t: TrainConfig, source: str) -> None:
-    if (t.iterations is None) == (t.epochs is None):
-        raise ConfigError(f"{source}: train: set exactly one of iterations / epochs "
-                          f"(got iterations={t.iterations}, epochs={t.epochs})")
-    for k in ("iterations", "epochs"):
-        v = getattr(t, k)
-        if v is not None and v < 0:
-            raise ConfigError(f"{source}: train.{k} must be >= 0, got {v}")
-    if t.batch_size < 1:
-        raise ConfigError(f"{source}: train.batch_size must be >= 1, got {t.batch_size}")
-    if t.lr < 0:
-        raise ConfigError(f"{source}: train.lr must be >= 0, got {t.lr}")
-    if t.checkpoint_every < 0 or t.log_every < 1:
-        raise ConfigError(f"{source}: train.checkpoint_every must be >= 0 and train.log_every >= 1")
-    if len(t.betas) != 2:
-        raise ConfigError(f"{source}: train.betas must be two numbers, got {t.betas}")
+def _check_schedule(t: TrainConfig, source: str, first_task_keys=frozenset()) -> None:
+    """Ranges of the schedule fields; keys in ``first_task_keys`` are named train.first_task.KEY."""
+    def sec(k: str) -> str:
+        return "train.first_task" if k in first_task_keys else "train"
+
+    def rng(k: str, lo=None, hi=None, **kw) -> None:
+        check_range(sec(k), k, getattr(t, k), lo, hi, **kw)
+
+    try:
+        if (t.iterations is None) == (t.epochs is None):
+            raise ConfigError(f"{sec('iterations')}: set exactly one of iterations / epochs "
+                              f"(got iterations={t.iterations}, epochs={t.epochs})")
+        rng("iterations", 0, allow_none=True)
+        rng("epochs", 0, allow_none=True)
+        rng("batch_size", 1)
+        rng("num_workers", 0)
+        rng("lr", 0)
+        rng("momentum", 0, 1)
+        rng("weight_decay", 0)
+        rng("lr_gamma", 0, lo_open=True)
+        rng("warmup_iters", 0)
+        rng("grad_clip", 0, lo_open=True, allow_none=True)
+        rng("checkpoint_every", 0)
+        rng("log_every", 1)
+        if len(t.betas) != 2:
+            raise ConfigError(f"{sec('betas')}.betas must be two numbers, got {t.betas}")
+        for i, b in enumerate(t.betas):
+            check_range(sec("betas"), f"betas[{i}]", b, 0, 1, hi_open=True)
+        for i, m in enumerate(t.lr_steps):
+            check_range(sec("lr_steps"), f"lr_steps[{i}]", m, 0)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunConfig:

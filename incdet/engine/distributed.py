@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -56,14 +57,6 @@ def barrier() -> None:
             dist.barrier()
 
 
-def broadcast_object(obj, src: int = 0):
-    if not is_dist():
-        return obj
-    lst = [obj]
-    dist.broadcast_object_list(lst, src=src)
-    return lst[0]
-
-
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -76,18 +69,35 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
+
+
+def check_device_name(name, where: str = "--device") -> None:
+    """ConfigError unless ``name`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (no GPU check)."""
     from incdet.errors import ConfigError
 
+    if not isinstance(name, str) or not _DEVICE_RE.match(name):
+        raise ConfigError(f"{where}: unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str, where: str = "--device") -> torch.device:
+    """``auto`` -> CUDA when present (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+
+    Any other name than ``auto | cpu | cuda | cuda:N``, CUDA without a GPU, or ``cuda:N`` past
+    the last GPU raises :class:`~incdet.errors.ConfigError` naming ``where``. Every CLI resolves
+    its ``--device`` here, before it writes anything."""
+    from incdet.errors import ConfigError
+
+    check_device_name(name, where)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
+            raise ConfigError(f"{where}: device {name!r} requested but CUDA is not available (use cpu or auto)")
         if name == "cuda":
             return torch.device("cuda", local_rank() if env_world_size() > 1 else torch.cuda.current_device())
+        n = torch.cuda.device_count()
+        if int(name.split(":")[1]) >= n:
+            raise ConfigError(f"{where}: device {name!r} requested but only {n} CUDA device(s) exist")
         return torch.device(name)
-    if name != "cpu":
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")

@@ -232,5 +232,7 @@ def load_results(path: Union[str, Path]) -> ResultsMatrix:
         raise CheckpointError(f"{path}: no results.json (has the run finished a task?)")
     try:
         return ResultsMatrix.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a results file: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a results file: nested too deep") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"{path}: not a results file: {type(e).__name__}: {e}") from None

@@ -18,14 +18,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from incdet.engine import distributed as D
-from incdet.engine.checkpoint import FORMAT, VERSION, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
+from incdet.engine.checkpoint import FORMAT, VERSION, check_learner, load_checkpoint, rng_state, save_atomic, seed_everything, set_rng_state
 from incdet.engine.config import RunConfig, TrainConfig, load_yaml, config_from_dict, save_config
 from incdet.engine.results import ResultsMatrix
 from incdet.engine.task import Task
@@ -125,6 +126,49 @@ def build_optimizer(groups: List[dict], tc: TrainConfig) -> torch.optim.Optimize
     return cls(gs, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
 
 
+@dataclass
+class _Plan:
+    """How a task is trained: schedule, data, per-process batch and the loop's size."""
+
+    task: Task
+    tc: TrainConfig
+    dataset: Any
+    n: int                  #: training items
+    batch: int              #: per-process batch
+    drop_last: bool
+    batches_per_epoch: int
+    n_iters: int            #: optimizer steps of the task
+    unit: int               #: iterations per unit of ``lr_steps`` (1, or batches per epoch)
+
+
+@dataclass
+class _Optim:
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[Any]   #: GradScaler (fp16 AMP) or None
+    params: List[torch.Tensor]
+    autocast: Callable      #: () -> context manager of the forward pass
+
+
+class _Meter:
+    """Running means of the losses and the item count since the last log record."""
+
+    def __init__(self):
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.sums: Dict[str, float] = {}
+        self.count, self.items, self.t0 = 0, 0, now
+
+    def update(self, losses: Dict[str, float], n_items: int) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.items += n_items
+
+    def averages(self) -> Dict[str, float]:
+        return {k: v / self.count for k, v in self.sums.items()}
+
+
 class Trainer:
     """Runs a task sequence for one learner, writing everything into ``run_dir``.
 
@@ -145,7 +189,7 @@ class Trainer:
                  resume: bool = False, quiet: bool = False, config_changed: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = D.resolve_device(device or cfg.experiment.device)
+        self.device = D.resolve_device(device or cfg.experiment.device, "--device" if device else "experiment.device")
         self.resume = resume
         self.config_changed = config_changed  # a resumed run with --set overrides: rewrite config.yaml
         self.distributed = D.init(self.device)
@@ -157,26 +201,60 @@ class Trainer:
         self.global_step = 0
         self.last_ckpt = "none written yet"
         self._metrics_file = None
+        self._ckpt_path = self.run_dir / "checkpoint.pt"
 
     # ------------------------------------------------------------------ setup
-    def _prepare_dir(self) -> None:
-        ckpt = self.run_dir / "checkpoint.pt"
+    def _check_dir(self) -> None:
+        """Refuse a run directory that cannot be used, before anything is written."""
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"{d}: exists and is not a directory (--out / experiment.out must name a directory)")
         if not self.resume:
-            if self.run_dir.exists() and any(self.run_dir.iterdir()):
-                raise ConfigError(f"{self.run_dir}: run directory exists and is not empty; "
-                                  f"use --resume {self.run_dir} to continue it or --out for a new one")
-        elif not (self.run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"{self.run_dir}: not a run directory (no config.yaml)")
+            if d.exists() and any(d.iterdir()):
+                raise ConfigError(f"{d}: run directory exists and is not empty; "
+                                  f"use --resume {d} to continue it or --out for a new one")
+            for p in d.parents:  # the first existing ancestor must be a directory
+                if p.exists():
+                    if not p.is_dir():
+                        raise ConfigError(f"{d}: cannot create the run directory: {p} is not a directory")
+                    break
+        elif not (d / "config.yaml").is_file():
+            raise CheckpointError(f"{d}: not a run directory (no config.yaml)")
+
+    def _prepare_dir(self) -> None:
         D.barrier()
         if self.main:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            try:
+                (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{self.run_dir}: cannot create the run directory: {e.strerror or e}") from None
             if not self.resume or self.config_changed:
                 save_config(self.cfg, self.run_dir / "config.yaml")
             for stale in [*self.run_dir.glob(".*.tmp-*"), *(self.run_dir / "checkpoints").glob(".*.tmp-*")]:
                 stale.unlink()  # half-written files of a killed run (the real files are intact)
             self._metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         D.barrier()
-        self._ckpt_path = ckpt
+
+    def _resume_source(self) -> Optional[Path]:
+        """The checkpoint a resumed run continues from: ``checkpoint.pt``; when it is gone, the
+        last task-end checkpoint ``checkpoints/taskK.pt`` (the same state as ``checkpoint.pt``
+        right after task K; later mid-task progress is redone, with the same result). With
+        neither: None (start again) if the run starts from ``tasks.init_from`` (nothing of its
+        own was saved yet), else CheckpointError naming the missing file."""
+        if self._ckpt_path.is_file():
+            return self._ckpt_path
+        ends = sorted(((int(p.stem[4:]), p) for p in (self.run_dir / "checkpoints").glob("task*.pt")
+                       if p.stem[4:].isdigit()), reverse=True)
+        if not ends and self.cfg.tasks.init_from:
+            log.warning("%s: no checkpoint of this run yet: starting again from tasks.init_from %s",
+                        self.run_dir, self.cfg.tasks.init_from)
+            return None
+        if not ends:
+            raise CheckpointError(f"{self._ckpt_path}: missing, and no task-end checkpoint in "
+                                  f"{self.run_dir / 'checkpoints'} either: nothing to resume from "
+                                  f"(start a new run with --out)")
+        log.warning("%s is missing: resuming from the last task-end checkpoint %s", self._ckpt_path, ends[0][1])
+        return ends[0][1]
 
     def _log_json(self, rec: dict) -> None:
         if self._metrics_file is not None:
@@ -193,94 +271,116 @@ class Trainer:
                 self._metrics_file = None
 
     def _fit(self) -> ResultsMatrix:
+        """Set up (nothing is written until the config, data, learner and start checkpoint are
+        known to be usable), then for each task: begin -> train -> end -> evaluate + save."""
+        self._check_dir()
+        self._setup()
+        start_task, start_step, mid = self._load_start()
+        self._prepare_dir()
+        for t in range(start_task, len(self.tasks)):
+            task = self.tasks[t]
+            resumed = mid is not None and t == start_task
+            self._begin_task(task, resumed)
+            self._train_task(task, start_step if resumed else 0, mid if resumed else None)
+            self.learner.end_task(task)
+            self._finish_task(t)
+            D.barrier()
+        if start_task >= len(self.tasks) and self.main:
+            log.info("all %d tasks already done in %s", len(self.tasks), self.run_dir)
+            self.results.write(self.run_dir)
+        D.barrier()
+        return self.results
+
+    def _setup(self) -> None:
+        """Seed, determinism, tasks, learner, results matrix (the metric checked)."""
         from incdet.engine import LEARNERS
         from incdet.engine.builders import build_tasks
 
         cfg = self.cfg
-        self._prepare_dir()
-        seed = cfg.experiment.seed
         if cfg.experiment.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        seed_everything(seed)
-        tasks = build_tasks(cfg)
-        self.tasks = tasks
-        names = [t.name for t in tasks]
-        cls = LEARNERS.get(cfg.learner.name)
-        learner = cls(cfg.learner.options, self.device)
-        self.learner = learner
-        metric = cfg.eval.metric or learner.primary_metric
-        if metric not in learner.metrics:
+        world = D.world_size()
+        for t in {0, 1}:
+            b = cfg.train.for_task(t).batch_size
+            if b % world:
+                raise ConfigError(f"{cfg.source}: train.batch_size {b} is not divisible by the {world} processes")
+        seed_everything(cfg.experiment.seed)
+        self.tasks = build_tasks(cfg)
+        self.learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, self.device)
+        metric = cfg.eval.metric or self.learner.primary_metric
+        if metric not in self.learner.metrics:
             raise ConfigError(f"{cfg.source}: eval.metric {metric!r} is not a metric of learner "
-                              f"{cfg.learner.name!r}; known: {', '.join(learner.metrics)}")
-        results = ResultsMatrix(names, metric, learner.metrics[metric])
-        self.results = results
+                              f"{cfg.learner.name!r}; known: {', '.join(self.learner.metrics)}")
+        self.results = ResultsMatrix([t.name for t in self.tasks], metric, self.learner.metrics[metric])
 
-        start_task, start_step, mid = 0, 0, None
-        ckpt = None
-        if self.resume and self._ckpt_path.is_file():
-            ckpt = load_checkpoint(self._ckpt_path)
-            src = self._ckpt_path
-        elif cfg.tasks.init_from:
+    def _load_start(self):
+        """Where the run starts: ``(task, steps already done in it, mid-task checkpoint or None)``.
+
+        ``--resume``: the run's own checkpoint (:meth:`_resume_source`); a fresh run with
+        ``tasks.init_from``: another run's task-end checkpoint of the same learner family. The
+        learner state and the results so far are loaded here."""
+        cfg, learner, names = self.cfg, self.learner, [t.name for t in self.tasks]
+        src = self._resume_source() if self.resume else None
+        from_init = src is None and bool(cfg.tasks.init_from)
+        if from_init:
             src = Path(cfg.tasks.init_from)
             if src.is_dir():
                 raise ConfigError(f"{cfg.source}: tasks.init_from must be a checkpoint file "
                                   f"(e.g. {src}/checkpoints/task0.pt), not a directory")
-            ckpt = load_checkpoint(src)
-            if ckpt["phase"] != "done":
-                raise CheckpointError(f"{src}: tasks.init_from needs a task-end checkpoint (checkpoints/taskK.pt)")
-        if ckpt is not None:
-            k = ckpt["task_index"]
-            if ckpt["task_names"][: k + 1] != names[: k + 1]:
-                raise CheckpointError(f"{src}: its tasks {ckpt['task_names'][: k + 1]} do not match this "
-                                      f"config's first tasks {names[: k + 1]}")
-            try:
-                learner.load_state_dict(ckpt["learner"])
-            except (RuntimeError, KeyError, ValueError, TypeError) as e:
-                raise CheckpointError(f"{src}: cannot load the learner state into learner "
-                                      f"{cfg.learner.name!r} with this config: {e}") from None
-            old = ResultsMatrix.from_dict(ckpt["results"])
-            for i in range(min(k + 1, len(old.tasks))):
-                for j in range(i + 1):
-                    if old.all_metrics[i][j] is not None and metric in old.all_metrics[i][j]:
-                        results.set(i, j, old.all_metrics[i][j])
-            self.global_step = ckpt["global_step"]
-            if not self.resume:  # tasks.init_from: another run's task-end state, maybe another config
-                learner.init_from_task_end(tasks[k])
-            if ckpt["phase"] == "train" and self.resume:
-                start_task, start_step, mid = k, ckpt["step"], ckpt
-            else:
-                start_task = k + 1
-                if self.resume:
-                    set_rng_state(ckpt["rng"])
-            self.last_ckpt = f"{src} (task {k}, step {ckpt['step']})"
-            log.info("%s from %s: task %d (%s), step %d", "resuming" if self.resume else "starting",
-                     src, start_task, names[min(start_task, len(names) - 1)], start_step)
+        if src is None:
+            return 0, 0, None
+        ckpt = load_checkpoint(src)
+        if from_init and ckpt["phase"] != "done":
+            raise CheckpointError(f"{src}: tasks.init_from needs a task-end checkpoint (checkpoints/taskK.pt)")
+        check_learner(ckpt, cfg.learner.name, src, same_family=from_init)
+        k = ckpt["task_index"]
+        if not isinstance(k, int) or not 0 <= k < len(names) or ckpt["task_names"][: k + 1] != names[: k + 1]:
+            raise CheckpointError(f"{src}: its tasks {ckpt['task_names'][: k + 1]} do not match this "
+                                  f"config's first tasks {names[: k + 1]}")
+        try:
+            learner.load_state_dict(ckpt["learner"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{src}: cannot load the learner state into learner "
+                                  f"{cfg.learner.name!r} with this config: {e}") from None
+        old = ResultsMatrix.from_dict(ckpt["results"])
+        for i in range(min(k + 1, len(old.tasks))):
+            for j in range(i + 1):
+                if old.all_metrics[i][j] is not None and self.results.metric in old.all_metrics[i][j]:
+                    self.results.set(i, j, old.all_metrics[i][j])
+        self.global_step = ckpt["global_step"]
+        self.last_ckpt = f"{src} (task {k}, step {ckpt['step']})"
+        if from_init:  # another run's task-end state, maybe another config
+            learner.init_from_task_end(self.tasks[k])
+            start = (k + 1, 0, None)
+        elif ckpt["phase"] == "train":
+            start = (k, ckpt["step"], ckpt)
+        else:
+            set_rng_state(ckpt["rng"])
+            start = (k + 1, 0, None)
+        log.info("%s from %s: task %d (%s), step %d", "starting" if from_init else "resuming",
+                 src, start[0], names[min(start[0], len(names) - 1)], start[1])
+        return start
 
-        for t in range(start_task, len(tasks)):
-            task = tasks[t]
-            if mid is not None:
-                learner.resume_task(task)
-            else:
-                seed_everything(mix_seed(seed, t) % (2**32))
-                learner.begin_task(task)
-            self._train_task(task, start_step if mid is not None else 0, mid)
-            mid = None
-            learner.end_task(task)
-            if self.main:
-                if cfg.eval.every_task or t == len(tasks) - 1:
-                    self._evaluate(t)
-                self._save(t, self._steps_of_task, "done", None, None)
-                save_atomic(self._checkpoint_dict(t, self._steps_of_task, "done", None, None),
-                            self.run_dir / "checkpoints" / f"task{t}.pt")
-                results.write(self.run_dir)
-            D.barrier()
-        if start_task >= len(tasks) and self.main:
-            log.info("all %d tasks already done in %s", len(tasks), self.run_dir)
-            results.write(self.run_dir)
-        D.barrier()
-        return results
+    def _begin_task(self, task: Task, resumed: bool) -> None:
+        if resumed:
+            self.learner.resume_task(task)
+        else:
+            seed_everything(mix_seed(self.cfg.experiment.seed, task.index) % (2**32))
+            self.learner.begin_task(task)
+
+    def _finish_task(self, t: int) -> None:
+        """Rank 0: evaluate the seen tasks, save ``checkpoint.pt`` and ``checkpoints/task{t}.pt``,
+        write the results files."""
+        if not self.main:
+            return
+        if self.cfg.eval.every_task or t == len(self.tasks) - 1:
+            self._evaluate(t)
+        self._save(t, self._steps_of_task, "done", None, None)
+        save_atomic(self._checkpoint_dict(t, self._steps_of_task, "done", None, None),
+                    self.run_dir / "checkpoints" / f"task{t}.pt")
+        self.results.write(self.run_dir)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, t: int) -> None:
@@ -314,6 +414,7 @@ class Trainer:
             lstate = self.learner.state_dict()
         return {
             "format": FORMAT, "version": VERSION,
+            "learner_name": self.cfg.learner.name,
             "task_index": t, "step": step, "phase": phase, "global_step": self.global_step,
             "task_names": [x.name for x in self.tasks],
             "learner": lstate,
@@ -331,30 +432,25 @@ class Trainer:
         self.last_ckpt = f"{self._ckpt_path} (task {t}, step {step}, {phase})"
 
     # ------------------------------------------------------------------ training
-    def _train_task(self, task: Task, start_step: int, mid: Optional[dict]) -> None:
-        cfg, learner, device = self.cfg, self.learner, self.device
-        t = task.index
-        tc = cfg.train.for_task(t)
-        world, rank = D.world_size(), D.rank()
-        if tc.batch_size % world:
-            raise ConfigError(f"{cfg.source}: train.batch_size {tc.batch_size} is not divisible by the "
-                              f"{world} processes")
+    def _plan(self, task: Task) -> _Plan:
+        """The schedule and loop size of ``task`` (batches per epoch, iterations, lr-step unit)."""
+        tc = self.cfg.train.for_task(task.index)
+        world = D.world_size()
         b = tc.batch_size // world
-        ds = learner.train_dataset(task)
+        ds = self.learner.train_dataset(task)
         n = len(ds)
         if n == 0:
-            raise ConfigError(f"task {t} ({task.name}): the training set is empty")
+            raise ConfigError(f"task {task.index} ({task.name}): the training set is empty")
         per_rank = math.ceil(n / world)
         drop_last = per_rank >= b
         bpe = per_rank // b if drop_last else 1
         n_iters = tc.iterations if tc.iterations is not None else tc.epochs * bpe
-        unit = 1 if tc.iterations is not None else bpe
-        self._steps_of_task = n_iters
-        if n_iters == 0:
-            return
+        return _Plan(task, tc, ds, n, b, drop_last, bpe, n_iters, 1 if tc.iterations is not None else bpe)
 
-        optimizer = build_optimizer(learner.parameter_groups(), tc)
-        amp = device.type == "cuda" and tc.amp != "none"
+    def _optim(self, tc: TrainConfig, mid: Optional[dict]) -> _Optim:
+        """Optimizer, AMP context and grad scaler of a task (state restored from ``mid``)."""
+        optimizer = build_optimizer(self.learner.parameter_groups(), tc)
+        amp = self.device.type == "cuda" and tc.amp != "none"
         amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
         scaler = torch.amp.GradScaler("cuda") if amp and tc.amp == "fp16" else None
         if mid is not None:
@@ -365,99 +461,123 @@ class Trainer:
             set_rng_state(mid["rng"])
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
+        def autocast():
+            return torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext()
+
+        return _Optim(optimizer, scaler, params, autocast)
+
+    def _loader(self, plan: _Plan, epoch: int, offset: int) -> DataLoader:
+        """The batches of one epoch, skipping the first ``offset`` (already done before a resume)."""
+        seed, t, tc = self.cfg.experiment.seed, plan.task.index, plan.tc
+        sampler = ResumableSampler(plan.n, seed, t, epoch, D.rank(), D.world_size(), start=offset * plan.batch)
+        g = torch.Generator()
+        g.manual_seed(mix_seed(seed, t, epoch))
+        return DataLoader(plan.dataset, batch_size=plan.batch, sampler=sampler, drop_last=plan.drop_last,
+                          collate_fn=_CountingCollate(self.learner.collate), num_workers=tc.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=g,
+                          worker_init_fn=_WorkerInit() if tc.num_workers else None)
+
+    def _train_step(self, batch, plan: _Plan, opt: _Optim, step: int) -> Dict[str, float]:
+        """One optimizer step: forward, finite check (all ranks agree), backward, clip, step.
+        Returns the losses as floats (averaged over processes)."""
+        with opt.autocast():
+            losses = self.learner.training_step(batch)
+        if "loss" not in losses:
+            raise KeyError(f"{type(self.learner).__name__}.training_step returned no 'loss' (got {sorted(losses)})")
+        loss = losses["loss"]
+        if self.distributed or loss.device.type != "cpu":  # one transfer / collective
+            vals = torch.stack([torch.as_tensor(v, device=loss.device).detach().float().reshape(())
+                                for v in losses.values()])
+            vals = D.all_reduce_mean(vals).tolist()
+        else:  # on CPU .item() costs nothing; torch.stack would be the loop's biggest overhead
+            vals = [v.item() if torch.is_tensor(v) else float(v) for v in losses.values()]
+        if not all(math.isfinite(v) for v in vals):
+            terms = ", ".join(f"{k}={v:.6g}" for k, v in zip(losses, vals))
+            raise NonFiniteLossError(
+                f"non-finite loss at task {plan.task.index} ({plan.task.name}) step {step} (global step "
+                f"{self.global_step}): {terms}. Stopped without saving; the last good checkpoint is "
+                f"{self.last_ckpt}. Try e.g. --resume {self.run_dir} --set train.lr=... (lower) or "
+                f"--set train.grad_clip=...")
+        optimizer, scaler, clip = opt.optimizer, opt.scaler, plan.tc.grad_clip
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(opt.params, clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(opt.params, clip)
+            optimizer.step()
+        return dict(zip(losses, vals))
+
+    def _after_step(self, plan: _Plan, step: int, epoch: int, lr: float, meter: _Meter, bar, opt: _Optim) -> None:
+        """The log policy (every ``log_every`` steps and at the last) and the mid-task checkpoint
+        policy (every ``checkpoint_every`` steps, rank 0)."""
+        tc, t = plan.tc, plan.task.index
+        if bar is not None:
+            bar.update(1)
+        if step % tc.log_every == 0 or step == plan.n_iters:
+            now = time.perf_counter()
+            ips = meter.items / max(now - meter.t0, 1e-9)
+            rec = {"task": t, "task_name": plan.task.name, "step": step, "global_step": self.global_step,
+                   "epoch": epoch, "lr": lr, **meter.averages(), "images_per_s": round(ips, 2),
+                   "time": round(time.time(), 3)}
+            self._log_json(rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
+            meter.reset(now)
+        if self.main and tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < plan.n_iters:
+            self._save(t, step, "train", opt.optimizer, opt.scaler)
+
+    def _train_task(self, task: Task, start_step: int, mid: Optional[dict]) -> None:
+        """Optimizer steps ``start_step..n_iters`` of ``task`` (``mid``: the checkpoint resumed from)."""
+        plan = self._plan(task)
+        self._steps_of_task = plan.n_iters
+        if plan.n_iters == 0:
+            return
+        opt = self._optim(plan.tc, mid)
+        learner, tc, t = self.learner, plan.tc, task.index
         if self.distributed:
             learner.model = torch.nn.parallel.DistributedDataParallel(
-                learner.model, device_ids=[device.index] if device.type == "cuda" else None,
+                learner.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=tc.find_unused_parameters)
         learner.model.train()
-
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=n_iters, initial=start_step, desc=f"task {t} {task.name}", dynamic_ncols=True)
+            bar = tqdm(total=plan.n_iters, initial=start_step, desc=f"task {t} {task.name}", dynamic_ncols=True)
         log.info("task %d (%s): %d iterations, %d training items, global batch %d, lr %g",
-                 t, task.name, n_iters, n, tc.batch_size, tc.lr)
+                 t, task.name, plan.n_iters, plan.n, tc.batch_size, tc.lr)
 
         step = start_step
-        epoch, offset = divmod(step, bpe)
-        sums: Dict[str, float] = {}
-        n_log, items_log, t_log = 0, 0, time.perf_counter()
-        t_start = time.perf_counter()
+        epoch, offset = divmod(step, plan.batches_per_epoch)
+        meter, t_start = _Meter(), time.perf_counter()
         try:
-            while step < n_iters:
-                sampler = ResumableSampler(n, cfg.experiment.seed, t, epoch, rank, world, start=offset * b)
-                g = torch.Generator()
-                g.manual_seed(mix_seed(cfg.experiment.seed, t, epoch))
-                loader = DataLoader(ds, batch_size=b, sampler=sampler, drop_last=drop_last,
-                                    collate_fn=_CountingCollate(learner.collate), num_workers=tc.num_workers,
-                                    pin_memory=device.type == "cuda", generator=g,
-                                    worker_init_fn=_WorkerInit() if tc.num_workers else None)
+            while step < plan.n_iters:
                 step_before = step
-                for n_items, batch in loader:
-                    if step >= n_iters:
+                for n_items, batch in self._loader(plan, epoch, offset):
+                    if step >= plan.n_iters:
                         break
-                    lr = lr_at(step, tc, unit)
-                    for grp in optimizer.param_groups:
+                    lr = lr_at(step, tc, plan.unit)
+                    for grp in opt.optimizer.param_groups:
                         grp["lr"] = lr * grp["lr_mult"]
-                    with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext():
-                        losses = learner.training_step(batch)
-                    if "loss" not in losses:
-                        raise KeyError(f"{type(learner).__name__}.training_step returned no 'loss' (got {sorted(losses)})")
-                    loss = losses["loss"]
-                    if self.distributed or loss.device.type != "cpu":  # one transfer / collective
-                        vals = torch.stack([torch.as_tensor(v, device=loss.device).detach().float().reshape(())
-                                            for v in losses.values()])
-                        vals = D.all_reduce_mean(vals).tolist()
-                    else:  # on CPU .item() costs nothing; torch.stack would be the loop's biggest overhead
-                        vals = [v.item() if torch.is_tensor(v) else float(v) for v in losses.values()]
-                    if not all(math.isfinite(v) for v in vals):
-                        terms = ", ".join(f"{k}={v:.6g}" for k, v in zip(losses, vals))
-                        raise NonFiniteLossError(
-                            f"non-finite loss at task {t} ({task.name}) step {step} (global step {self.global_step}): "
-                            f"{terms}. Stopped without saving; the last good checkpoint is {self.last_ckpt}. "
-                            f"Try e.g. --resume {self.run_dir} --set train.lr=... (lower) or --set train.grad_clip=...")
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        if tc.grad_clip:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        if tc.grad_clip:
-                            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                        optimizer.step()
+                    losses = self._train_step(batch, plan, opt, step)
                     step += 1
                     self.global_step += 1
-                    for k, v in zip(losses, vals):
-                        sums[k] = sums.get(k, 0.0) + v
-                    n_log += 1
-                    items_log += n_items * world
-                    if bar is not None:
-                        bar.update(1)
-                    if step % tc.log_every == 0 or step == n_iters:
-                        now = time.perf_counter()
-                        ips = items_log / max(now - t_log, 1e-9)
-                        rec = {"task": t, "task_name": task.name, "step": step, "global_step": self.global_step,
-                               "epoch": epoch, "lr": lr, **{k: v / n_log for k, v in sums.items()},
-                               "images_per_s": round(ips, 2), "time": round(time.time(), 3)}
-                        self._log_json(rec)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
-                        sums, n_log, items_log, t_log = {}, 0, 0, now
-                    if self.main and tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < n_iters:
-                        self._save(t, step, "train", optimizer, scaler)
+                    meter.update(losses, n_items * D.world_size())
+                    self._after_step(plan, step, epoch, lr, meter, bar, opt)
                 if step == step_before:
                     raise ConfigError(f"task {t} ({task.name}): epoch {epoch} produced no batch "
-                                      f"({n} items, batch {b} per process)")
-                epoch += 1
-                offset = 0
+                                      f"({plan.n} items, batch {plan.batch} per process)")
+                epoch, offset = epoch + 1, 0
             # the training of this task is safe before end_task/evaluation (which may be long)
-            if self.main and tc.checkpoint_every and start_step < n_iters:
-                self._save(t, step, "train", optimizer, scaler)
+            if self.main and tc.checkpoint_every and start_step < plan.n_iters:
+                self._save(t, step, "train", opt.optimizer, opt.scaler)
         finally:
             if bar is not None:
                 bar.close()
