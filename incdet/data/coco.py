@@ -17,12 +17,17 @@ Box validity: ``w > 0`` and ``h > 0``; the box must lie inside the image up to
 hair beyond the border); such boxes are kept unchanged, never clipped. A degenerate or
 outside box raises :class:`DataError` (or, with ``on_error="skip"``, drops that image with
 a logged warning, counted in ``skipped``).
+
+The file itself is read and checked by :func:`incdet.data.cocofile.read_coco_json`: bad JSON,
+nesting deeper than 100 levels, non-UTF-8 text, duplicate image / category / annotation ids,
+annotations whose ``image_id`` or ``category_id`` does not exist, ids of the wrong type and a
+non-0/1 ``iscrowd`` raise :class:`DataError` naming the file (never skipped: the whole file is
+suspect).
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from incdet.data.cocofile import read_coco_json
 from incdet.data.images import load_rgb
 from incdet.data.sample import Sample
 from incdet.errors import DataError
@@ -46,29 +52,7 @@ def _load_coco(ann_file: str):
         from pycocotools.coco import COCO
     except ImportError as e:  # pragma: no cover - pycocotools is a dependency
         raise ImportError("pycocotools is required for COCODetection (pip install pycocotools)") from e
-    if not os.path.isfile(ann_file):
-        raise DataError(f"{ann_file}: COCO annotation file does not exist")
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{ann_file}: cannot parse COCO json ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{ann_file}: top level must be a JSON object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{ann_file}: missing or non-list key {key!r}")
-    for k, im in enumerate(data["images"]):
-        for f_ in ("id", "file_name", "width", "height"):
-            if not isinstance(im, dict) or f_ not in im:
-                raise DataError(f"{ann_file}: images[{k}] has no {f_!r}")
-    for k, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise DataError(f"{ann_file}: categories[{k}] needs 'id' and 'name'")
-    for k, a in enumerate(data["annotations"]):
-        for f_ in ("id", "image_id", "category_id", "bbox"):
-            if not isinstance(a, dict) or f_ not in a:
-                raise DataError(f"{ann_file}: annotations[{k}] has no {f_!r}")
+    data = read_coco_json(ann_file, "COCO annotation", image_fields=("id", "file_name", "width", "height"))
     coco = COCO()
     with contextlib.redirect_stdout(io.StringIO()):
         coco.dataset = data

@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from incdet.data.safeload import load_json
 from incdet.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -564,8 +565,8 @@ def read_manifest(root: Union[str, Path]) -> Optional[dict]:
     """The manifest of a shapes-voc directory, or None if absent or unreadable."""
     path = Path(root) / MANIFEST
     try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError):
+        m = load_json(path, "shapes manifest")
+    except DataError:  # missing, unreadable, not JSON, nested too deeply
         return None
     return m if isinstance(m, dict) and m.get("generator") == "shapes-voc" else None
 

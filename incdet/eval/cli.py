@@ -59,6 +59,8 @@ from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from incdet.data.cocofile import check_coco_dataset
+from incdet.data.safeload import load_json, short_repr
 from incdet.errors import ConfigError, DataError
 from incdet.eval.voc import XYWH_RULES, voc_evaluate, xywh_to_xyxy
 
@@ -214,71 +216,62 @@ def load_voc_gt(path: str, split: Optional[str], classes: Optional[List[str]], d
 
 
 def _load_json(path: str, what: str) -> Any:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: {what} file does not exist")
+    return load_json(path, what)
+
+
+def _finite(x: Any) -> bool:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot parse {what} JSON ({e})") from None
+        return math.isfinite(float(x))
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _check_bbox(b: Any, where: str) -> List[float]:
     if not isinstance(b, (list, tuple)) or len(b) != 4:
-        raise DataError(f"{where}: bbox must be a list of 4 numbers [x, y, w, h], got {b!r}")
-    try:
-        v = [float(x) for x in b]
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: bbox must be a list of 4 numbers [x, y, w, h], got {b!r}") from None
-    if any(isinstance(x, bool) for x in b) or not all(math.isfinite(x) for x in v):
-        raise DataError(f"{where}: bbox has non-numeric or non-finite values {b!r}")
+        raise DataError(f"{where}: bbox must be a list of 4 numbers [x, y, w, h], got {short_repr(b)}")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in b):
+        raise DataError(f"{where}: bbox must be a list of 4 numbers [x, y, w, h], got {short_repr(b)}")
+    if not all(_finite(x) for x in b):
+        raise DataError(f"{where}: bbox has non-numeric or non-finite values {short_repr(b)}")
+    v = [float(x) for x in b]
     if v[2] < 0 or v[3] < 0:
-        raise DataError(f"{where}: bbox has negative width or height {b!r}")
+        raise DataError(f"{where}: bbox has negative width or height {short_repr(b)}")
     return v
 
 
-def load_coco_gt(path: str, xywh: str) -> GroundTruth:
+def _flag(a: dict, key: str, where: str) -> bool:
+    v = a.get(key, 0)
+    if v not in (0, 1) or isinstance(v, float):
+        raise DataError(f"{where}: {key} must be 0 or 1, got {short_repr(v)}")
+    return bool(v)
+
+
+def load_coco_gt(path: str, xywh: str, metric: Optional[str] = None) -> GroundTruth:
+    """COCO instances json as evaluation gt. The file is checked by
+    :func:`incdet.data.cocofile.check_coco_dataset` (duplicate or dangling ids refused; with
+    ``metric="coco"`` every annotation needs ``iscrowd`` and ``area``, which COCOeval reads)."""
     data = _load_json(path, "COCO ground-truth")
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: top level must be a JSON object with images/annotations/categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{path}: missing or non-list key {key!r}")
+    check_coco_dataset(data, path, eval_fields=(metric == "coco"))
     cats = data["categories"]
-    for k, c in enumerate(cats):
-        if not isinstance(c, dict) or "id" not in c:
-            raise DataError(f"{path}: categories[{k}] has no 'id'")
-    cat_ids = sorted(int(c["id"]) for c in cats)
-    if len(set(cat_ids)) != len(cat_ids):
-        raise DataError(f"{path}: duplicate category ids")
-    by_id = {int(c["id"]): c for c in cats}
+    cat_ids = sorted(c["id"] for c in cats)
+    by_id = {c["id"]: c for c in cats}
     classes = [str(by_id[i].get("name", i)) for i in cat_ids]
     if len(set(classes)) != len(classes):
         classes = [f"{n}:{i}" for n, i in zip(classes, cat_ids)]
     c2l = {cid: k + 1 for k, cid in enumerate(cat_ids)}
     recs: Dict[Hashable, dict] = {}
     stems: Dict[str, Hashable] = {}
-    for k, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or "id" not in im:
-            raise DataError(f"{path}: images[{k}] has no 'id'")
-        if im["id"] in recs:
-            raise DataError(f"{path}: image id {im['id']!r} listed twice")
+    for im in data["images"]:
         recs[im["id"]] = {"boxes": [], "labels": [], "difficult": []}
         if isinstance(im.get("file_name"), str):
             stems[os.path.splitext(os.path.basename(im["file_name"]))[0]] = im["id"]
     for k, a in enumerate(data["annotations"]):
         where = f"{path}: annotations[{k}]"
-        if not isinstance(a, dict) or not all(x in a for x in ("image_id", "category_id", "bbox")):
-            raise DataError(f"{where}: needs image_id, category_id and bbox")
-        if a["image_id"] not in recs:
-            raise DataError(f"{where}: image_id {a['image_id']!r} is not in 'images'")
-        if a["category_id"] not in c2l:
-            raise DataError(f"{where}: category_id {a['category_id']!r} is not in 'categories'")
         b = _check_bbox(a["bbox"], where)
         r = recs[a["image_id"]]
         r["boxes"].append(b)
         r["labels"].append(c2l[a["category_id"]])
-        r["difficult"].append(bool(a.get("iscrowd", 0)) or bool(a.get("difficult", 0)) or bool(a.get("ignore", 0)))
+        r["difficult"].append(bool(a.get("iscrowd", 0)) or _flag(a, "difficult", where) or _flag(a, "ignore", where))
     for r in recs.values():
         r["boxes"] = xywh_to_xyxy(np.asarray(r["boxes"], np.float64).reshape(-1, 4), xywh)
         r["labels"] = np.asarray(r["labels"], np.int64)
@@ -288,7 +281,9 @@ def load_coco_gt(path: str, xywh: str) -> GroundTruth:
 
 # ----------------------------------------------------------------------------- detections
 def _resolve_image(v: Any, gt: GroundTruth, numeric: Dict[int, Hashable]) -> Optional[Hashable]:
-    if isinstance(v, bool):
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, str)):
         return None
     if v in gt.records:
         return v
@@ -326,12 +321,22 @@ def load_detections(path: str, gt: GroundTruth, xywh: str) -> List[dict]:
     if isinstance(data, dict):
         if not isinstance(data.get("annotations"), list):
             raise DataError(f"{path}: expected a COCO results list (or an object with an 'annotations' list)")
-        for im in data.get("images") or []:
-            if isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str):
-                det_images[im["id"]] = os.path.splitext(os.path.basename(im["file_name"]))[0]
-        for c in data.get("categories") or []:
-            if isinstance(c, dict) and "id" in c and "name" in c:
-                det_cats[c["id"]] = str(c["name"])
+        for key, table in (("images", det_images), ("categories", det_cats)):
+            items = data.get(key) or []
+            if not isinstance(items, list):
+                raise DataError(f"{path}: {key!r} must be a list, got {type(items).__name__}")
+            for j, it in enumerate(items):
+                if not isinstance(it, dict) or "id" not in it:
+                    continue
+                if isinstance(it["id"], bool) or not isinstance(it["id"], (int, str)):
+                    raise DataError(f"{path}: {key}[{j}]: id must be an integer or a string, "
+                                    f"got {short_repr(it['id'])}")
+                if it["id"] in table:
+                    raise DataError(f"{path}: {key}[{j}]: id {it['id']!r} listed twice")
+                if key == "images" and isinstance(it.get("file_name"), str):
+                    table[it["id"]] = os.path.splitext(os.path.basename(it["file_name"]))[0]
+                elif key == "categories" and "name" in it:
+                    table[it["id"]] = str(it["name"])
         data = data["annotations"]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a COCO results list [{{image_id, category_id, bbox, score}}, ...]")
@@ -345,6 +350,7 @@ def load_detections(path: str, gt: GroundTruth, xywh: str) -> List[dict]:
         numeric = {i: s for i, s in numeric.items() if count[i] == 1}
     names = {n: k + 1 for k, n in enumerate(gt.classes)}
     out = []
+    dup: Dict[tuple, int] = {}
     for k, r in enumerate(data):
         where = f"{path}: detection {k}"
         if not isinstance(r, dict):
@@ -352,22 +358,32 @@ def load_detections(path: str, gt: GroundTruth, xywh: str) -> List[dict]:
         missing = [x for x in ("image_id", "category_id", "bbox", "score") if x not in r]
         if missing:
             raise DataError(f"{where}: missing {', '.join(missing)}")
+        for key in ("image_id", "category_id"):
+            if isinstance(r[key], bool) or not isinstance(r[key], (int, float, str)):
+                raise DataError(f"{where}: {key} must be an integer or a string, got {short_repr(r[key])}")
         raw_img = det_images.get(r["image_id"], r["image_id"]) if det_images else r["image_id"]
         img = _resolve_image(raw_img, gt, numeric)
         if img is None:
-            raise DataError(f"{where}: unknown image_id {r['image_id']!r} (not in the ground truth {gt.path})")
+            raise DataError(f"{where}: unknown image_id {short_repr(r['image_id'])} (not in the ground truth {gt.path})")
         raw_cat = det_cats.get(r["category_id"], r["category_id"]) if det_cats else r["category_id"]
         label = _resolve_category(raw_cat, gt, names)
         if label is None:
             hint = ("a class name or its 1-based index 1..%d" % len(gt.classes)) if gt.kind == "voc" \
                 else "a category id or name of the ground truth"
-            raise DataError(f"{where}: unknown category_id {r['category_id']!r} (expected {hint})")
+            raise DataError(f"{where}: unknown category_id {short_repr(r['category_id'])} (expected {hint})")
         bbox = _check_bbox(r["bbox"], where)
         s = r["score"]
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(float(s)):
-            raise DataError(f"{where}: score must be a finite number, got {s!r}")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not _finite(s):
+            raise DataError(f"{where}: score must be a finite number, got {short_repr(s)}")
+        key = (img, label, float(s), tuple(bbox))
+        dup[key] = dup.get(key, 0) + 1
         out.append({"image_id": img, "label": label, "score": float(s), "bbox": bbox,
                     "box": xywh_to_xyxy(bbox, xywh)[0]})
+    n_dup = sum(c - 1 for c in dup.values())
+    if n_dup:
+        # COCO's tools accept repeated detections (each extra copy is a false positive): warn, count
+        log.warning("%s: %d detection(s) repeat an earlier one exactly (same image, category, bbox and score); "
+                    "each copy is scored as a separate detection", path, n_dup)
     return out
 
 
@@ -386,7 +402,7 @@ def evaluate_detections(gt: GroundTruth, dets: List[dict], metric: str, *, iou: 
         if gt.kind == "coco":
             results = [{"image_id": d["image_id"], "category_id": gt.cat_ids[d["label"] - 1],  # type: ignore[index]
                         "bbox": d["bbox"], "score": d["score"]} for d in dets]
-            res = coco_evaluate(gt.coco_dataset, results, max_dets=max_dets)
+            res = coco_evaluate(gt.coco_dataset, results, max_dets=max_dets, gt_name=gt.path)
         else:
             from types import SimpleNamespace
 
@@ -446,7 +462,7 @@ def _cmd_eval_detections(args: argparse.Namespace) -> int:
     elif os.path.isfile(args.gt):
         if args.split is not None or args.classes is not None:
             raise ConfigError("--split/--classes apply to a VOC ground-truth folder, not a COCO json")
-        gt = load_coco_gt(args.gt, args.xywh)
+        gt = load_coco_gt(args.gt, args.xywh, metric=args.metric)
     else:
         raise DataError(f"{args.gt}: ground truth does not exist (a VOC folder or a COCO json is expected)")
     dets = load_detections(args.dets, gt, args.xywh)

@@ -30,6 +30,8 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from incdet.data.cocofile import check_coco_dataset
+from incdet.data.safeload import short_repr
 from incdet.errors import ConfigError, DataError
 from incdet.eval.voc import XYWH_RULES, _np, xyxy_to_xywh
 
@@ -143,6 +145,13 @@ def _mean_valid(s: np.ndarray) -> float:
     return float(np.mean(v)) if v.size else float("nan")
 
 
+def _finite(x) -> bool:
+    try:
+        return not isinstance(x, bool) and isinstance(x, (int, float, np.integer, np.floating)) and math.isfinite(float(x))
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def _validate_results(results: List[dict], coco_gt) -> None:
     img_ids = set(coco_gt.getImgIds())
     cat_ids = set(coco_gt.getCatIds())
@@ -150,16 +159,17 @@ def _validate_results(results: List[dict], coco_gt) -> None:
         missing = [x for x in ("image_id", "category_id", "bbox", "score") if not isinstance(r, dict) or x not in r]
         if missing:
             raise DataError(f"detection {k}: missing {', '.join(missing)}")
-        if r["image_id"] not in img_ids:
-            raise DataError(f"detection {k}: image_id {r['image_id']!r} is not in the ground truth")
-        if r["category_id"] not in cat_ids:
-            raise DataError(f"detection {k}: category_id {r['category_id']!r} is not a ground-truth category "
-                            f"(known: {sorted(cat_ids)[:20]}...)")
+        for key, known in (("image_id", img_ids), ("category_id", cat_ids)):
+            v = r[key]
+            if not isinstance(v, Hashable) or isinstance(v, bool) or v not in known:
+                what = "is not in the ground truth" if key == "image_id" else "is not a ground-truth category"
+                raise DataError(f"detection {k}: {key} {short_repr(v)} {what}"
+                                + ("" if key == "image_id" else f" (known: {sorted(cat_ids)[:20]}...)"))
         b = r["bbox"]
-        if len(b) != 4 or not all(math.isfinite(float(x)) for x in b) or b[2] < 0 or b[3] < 0:
-            raise DataError(f"detection {k}: bad bbox {b!r} (need 4 finite numbers, w >= 0, h >= 0)")
-        if not math.isfinite(float(r["score"])):
-            raise DataError(f"detection {k}: non-finite score {r['score']!r}")
+        if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(_finite(x) for x in b) or b[2] < 0 or b[3] < 0:
+            raise DataError(f"detection {k}: bad bbox {short_repr(b)} (need 4 finite numbers, w >= 0, h >= 0)")
+        if not _finite(r["score"]):
+            raise DataError(f"detection {k}: non-finite score {short_repr(r['score'])}")
 
 
 def coco_evaluate(
@@ -171,6 +181,7 @@ def coco_evaluate(
     label_to_category: Optional[Sequence[int]] = None,
     xywh_rule: str = "x+w",
     iou_type: str = "bbox",
+    gt_name: str = "ground truth",
 ) -> COCOResult:
     """COCO metrics.
 
@@ -185,6 +196,13 @@ def coco_evaluate(
             for Samples: the label).
         max_dets: increasing detection caps per image (COCOeval keeps the top
             ``max(max_dets)`` per image and category).
+        gt_name: names the ground truth (its file) in error messages.
+
+    A COCO dict / ``COCO`` ground truth is checked with
+    :func:`incdet.data.cocofile.check_coco_dataset` (``eval_fields=True``): duplicate image,
+    category or annotation ids, dangling ``image_id``/``category_id``, a missing or non-0/1
+    ``iscrowd`` or a missing ``area`` raise :class:`DataError` instead of a ``KeyError`` deep in
+    pycocotools or a silently wrong AP.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -195,8 +213,11 @@ def coco_evaluate(
 
     id_map = None
     if isinstance(ground_truth, COCO):
+        if isinstance(ground_truth.dataset, dict) and "images" in ground_truth.dataset:
+            check_coco_dataset(ground_truth.dataset, gt_name, eval_fields=True)
         coco_gt = ground_truth
     elif isinstance(ground_truth, dict):
+        check_coco_dataset(ground_truth, gt_name, eval_fields=True)
         coco_gt = _coco_from_dataset(ground_truth)
     else:
         if classes is None:
@@ -210,9 +231,11 @@ def coco_evaluate(
     else:
         results = []
         for k, r in enumerate(detections):
+            if not isinstance(r, Mapping):
+                raise DataError(f"detection {k}: must be a dict with image_id, category_id, bbox, score")
             r = dict(r)
             if id_map is not None:
-                if r.get("image_id") not in id_map:
+                if not isinstance(r.get("image_id"), Hashable) or r.get("image_id") not in id_map:
                     raise DataError(f"detection {k}: image_id {r.get('image_id')!r} is not in the ground truth")
                 r["image_id"] = id_map[r["image_id"]]
             results.append(r)

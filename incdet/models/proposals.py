@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -35,6 +34,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from incdet.data.cocofile import read_coco_json
+from incdet.data.safeload import load_json, load_pickle, short_repr
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -215,49 +216,68 @@ def save_npz(path: Union[str, Path], proposals: Mapping, meta: Optional[dict] = 
             os.unlink(tmp)
 
 
-class _BoxModeStub(int):
+class BoxModeStub(int):
     """Stands in for ``detectron2.structures.BoxMode`` when unpickling without detectron2."""
 
     def __new__(cls, value):
         return int.__new__(cls, value)
 
 
-class _D2Unpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if module.startswith("detectron2") and name == "BoxMode":
-            return _BoxModeStub
-        return super().find_class(module, name)
+def _detectron2_global(module: str, name: str):
+    # detectron2 pickles bbox_mode as detectron2.structures.boxes.BoxMode(value); nothing else
+    return BoxModeStub if name == "BoxMode" else None
 
 
 def load_detectron2_pkl(path: Union[str, Path]) -> Dict[str, np.ndarray]:
-    """Read detectron2's proposal file -> ``{str(id): float32 [K, 4]}`` xyxy, by objectness."""
+    """Read detectron2's proposal file -> ``{str(id): float32 [K, 4]}`` xyxy, by objectness.
+
+    The pickle is read with :func:`incdet.data.safeload.load_pickle` (an allow-list: numpy
+    arrays, lists, dicts, tuples, numbers and detectron2's ``BoxMode``); any other global is
+    refused before it runs, with a :class:`DataError` naming the file and the global.
+    """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = _D2Unpickler(f).load()
-    except FileNotFoundError:
-        raise DataError(f"{path}: proposal file does not exist") from None
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path}: cannot read detectron2 proposal pickle ({e})") from None
+    data = load_pickle(path, "detectron2 proposal pickle", extra={("detectron2", "*"): _detectron2_global})
     if not isinstance(data, dict) or "ids" not in data or "boxes" not in data:
         raise DataError(f"{path}: expected a dict with 'ids' and 'boxes' (detectron2 proposal format)")
-    ids, boxes = list(data["ids"]), list(data["boxes"])
+    seqs = {}
+    for key in ("ids", "boxes", "objectness_logits"):
+        v = data.get(key)
+        if v is None and key == "objectness_logits":
+            continue
+        if not isinstance(v, (list, tuple, np.ndarray)) or (isinstance(v, np.ndarray) and v.ndim == 0):
+            raise DataError(f"{path}: {key!r} must be a list, got {type(v).__name__}")
+        seqs[key] = list(v)
+    ids, boxes, logits = seqs["ids"], seqs["boxes"], seqs.get("objectness_logits")
     if len(ids) != len(boxes):
         raise DataError(f"{path}: {len(ids)} ids but {len(boxes)} box arrays")
-    logits = data.get("objectness_logits")
-    mode = int(data.get("bbox_mode", 0))
-    if mode not in (0, 1):
-        raise DataError(f"{path}: bbox_mode {mode} not supported (only XYXY_ABS=0 and XYWH_ABS=1)")
-    out = {}
+    mode = data.get("bbox_mode", 0)
+    if isinstance(mode, bool) or not isinstance(mode, (int, np.integer)) or int(mode) not in (0, 1):
+        raise DataError(f"{path}: bbox_mode {short_repr(mode)} not supported (only XYXY_ABS=0 and XYWH_ABS=1)")
+    mode = int(mode)
+    out: Dict[str, np.ndarray] = {}
     for i, (iid, b) in enumerate(zip(ids, boxes)):
-        b = np.asarray(b, dtype=np.float32)
+        if isinstance(iid, np.generic):
+            iid = iid.item()
+        if isinstance(iid, bool) or not isinstance(iid, (int, str)):
+            raise DataError(f"{path}: ids[{i}] is {short_repr(iid)}, expected an int or a string")
+        try:
+            b = np.asarray(b, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: proposals of image {iid!r} are not a numeric array") from None
         if b.size and (b.ndim != 2 or b.shape[1] != 4):
             raise DataError(f"{path}: proposals of image {iid!r} have shape {b.shape}, expected [K, 4]")
         b = b.reshape(-1, 4).copy()
         if mode == 1:
             b[:, 2:] += b[:, :2]
-        if logits is not None and len(logits) > i and len(logits[i]) == len(b):
-            b = b[np.argsort(-np.asarray(logits[i]), kind="stable")]
+        if logits is not None and len(logits) > i:
+            try:
+                lg = np.asarray(logits[i], dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: objectness_logits of image {iid!r} are not numeric") from None
+            if len(lg) == len(b):
+                b = b[np.argsort(-lg, kind="stable")]
+        if str(iid) in out:
+            raise DataError(f"{path}: image id {iid!r} appears twice in 'ids'")
         out[str(iid)] = b
     return out
 
@@ -386,11 +406,18 @@ class ProposalSource:
 # --------------------------------------------------------------------------- datasets
 def voc_image_list(root: Union[str, Path], split: str) -> List[Tuple[str, Path]]:
     """``(image_id, path)`` for a VOC-layout root (``ImageSets/Main/<split>.txt``, ``JPEGImages``)
-    or a COCO-layout root (``annotations/instances_<split>.json``, ``<split>/``)."""
+    or a COCO-layout root (``annotations/instances_<split>.json``, ``<split>/``).
+
+    The COCO json is read by :func:`incdet.data.cocofile.read_coco_json` (``images`` must be a
+    list of objects with unique int/str ``id`` and a string ``file_name``); any problem is a
+    :class:`DataError` naming the file."""
     root = Path(root)
     lst = root / "ImageSets" / "Main" / f"{split}.txt"
     if lst.is_file():
-        ids = [l.split()[0] for l in lst.read_text().splitlines() if l.strip()]
+        try:
+            ids = [l.split()[0] for l in lst.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{lst}: cannot read image set list ({e})") from None
         out = []
         for i in ids:
             p = root / "JPEGImages" / f"{i}.jpg"
@@ -403,11 +430,8 @@ def voc_image_list(root: Union[str, Path], split: str) -> List[Tuple[str, Path]]
         return out
     ann = root / "annotations" / f"instances_{split}.json"
     if ann.is_file():
-        try:
-            data = json.loads(ann.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{ann}: cannot read COCO annotations ({e})") from None
-        return [(str(im["id"]), root / split / im["file_name"]) for im in data.get("images", [])]
+        data = read_coco_json(ann, "COCO annotation", images_only=True, image_fields=("id", "file_name"))
+        return [(str(im["id"]), root / split / im["file_name"]) for im in data["images"]]
     raise DataError(f"{root}: neither {lst} (VOC layout) nor {ann} (COCO layout) exists")
 
 
