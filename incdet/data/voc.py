@@ -84,9 +84,29 @@ def _flag(elem: ET.Element, tag: str, xml_path: str, what: str) -> bool:
         return False
     s = child.text.strip()
     try:
-        return bool(int(float(s)))
+        v = float(s)
     except ValueError:
-        raise DataError(f"{xml_path}: {what}: <{tag}> must be 0 or 1, got {s!r}") from None
+        v = None
+    if v not in (0.0, 1.0):
+        raise DataError(f"{xml_path}: {what}: <{tag}> must be 0 or 1, got {s[:40]!r}")
+    return v == 1.0
+
+
+def read_xml_root(xml_path: str) -> ET.Element:
+    """Parse an annotation XML file -> its root element; :class:`DataError` naming the file for
+    unreadable files and anything the XML parser refuses (syntax, an unknown or multi-byte
+    declared encoding, undefined or external entities: expat resolves none, and its billion-laughs
+    protection refuses amplifying entity expansions)."""
+    try:
+        return ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise DataError(f"{xml_path}: malformed XML ({e})") from None
+    except OSError as e:
+        raise DataError(f"{xml_path}: cannot read annotation ({e.strerror or e})") from None
+    except (ValueError, LookupError) as e:  # "multi-byte encodings are not supported", "unknown encoding"
+        raise DataError(f"{xml_path}: malformed XML ({e})") from None
+    except RecursionError:
+        raise DataError(f"{xml_path}: malformed XML (nested too deeply)") from None
 
 
 def parse_voc_xml(xml_path: str, class_to_idx: Dict[str, int], image_path: Optional[str] = None) -> dict:
@@ -98,12 +118,7 @@ def parse_voc_xml(xml_path: str, class_to_idx: Dict[str, int], image_path: Optio
     names and invalid boxes. When ``<size>`` is absent or zero, the size is read from
     the header of ``image_path``.
     """
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as e:
-        raise DataError(f"{xml_path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise DataError(f"{xml_path}: cannot read annotation ({e})") from None
+    root = read_xml_root(xml_path)
     if root.tag != "annotation":
         raise DataError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
 
