@@ -76,7 +76,7 @@ def _eval_weights(args) -> int:
     task = Task(index=0, name="eval", new_classes=list(classes), seen_classes=list(classes), eval_set=ds)
     with torch.no_grad():
         m = learner.evaluate(task)
-    print(f"mAP={m['mAP']:.4f} mIoU={m['mIoU']:.4f} ({len(ds)} images, {args.split})")
+    print(f"mAP={m['mAP']:.2f}% mIoU={m['mIoU']:.2f}% ({len(ds)} images, {args.split})")
     if args.json:
         Path(args.json).write_text(json.dumps(m, indent=2))
     return 0

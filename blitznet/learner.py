@@ -14,15 +14,15 @@ Metrics: ``mAP`` = mean AP over ``task.new_classes`` (the task's own group; all 
 one-task run); ``mAP_seen`` over ``task.seen_classes``; ``mIoU`` = mean IoU over background and
 ``task.new_classes`` (the standard VOC mIoU for a one-task run); ``mIoU_seen`` over background
 and ``task.seen_classes``. Classes absent from both ground truth and predictions are left out.
+All of them, and the per-class ``AP/<class>``, are percentages (0-100), as in ``incdet.fastrcnn``
+(:func:`incdet.eval.groups.group_map`).
 """
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -215,6 +215,7 @@ class BlitzNetLearner(Learner):
         return gts, preds
 
     def evaluate(self, task: Task) -> Dict[str, float]:
+        from incdet.eval.groups import group_map, to_percent
         from incdet.eval.segmentation import ConfusionMatrix
         from incdet.eval.voc import voc_evaluate
 
@@ -234,11 +235,10 @@ class BlitzNetLearner(Learner):
                 keep = s.labels <= len(names)
                 gt_map[s.image_id] = {"boxes": s.boxes[keep], "labels": s.labels[keep], "difficult": s.difficult[keep]}
             r = voc_evaluate(dets, gt_map, names, use_07_metric=self.config.use_07_metric)
-            ap = [r.ap[names[k - 1]] for k in range(1, len(names) + 1)]
-            res["mAP"] = _nanmean([ap[k - 1] for k in new_idx])
-            res["mAP_seen"] = _nanmean([ap[k - 1] for k in seen_idx])
+            res["mAP"] = group_map(r.ap, [names[k - 1] for k in new_idx])
+            res["mAP_seen"] = group_map(r.ap, [names[k - 1] for k in seen_idx])
             for k in seen_idx:
-                res[f"AP/{names[k - 1]}"] = ap[k - 1]
+                res[f"AP/{names[k - 1]}"] = to_percent(r.ap[names[k - 1]])
         if m.config.segmentation:
             cm = ConfusionMatrix(m.config.num_classes + 1)
             n_masks = 0
@@ -249,9 +249,9 @@ class BlitzNetLearner(Learner):
                     cm.update(preds[s.image_id]["mask"], tgt)
                     n_masks += 1
             if n_masks:
-                iou = cm.compute().iou
-                res["mIoU"] = _nanmean([iou[0]] + [iou[k] for k in new_idx])
-                res["mIoU_seen"] = _nanmean([iou[0]] + [iou[k] for k in seen_idx])
+                iou = dict(enumerate(cm.compute().iou))
+                res["mIoU"] = group_map(iou, [0] + new_idx)
+                res["mIoU_seen"] = group_map(iou, [0] + seen_idx)
         return res
 
     # -- state -----------------------------------------------------------------------------
@@ -287,8 +287,3 @@ class BlitzNetLearner(Learner):
         from blitznet.predict import weights_dict
 
         return weights_dict(self.unwrapped, self.classes)
-
-
-def _nanmean(v) -> float:
-    v = [float(x) for x in v if not math.isnan(float(x))]
-    return float(np.mean(v)) if v else float("nan")

@@ -1,4 +1,5 @@
 """tools/blitznet_experiments.py: tables and markdown from fabricated run directories."""
+import functools
 import json
 from pathlib import Path
 
@@ -13,9 +14,12 @@ def tool():
     return load_tool("blitznet_experiments")
 
 
-def _write(run: Path, rows, seconds=120.0, command=None):
-    """rows[i][j]: metrics dict evaluated on task j after task i (None: not measured);
-    ``aps`` inside a metrics dict is expanded to ``AP/<class>`` keys (fractions)."""
+def _write(run: Path, rows, seconds=120.0, command=None, unit="%"):
+    """rows[i][j]: metrics dict evaluated on task j after task i (None: not measured), given as
+    fractions; ``aps`` inside a metrics dict is expanded to ``AP/<class>`` keys. ``unit="%"``
+    writes what the tool records now (percentages, ``metric_unit`` in wall.json); ``"fraction"``
+    a run recorded before the learner reported percentages (fractions, no ``metric_unit``)."""
+    scale = 100.0 if unit == "%" else 1.0
     am = []
     for r in rows:
         out = []
@@ -25,24 +29,33 @@ def _write(run: Path, rows, seconds=120.0, command=None):
                 continue
             c = dict(c)
             aps = c.pop("aps", {})
-            out.append({**c, **{f"AP/{k}": v for k, v in aps.items()}})
+            c = {**c, **{f"AP/{k}": v for k, v in aps.items()}}
+            out.append({k: None if v is None else scale * v for k, v in c.items()})
         am.append(out)
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({
         "metric": "mAP", "higher_is_better": True, "tasks": [f"t{i}" for i in range(len(rows))],
         "matrix": [[None if c is None else 0.0 for c in r] for r in rows], "all_metrics": am}))
-    (run / "wall.json").write_text(json.dumps({"seconds": seconds, "threads": 1, "cpu": "test cpu",
-                                               "device": "cpu", "torch": "x"}))
+    wall = {"seconds": seconds, "threads": 1, "cpu": "test cpu", "device": "cpu", "torch": "x"}
+    if unit == "%":
+        wall["metric_unit"] = "%"
+    (run / "wall.json").write_text(json.dumps(wall))
     if command:
         (run / "command.txt").write_text(command + "\n")
 
 
-def test_c3_c8_tables(tool, tmp_path):
+@pytest.fixture(params=["%", "fraction"])
+def write(request):
+    """``_write`` in both recorded units: the tables print the same numbers from either."""
+    return functools.partial(_write, unit=request.param)
+
+
+def test_c3_c8_tables(tool, tmp_path, write):
     out = tmp_path / "exp"
-    _write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25, "aps": {"a": 0.6, "b": 0.4}}]], seconds=90,
+    write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25, "aps": {"a": 0.6, "b": 0.4}}]], seconds=90,
            command="blitznet train X --out joint")
-    _write(out / "det_only", [[{"mAP": 0.45, "mIoU": None}]])
-    _write(out / "seg_only", [[{"mAP": None, "mIoU": 0.2}]])
+    write(out / "det_only", [[{"mAP": 0.45, "mIoU": None}]])
+    write(out / "seg_only", [[{"mAP": None, "mIoU": 0.2}]])
     lines = tool.c3_table(out).splitlines()
     assert lines[2] == "| detection only | 45.0 | - | 2.0 min |"
     assert lines[3] == "| segmentation only | - | 20.0 | 2.0 min |"
@@ -52,17 +65,17 @@ def test_c3_c8_tables(tool, tmp_path):
     assert tool.voc_table(out) is None and tool.inc_table(out) is None
 
 
-def test_incremental_table_by_hand(tool, tmp_path):
+def test_incremental_table_by_hand(tool, tmp_path, write):
     out = tmp_path / "exp"
     a = {"mAP": 0.3, "mIoU": 0.5, "aps": {"a": 0.4, "b": 0.2}}  # A(old) = 30
     # after B: eval on task 0 (old classes) and on task 1 (new classes; AP of all seen classes)
-    _write(out / "inc15+5_distill", [[a, None], [{"mAP": 0.27, "mIoU": 0.4, "aps": {"a": 0.36, "b": 0.18}},
+    write(out / "inc15+5_distill", [[a, None], [{"mAP": 0.27, "mIoU": 0.4, "aps": {"a": 0.36, "b": 0.18}},
                                                  {"mAP": 0.09, "mIoU": 0.3, "mIoU_seen": 0.35,
                                                   "aps": {"a": 0.36, "b": 0.18, "c": 0.09}}]])
-    _write(out / "inc15+5_naive", [[a, None], [{"mAP": 0.01, "mIoU": 0.1},
+    write(out / "inc15+5_naive", [[a, None], [{"mAP": 0.01, "mIoU": 0.1},
                                                {"mAP": 0.12, "mIoU": 0.3, "mIoU_seen": 0.2,
                                                 "aps": {"a": 0.0, "b": 0.02, "c": 0.12}}]], seconds=60)
-    _write(out / "joint", [[{"mAP": 0.3, "mIoU": 0.6, "aps": {"a": 0.5, "b": 0.3, "c": 0.1}}]])
+    write(out / "joint", [[{"mAP": 0.3, "mIoU": 0.6, "aps": {"a": 0.5, "b": 0.3, "c": 0.1}}]])
     lines = tool.inc_table(out).splitlines()
     assert lines[2] == "| A(1-15) | 30.0 | - | - | 50.0 | - | - | (in the next row) |"
     assert lines[3] == "| +B(16-20) with distillation | 27.0 | 9.0 | 21.0 | 40.0 | 30.0 | 35.0 | 2.0 min |"

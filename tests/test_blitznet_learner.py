@@ -94,12 +94,15 @@ def test_evaluate_metrics_and_cache():
     L, task, _, _ = _trained_mixed()
     m = L.evaluate(task)
     assert set(L.metrics) <= set(m) and L.primary_metric == "mAP"
-    assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["mIoU"] <= 1.0
+    # percentages (0-100), like incdet.fastrcnn's
+    assert 0.0 <= m["mAP"] <= 100.0 and 0.0 <= m["mIoU"] <= 100.0
+    aps = [v for k, v in m.items() if k.startswith("AP/")]
+    assert len(aps) == 3 and abs(m["mAP"] - sum(aps) / 3) < 1e-9
     fresh = learner()
     fresh.begin_task(task)
     m0 = fresh.evaluate(task)
     # trained on these very images: far better than the untrained network
-    assert m["mAP"] > 0.5 and m["mAP"] > m0["mAP"] + 0.3 and m["mIoU"] > m0["mIoU"] + 0.05
+    assert m["mAP"] > 50 and m["mAP"] > m0["mAP"] + 30 and m["mIoU"] > m0["mIoU"] + 5
     calls = []
     orig = L.predict_samples
     L.predict_samples = lambda s: calls.append(len(s)) or orig(s)

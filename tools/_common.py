@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 
 def cpu_name() -> str:
@@ -14,3 +16,91 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def run_finished(run: Path) -> bool:
+    """Whether ``run/results.json`` holds every task's final evaluation (the matrix's last cell)."""
+    import json
+
+    p = Path(run) / "results.json"
+    if not p.is_file():
+        return False
+    d = json.loads(p.read_text())
+    m = d.get("matrix") or []
+    return bool(m) and len(m) == len(d.get("tasks") or []) and m[-1][-1] is not None
+
+
+@dataclass
+class QueuedRun:
+    """One run of an experiment queue: ``train`` is called with ``config`` and ``overrides``
+    (fresh) or resumes ``out/name``; ``command`` is the equivalent CLI command (recorded);
+    ``needs`` a file (an ``init_from`` checkpoint) without which the run waits for a later call."""
+
+    name: str
+    config: Path
+    overrides: List[str]
+    command: List[str]
+    needs: Optional[Path] = None
+
+
+def run_queue(runs: Sequence[QueuedRun], out: Path, train: Callable[..., Any], *, tag: str, threads: int,
+              device: str, extra_wall: Optional[Dict[str, Any]] = None) -> int:
+    """Train ``runs`` in order under ``out``, one after another; returns 1 if one failed, else 0.
+
+    For each run: skipped when ``out/NAME`` is finished (:func:`run_finished`); skipped (it waits
+    for another call) while its ``needs`` file is missing or its config does not exist; resumed
+    (``train(config, resume_dir=..., quiet=True, device=...)``) when ``out/NAME`` holds a
+    ``checkpoint.pt`` and ``config.yaml``, else started (``train(config, overrides=...,
+    run_dir=..., quiet=True, device=...)``, the signature of
+    :func:`incdet.engine.trainer.run_training`). After a run, ``command.txt`` (the shell command)
+    and ``wall.json`` (seconds, summed over resumed parts; threads; resolved device; CPU; GPU;
+    torch; ``resumed``; plus ``extra_wall``) are written into its folder. An exception in one run
+    is printed and the queue goes on; the failed runs are listed at the end. Lines are prefixed
+    with ``[tag]``.
+    """
+    import json
+    import shlex
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    failed = []
+    out.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        rd = out / r.name
+        if run_finished(rd):
+            print(f"[{tag}] {r.name}: finished, skipped", flush=True)
+            continue
+        if r.needs is not None and not Path(r.needs).is_file():
+            print(f"[{tag}] {r.name}: needs {r.needs} first, skipped", flush=True)
+            continue
+        if not Path(r.config).is_file():
+            print(f"[{tag}] {r.name}: {r.config} missing, skipped", flush=True)
+            continue
+        print(f"[{tag}] {r.name}: {shlex.join(r.command)}", flush=True)
+        resume = (rd / "checkpoint.pt").is_file() and (rd / "config.yaml").is_file()
+        prev = json.loads((rd / "wall.json").read_text()).get("seconds", 0.0) if (rd / "wall.json").is_file() else 0.0
+        t0 = time.perf_counter()
+        try:
+            if resume:
+                train(r.config, resume_dir=rd, quiet=True, device=device)
+            else:
+                train(r.config, overrides=list(r.overrides), run_dir=rd, quiet=True, device=device)
+        except Exception as exc:  # one failed run must not stop the others; reported at the end
+            print(f"[{tag}] {r.name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(r.name)
+            continue
+        dt = time.perf_counter() - t0 + (prev if resume else 0.0)
+        cuda = torch.cuda.is_available() and device != "cpu"
+        rd.mkdir(parents=True, exist_ok=True)
+        (rd / "command.txt").write_text(shlex.join(r.command) + "\n")
+        (rd / "wall.json").write_text(json.dumps({
+            "seconds": round(dt, 1), "threads": threads,
+            "device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"),
+            "cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if cuda else None, "resumed": resume,
+            "torch": torch.__version__, **(extra_wall or {})}))
+        print(f"[{tag}] {r.name}: done in {dt:.0f} s", flush=True)
+    if failed:
+        print(f"[{tag}] failed: {', '.join(failed)}", flush=True)
+    return 1 if failed else 0

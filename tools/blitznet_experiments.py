@@ -24,7 +24,8 @@ Profiles (:data:`PROFILES`) hold the schedules as ``--set`` overrides: ``cpu`` i
 CPU core and ~1.5 h for the whole set; ``paper`` keeps the configs' own schedules (GPU); ``gpu``
 is 2/3 of them, for ~10 runs sharing one GPU (``tools/gpu_experiments.sh``);
 ``quick`` is a few iterations on a few images (a smoke test of the plumbing).
-mAP / mIoU are reported in % (the learner stores fractions).
+mAP / mIoU are percentages, as the learner reports them (runs this tool recorded before the
+learner did, with fractions, are converted when read: see :func:`load_run`).
 """
 from __future__ import annotations
 
@@ -33,14 +34,13 @@ import json
 import os
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name  # noqa: E402  (shared by the tools)
+from _common import QueuedRun, cpu_name, run_finished, run_queue  # noqa: E402  (shared by the tools)
 
 JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
 INC_CFG = "configs/blitznet/shapes_15+5.yaml"
@@ -115,13 +115,7 @@ PROFILES: Dict[str, Dict[str, List[str]]] = {
 }
 
 
-def _finished(run: Path) -> bool:
-    p = run / "results.json"
-    if not p.is_file():
-        return False
-    d = json.loads(p.read_text())
-    m = d.get("matrix") or []
-    return bool(m) and len(m) == len(d.get("tasks") or []) and m[-1][-1] is not None
+_finished = run_finished
 
 
 def overrides_of(e: Experiment, out: Path, profile: str) -> List[str]:
@@ -139,50 +133,17 @@ def command_of(e: Experiment, out: Path, profile: str) -> List[str]:
 
 
 def run(names: Sequence[str], out: Path, profile: str, threads: int, device: str) -> int:
-    import torch
-
+    """Train the experiments ``names`` (all: empty) in :data:`RUN_ORDER` (:func:`_common.run_queue`)."""
     from incdet.engine.families import import_family
     from incdet.engine.trainer import run_training
 
     os.chdir(ROOT)  # configs name their data relative to the repo root
-    torch.set_num_threads(threads)
     import_family("blitznet")
-    failed = []
-    out.mkdir(parents=True, exist_ok=True)
-    for e in [BY_NAME[n] for n in (names or RUN_ORDER)]:
-        rd = out / e.name
-        if _finished(rd):
-            print(f"[blitznet-exp] {e.name}: finished, skipped", flush=True)
-            continue
-        if e.init_from and not (out / e.init_from / "checkpoints" / "task0.pt").is_file():
-            print(f"[blitznet-exp] {e.name}: needs {e.init_from} first, skipped", flush=True)
-            continue
-        cmd = command_of(e, out, profile)
-        print(f"[blitznet-exp] {e.name}: {shlex.join(cmd)}", flush=True)
-        resume = rd if (rd / "checkpoint.pt").is_file() and (rd / "config.yaml").is_file() else None
-        prev = json.loads((rd / "wall.json").read_text()).get("seconds", 0.0) if (rd / "wall.json").is_file() else 0.0
-        t0 = time.perf_counter()
-        try:
-            if resume is not None:
-                run_training(ROOT / e.config, resume_dir=resume, quiet=True, device=device)
-            else:
-                run_training(ROOT / e.config, overrides=overrides_of(e, out, profile), run_dir=rd, quiet=True,
-                             device=device)
-        except Exception as exc:  # one failed run must not stop the others; reported at the end
-            print(f"[blitznet-exp] {e.name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
-            failed.append(e.name)
-            continue
-        dt = time.perf_counter() - t0 + (prev if resume is not None else 0.0)
-        (rd / "command.txt").write_text(shlex.join(cmd) + "\n")
-        (rd / "wall.json").write_text(json.dumps({
-            "seconds": round(dt, 1), "threads": threads, "device": device if device != "auto" else
-            ("cuda" if torch.cuda.is_available() else "cpu"), "cpu": cpu_name(), "profile": profile,
-            "resumed": resume is not None, "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None}))
-        print(f"[blitznet-exp] {e.name}: done in {dt:.0f} s", flush=True)
-    if failed:
-        print(f"[blitznet-exp] failed: {', '.join(failed)}", flush=True)
-    return 1 if failed else 0
+    runs = [QueuedRun(e.name, ROOT / e.config, overrides_of(e, out, profile), command_of(e, out, profile),
+                      out / e.init_from / "checkpoints" / "task0.pt" if e.init_from else None)
+            for e in [BY_NAME[n] for n in (names or RUN_ORDER)]]
+    return run_queue(runs, out, run_training, tag="blitznet-exp", threads=threads, device=device,
+                     extra_wall={"profile": profile, "metric_unit": "%"})
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -196,8 +157,21 @@ def _mean(xs) -> float:
 
 
 def _f(x) -> str:
-    """A fraction as a percentage with one decimal; '-' when missing."""
-    return "-" if x is None or x != x else f"{100 * x:.1f}"
+    """A percentage with one decimal; '-' when missing."""
+    return "-" if x is None or x != x else f"{x:.1f}"
+
+
+_PCT_KEYS = ("mAP", "mAP_seen", "mIoU", "mIoU_seen")
+
+
+def _fractions_to_percent(d: dict) -> None:
+    """Runs recorded by this tool before the learner reported percentages (a ``wall.json``
+    without ``metric_unit``) hold fractions: scale their metrics to % in place."""
+    for row in d.get("all_metrics") or []:
+        for m in row:
+            for k in list(m or {}):
+                if (k in _PCT_KEYS or k.startswith("AP/")) and m[k] is not None:
+                    m[k] = 100.0 * float(m[k])
 
 
 def class_aps(metrics: dict) -> Dict[str, float]:
@@ -206,12 +180,15 @@ def class_aps(metrics: dict) -> Dict[str, float]:
 
 
 def load_run(run: Path) -> Optional[dict]:
-    """``results.json`` of a finished run with ``_wall`` (wall.json) and ``_command`` added, or None."""
+    """``results.json`` of a finished run with ``_wall`` (wall.json) and ``_command`` added, or None.
+    Metrics are in % (older runs of this tool, whose ``wall.json`` has no ``metric_unit``, are scaled)."""
     if not _finished(run):
         return None
     d = json.loads((run / "results.json").read_text())
     w = run / "wall.json"
     d["_wall"] = json.loads(w.read_text()) if w.is_file() else {}
+    if w.is_file() and d["_wall"].get("metric_unit") != "%":
+        _fractions_to_percent(d)
     c = run / "command.txt"
     d["_command"] = c.read_text().strip() if c.is_file() else None
     return d

@@ -27,7 +27,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name  # noqa: E402  (shared by the tools)
+from _common import QueuedRun, cpu_name, run_finished, run_queue  # noqa: E402  (shared by the tools)
 
 
 @dataclass
@@ -90,13 +89,7 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] +
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] + ["joint", "voc100_10+10"])
 
 
-def _finished(run: Path) -> bool:
-    p = run / "results.json"
-    if not p.is_file():
-        return False
-    d = json.loads(p.read_text())
-    m = d.get("matrix") or []
-    return bool(m) and m[-1][-1] is not None
+_finished = run_finished
 
 
 def command_of(e: Experiment, out: Path) -> List[str]:
@@ -109,53 +102,17 @@ def command_of(e: Experiment, out: Path) -> List[str]:
 
 
 def run(names: Sequence[str], out: Path, threads: int, device: str) -> int:
-    import torch
-
+    """Train the experiments ``names`` (all: empty) in :data:`RUN_ORDER` (:func:`_common.run_queue`)."""
     from incdet.engine.families import import_family
     from incdet.engine.trainer import run_training
 
-    torch.set_num_threads(threads)
     import_family("incdet")
-    todo = [BY_NAME[n] for n in (names or RUN_ORDER)]
-    failed = []
-    out.mkdir(parents=True, exist_ok=True)
-    for e in todo:
-        rd = out / e.name
-        if _finished(rd):
-            print(f"[incdet-exp] {e.name}: finished, skipped", flush=True)
-            continue
-        if e.init_from and not (out / e.init_from / "checkpoints" / "task0.pt").is_file():
-            print(f"[incdet-exp] {e.name}: needs {e.init_from} first, skipped", flush=True)
-            continue
-        if not (ROOT / e.config).is_file():
-            print(f"[incdet-exp] {e.name}: {e.config} missing, skipped", flush=True)
-            continue
-        cmd = command_of(e, out)
-        print(f"[incdet-exp] {e.name}: {shlex.join(cmd)}", flush=True)
-        sets = list(e.sets) + ([f"tasks.init_from={out / e.init_from / 'checkpoints' / 'task0.pt'}"]
-                               if e.init_from else [])
-        resume = rd if (rd / "checkpoint.pt").is_file() else None
-        t0 = time.perf_counter()
-        try:
-            if resume is not None:
-                run_training(ROOT / e.config, resume_dir=resume, quiet=True, device=device)
-            else:
-                run_training(ROOT / e.config, overrides=sets, run_dir=rd, quiet=True, device=device)
-        except Exception as exc:  # one failed run must not stop the others; reported at the end
-            print(f"[incdet-exp] {e.name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
-            failed.append(e.name)
-            continue
-        dt = time.perf_counter() - t0
-        rd.mkdir(parents=True, exist_ok=True)
-        (rd / "command.txt").write_text(shlex.join(cmd) + "\n")
-        (rd / "wall.json").write_text(json.dumps({
-            "seconds": round(dt, 1), "threads": threads, "device": device, "cpu": cpu_name(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and device != "cpu" else None,
-            "resumed": resume is not None}))
-        print(f"[incdet-exp] {e.name}: done in {dt:.0f} s", flush=True)
-    if failed:
-        print(f"[incdet-exp] failed: {', '.join(failed)}", flush=True)
-    return 1 if failed else 0
+    runs = []
+    for e in [BY_NAME[n] for n in (names or RUN_ORDER)]:
+        need = out / e.init_from / "checkpoints" / "task0.pt" if e.init_from else None
+        sets = list(e.sets) + ([f"tasks.init_from={need}"] if need else [])
+        runs.append(QueuedRun(e.name, ROOT / e.config, sets, command_of(e, out), need))
+    return run_queue(runs, out, run_training, tag="incdet-exp", threads=threads, device=device)
 
 
 # ---------------------------------------------------------------------------------- tables

@@ -40,7 +40,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -371,6 +370,7 @@ class FastRCNNLearner(Learner):
         return self._det_cache
 
     def evaluate(self, task: Task) -> Dict[str, float]:
+        from incdet.eval.groups import group_map, to_percent
         from incdet.eval.voc import voc_evaluate
 
         ds = task.eval_set
@@ -387,17 +387,11 @@ class FastRCNNLearner(Learner):
             gts.append(s)
         names = list(task.seen_classes)
         res = voc_evaluate(preds, gts, names, use_07_metric=self.config.ap_07_metric)
-        ap = np.array([res.ap[n] for n in names], dtype=np.float64)
-
-        def mean(a):
-            a = a[~np.isnan(a)]
-            return 100.0 * float(a.mean()) if a.size else float("nan")
-
-        out: Dict[str, float] = {f"AP/{n}": 100.0 * float(ap[c]) for c, n in enumerate(names)}
-        out["mAP_new"] = mean(ap[task.n_old: n_seen])
+        out: Dict[str, float] = {f"AP/{n}": to_percent(res.ap[n]) for n in names}
+        out["mAP_new"] = group_map(res.ap, names[task.n_old: n_seen])
         if task.n_old:  # left out for the first task (no old classes)
-            out["mAP_old"] = mean(ap[: task.n_old])
-        out["mAP_all"] = mean(ap)
+            out["mAP_old"] = group_map(res.ap, names[: task.n_old])
+        out["mAP_all"] = group_map(res.ap, names)
         out["mAP"] = out["mAP_new"]
         return out
 
