@@ -7,10 +7,7 @@ from blitznet.model import BlitzNet, BlitzNetConfig, ResSkip, blitznet300, blitz
 from blitznet.nms import capped_nms, capped_nms_single, reference_capped_nms, uncapped_nms
 from blitznet.predict import BlitzNetPredictor, load_weights, save_weights
 
-try:  # the learner needs incdet.engine
-    from blitznet.learner import BlitzNetLearner, BlitzNetLearnerConfig  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from blitznet.learner import BlitzNetLearner, BlitzNetLearnerConfig  # noqa: F401  (registers "blitznet")
 
 __all__ = [
     "BlitzNet", "BlitzNetConfig", "ResSkip", "blitznet300", "blitznet512", "anchor_count", "generate_anchors",

@@ -67,9 +67,9 @@ def _eval_weights(args) -> int:
         raise ConfigError(f"{args.weights}: model classes {classes[:5]}... do not match {root} classes "
                           f"{list(ds.classes)[:5]}... (use --ignore-class-names to evaluate anyway)")
     if args.max_images:
-        from incdet.engine.builders import _First
+        from incdet.data.builder import First
 
-        ds = _First(ds, args.max_images)
+        ds = First(ds, args.max_images)
     learner = BlitzNetLearner(BlitzNetLearnerConfig(model=model.config, nms_method=args.nms), device)
     learner.model = model
     learner.classes = list(classes)
@@ -93,12 +93,9 @@ def _export(args) -> int:
 
 def register(sub) -> None:
     """Add the blitznet-specific commands (and the shared train/eval/report when available)."""
-    try:
-        from incdet.engine import cli as engine_cli
-    except ImportError:  # pragma: no cover - engine not installed
-        engine_cli = None
-    if engine_cli is not None:
-        engine_cli.register(sub, family="blitznet")
+    from incdet.engine import cli as engine_cli
+
+    engine_cli.register(sub)
 
     p = sub.add_parser("predict", help="detections JSON, mask PNG and overlay for each image",
                        description="STEM.json (COCO results), STEM_mask.png and STEM_overlay.jpg per image, "

@@ -9,9 +9,4 @@
 """
 from codec.model import FactorizedCodec, LAMBDAS, import_compressai, load_codec, save_checkpoint  # noqa: F401
 
-try:  # registers learners / the "domains" task builder with the shared driver
-    from codec import learner as _learner  # noqa: F401
-except ImportError as _e:  # pragma: no cover - the driver package is incomplete
-    import logging
-
-    logging.getLogger(__name__).debug("codec learner not registered: %s", _e)
+from codec import learner as _learner  # noqa: F401,E402  (registers codec.* learners and "domains")

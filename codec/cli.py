@@ -327,13 +327,9 @@ def register_eval_detector(sub) -> None:
 
 
 def _registrars():
-    regs = []
-    try:
-        from incdet.engine import cli as engine_cli
+    from incdet.engine import cli as engine_cli
 
-        regs.append(lambda sub: engine_cli.register(sub, family="codec"))
-    except ImportError:  # the shared driver's CLI is not available
-        pass
+    regs = [engine_cli.register]
     regs.append(register)
     regs.append(register_eval_detector)
     return regs

@@ -114,7 +114,6 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     import torch
 
     from incdet.engine.config import config_from_dict
-    from incdet.engine.families import import_family
     from incdet.engine.trainer import run_training
 
     from incdet.engine.distributed import resolve_device
@@ -125,7 +124,6 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(int(threads))
-    import_family("incdet")
     data_p = Path(data)
     if quick:
         data_p = data_p.with_name(data_p.name + "-quick")

@@ -1,7 +1,7 @@
 """Task builders: class splits over VOC / shapes-voc / COCO data, the toy stream."""
 import pytest
 
-from incdet.engine.builders import build_class_tasks, ClassTasksConfig
+from incdet.data.builder import build_class_tasks, ClassTasksConfig
 from incdet.engine.config import config_from_dict
 from incdet.engine.toy import ToyTasksConfig, build_toy_tasks
 from incdet.errors import ConfigError

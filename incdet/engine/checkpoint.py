@@ -84,7 +84,7 @@ def checkpoint_learner(ckpt: Dict[str, Any]) -> Optional[str]:
 
 def check_learner(ckpt: Dict[str, Any], name: str, path: Union[str, Path], same_family: bool = False) -> None:
     """CheckpointError unless ``ckpt`` was written by learner ``name`` (``same_family``: by a
-    learner with the same dotted prefix, e.g. ``codec.finetune`` for ``codec.adapters``, as
+    learner with the same dotted prefix, e.g. ``pkg.a`` for ``pkg.b``, as
     ``tasks.init_from`` allows). A checkpoint naming no learner is accepted."""
     have = checkpoint_learner(ckpt)
     if have is None or have == name:

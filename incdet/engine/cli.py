@@ -1,4 +1,8 @@
-"""CLI verbs ``train``, ``eval``, ``report`` shared by ``incdet``, ``blitznet`` and ``codec``.
+"""The CLI runner and the verbs ``train``, ``eval``, ``report`` that every family's CLI shares.
+
+:func:`run_cli` builds a parser from ``register(subparsers)`` functions and turns
+:class:`~incdet.errors.IncdetError` into one line on stderr and exit status 2. :func:`register`
+adds the driver's verbs (any registered learner, found by name: :mod:`incdet.engine.plugins`).
 
     incdet train CONFIG [--set k=v ...] [--out RUN_DIR] [--device auto|cpu|cuda] [--quiet]
     incdet train --resume RUN_DIR [--device ...]
@@ -9,17 +13,48 @@ Multi-process: ``torchrun --nproc_per_node N -m incdet train CONFIG ...``.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import re
+import sys
 from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
 
-from incdet.errors import CheckpointError, ConfigError
+from incdet.errors import CheckpointError, ConfigError, IncdetError
 
 log = logging.getLogger("incdet.engine")
 
 
-def register(sub, family: str = "incdet") -> None:
-    """Add ``train``/``eval``/``report`` to an argparse subparsers object for ``family``."""
+def run_cli(prog: str, description: str, registrars: Iterable[Callable], argv: Optional[Sequence[str]] = None) -> int:
+    """Build a parser from ``registrars``, run the chosen command, turn user errors into exit 2
+    (the message on one line: ``PROG: error: MESSAGE``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for reg in registrars:
+        reg(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        rc = args.func(args)
+    except IncdetError as e:  # one line, whatever the message (e.g. torch's load_state_dict errors)
+        msg = re.sub(r"\s*\n\s*", " ", str(e).strip())
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+def register(sub) -> None:
+    """Add ``train``/``eval``/``report`` to an argparse subparsers object."""
     p = sub.add_parser("train", help="train a learner on a task sequence (or --resume a run)")
     p.add_argument("config", nargs="?", help="run config YAML (configs/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,24 +63,22 @@ def register(sub, family: str = "incdet") -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: experiment.out/experiment.name)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: experiment.device)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (automatic when not a TTY or CI is set)")
-    p.set_defaults(func=lambda a: _train(a, family))
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a run's saved weights on every task seen so far")
     p.add_argument("run_dir")
     p.add_argument("--checkpoint", help="checkpoint file (default: RUN_DIR/checkpoint.pt)")
     p.add_argument("--device", default=None)
-    p.set_defaults(func=lambda a: _eval(a, family))
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("report", help="print a run's results matrix and summary; write csv/md/png")
     p.add_argument("run_dir")
     p.set_defaults(func=_report)
 
 
-def _train(args, family: str) -> int:
-    from incdet.engine.families import import_family
+def _train(args) -> int:
     from incdet.engine.trainer import run_training
 
-    import_family(family)
     if args.resume is None and args.config is None:
         raise ConfigError("train: give a CONFIG file or --resume RUN_DIR")
     if args.resume is not None and args.config is not None:
@@ -59,7 +92,7 @@ def _train(args, family: str) -> int:
     return 0
 
 
-def _eval(args, family: str) -> int:
+def _eval(args) -> int:
     import torch
 
     from incdet.engine import LEARNERS
@@ -67,9 +100,7 @@ def _eval(args, family: str) -> int:
     from incdet.engine.checkpoint import check_learner, load_checkpoint
     from incdet.engine.config import config_from_dict, load_yaml
     from incdet.engine.distributed import resolve_device
-    from incdet.engine.families import import_family
 
-    import_family(family)
     run = Path(args.run_dir)
     cpath = run / "config.yaml"
     if not cpath.is_file():

@@ -386,7 +386,7 @@ SECTIONS = ("experiment", "tasks", "learner", "train", "eval")
 def config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
     """Validate a raw dict (YAML layout) into a :class:`RunConfig`."""
     from incdet.engine import LEARNERS, TASK_BUILDERS
-    from incdet.engine.families import ensure_learner, ensure_task_builder
+    from incdet.engine.plugins import ensure_learner, ensure_task_builder
 
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping of sections")

@@ -7,7 +7,7 @@ from typing import Any, List, Optional
 
 @dataclass
 class Task:
-    """One step of a sequence: a class group (detection) or an image domain (codec).
+    """One step of a sequence: a class group (detection) or an image domain.
 
     Attributes:
         index: 0-based position in the sequence.
@@ -16,7 +16,7 @@ class Task:
         seen_classes: all classes seen up to and including this task, in model-output order
             (the model's foreground outputs after this task are 1..len(seen_classes)).
         train_set: dataset of this task's training items (``Sample`` for detection, images for
-            the codec); follows the class-incremental rules (only this task's annotations).
+            a domain task); follows the class-incremental rules (only this task's annotations).
         eval_set: dataset on which this task is evaluated.
         domain: the domain name for a domain task, else None.
         meta: free-form extras (e.g. the ``ClassSplit`` it came from).

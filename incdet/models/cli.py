@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from incdet.models.proposals import METHODS, ProposalSource, compute_for_images, save_npz, voc_image_list
+from incdet.engine.cli import run_cli
+from incdet.models.proposals import METHODS, compute_for_images, read_npz, save_npz, voc_image_list
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     have = {}
     if out.exists() and not args.overwrite:
-        have = ProposalSource._read_npz_all(out)
+        have = read_npz(out)
     todo = [(i, p) for i, p in items if i not in have]
     t0 = time.time()
     got = compute_for_images(todo, args.method, args.max_proposals, args.max_side, args.workers, progress=not args.quiet)
@@ -63,6 +64,4 @@ def register(sub) -> None:
 
 
 def main(argv=None) -> int:
-    from incdet.cli import run_cli
-
     return run_cli("incdet-models", "Incremental Fast R-CNN tools.", [register], argv)
