@@ -12,17 +12,20 @@ from incdet.engine.cli import run_cli  # noqa: F401  (the runner of every family
 
 
 def _registrars():
-    from incdet import demo
+    from incdet import demo, zoo
     from incdet.data import cli as data_cli
     from incdet.engine import cli as engine_cli
     from incdet.eval import cli as eval_cli
     from incdet.models import cli as models_cli
+    from incdet.models import pretrain
 
     return [
         demo.register,
         data_cli.register,
         eval_cli.register,
         models_cli.register,
+        pretrain.register,
+        zoo.register,
         engine_cli.register,
     ]
 
