@@ -14,14 +14,12 @@ proposals have to be computed from the pixels.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 from typing import Dict, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from incdet.models.proposals import ProposalSource
+from incdet.models.proposals import ProposalSource, run_pool
 from incdet.models.sampling import count_positives, flip_boxes
 
 log = logging.getLogger(__name__)
@@ -30,56 +28,39 @@ _FORK_DS = None
 _FORK_SRC = None
 
 
-def _worker_init() -> None:
-    # as DataLoader workers do: a forked child must not use the parent's (OpenMP) thread pools
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def _compute_one(i: int):
+    # runs in a forked worker: the dataset and source are inherited through these globals
     s = _FORK_DS[i]
     return str(s.image_id), _FORK_SRC.raw(s.image_id, s.image)[0]
 
 
 def ensure_computed(source: ProposalSource, dataset, workers: int = 0, progress: bool = True) -> None:
     """Compute the proposals of every image of ``dataset`` that ``source`` (a method) lacks, in
-    a forked process pool, and save the source's cache file when it has one."""
+    the proposal process pool (:func:`incdet.models.proposals.run_pool`, forked), and save the
+    source's cache file when it has one."""
     if source.method is None:
         return
     have = source.computed()
     todo = []
     for i in range(len(dataset)):
-        iid = _image_id(dataset, i)
+        iid = image_id_of(dataset, i)
         if iid is None or str(iid) not in have:
             todo.append(i)
     if not todo:
         return
-    from tqdm import tqdm
-
     global _FORK_DS, _FORK_SRC
     _FORK_DS, _FORK_SRC = dataset, source
-    workers = workers or (os.cpu_count() or 1)
-    bar = tqdm(total=len(todo), desc=f"proposals ({source.method})", unit="img", disable=not progress)
     try:
-        if workers > 1 and len(todo) > 8 and "fork" in mp.get_all_start_methods():
-            with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-                for iid, boxes in pool.imap_unordered(_compute_one, todo, chunksize=8):
-                    source._memo[iid] = boxes
-                    bar.update(1)
-        else:
-            for i in todo:
-                iid, boxes = _compute_one(i)
-                source._memo[iid] = boxes
-                bar.update(1)
+        for iid, boxes in run_pool(_compute_one, todo, workers, f"proposals ({source.method})", progress,
+                                   min_jobs=9, chunksize=8, fork_only=True):
+            source.add_computed(iid, boxes)
     finally:
-        bar.close()
         _FORK_DS = _FORK_SRC = None
     source.save_cache()
 
 
-def _image_id(dataset, i: int):
+def image_id_of(dataset, i: int):
+    """The image id of item ``i`` from ``dataset.annotation(i)`` (no pixels read), or None."""
     ann = getattr(dataset, "annotation", None)
     if ann is not None:
         return ann(i).image_id

@@ -216,6 +216,16 @@ def save_npz(path: Union[str, Path], proposals: Mapping, meta: Optional[dict] = 
             os.unlink(tmp)
 
 
+def read_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """All arrays of a proposal ``.npz`` (written by :func:`save_npz`) but ``__meta__``, by image
+    id; :class:`DataError` naming the file when it cannot be read (pickled arrays are refused)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files if k != META_KEY}
+    except Exception as e:  # noqa: BLE001 - zipfile/numpy raise assorted types for a damaged file
+        raise DataError(f"{path}: cannot read proposal .npz ({short_repr(str(e))})") from None
+
+
 class BoxModeStub(int):
     """Stands in for ``detectron2.structures.BoxMode`` when unpickling without detectron2."""
 
@@ -314,7 +324,7 @@ class ProposalSource:
         if len(specs) == 1 and specs[0] in METHODS:
             self.method = specs[0]
             if cache and os.path.isfile(cache):
-                self._memo.update(self._read_npz_all(Path(cache)))
+                self._memo.update(read_npz(cache))
             return
         for s in specs:
             p = Path(s)
@@ -335,14 +345,6 @@ class ProposalSource:
             if f.suffix == ".pkl":
                 for k, v in load_detectron2_pkl(f).items():
                     self._memo.setdefault(k, v)
-
-    @staticmethod
-    def _read_npz_all(path: Path) -> Dict[str, np.ndarray]:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files if k != META_KEY}
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{path}: cannot read proposal .npz ({e})") from None
 
     def _open(self) -> list:
         # NpzFile handles are opened lazily per process (DataLoader workers fork)
@@ -395,7 +397,16 @@ class ProposalSource:
         return filter_proposals(t, self.max_proposals, self.nms_iou, self.min_size)
 
     def computed(self) -> Dict[str, np.ndarray]:
+        """The proposals held in memory (computed, loaded from the cache or a .pkl), by image id."""
         return dict(self._memo)
+
+    def add_computed(self, image_id, boxes: np.ndarray) -> None:
+        """Record proposals computed elsewhere (e.g. in a worker process) for ``image_id``."""
+        self._memo[str(image_id)] = boxes
+
+    def clear_computed(self) -> None:
+        """Forget the proposals held in memory (a method source recomputes them on demand)."""
+        self._memo.clear()
 
     def save_cache(self) -> None:
         if self.method is not None and self.cache and self._memo:
@@ -452,6 +463,48 @@ def _job(args):
         return image_id, None, str(e)
 
 
+def worker_init() -> None:
+    """Initializer of a proposal worker process: one thread for torch and OpenCV (as DataLoader
+    workers do: a forked child must not use the parent's OpenMP thread pools)."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def run_pool(fn, jobs: Sequence, workers: int = 0, desc: str = "proposals", progress: bool = True,
+             min_jobs: int = 2, chunksize: int = 4, fork_only: bool = False) -> Iterable:
+    """Yield ``fn(job)`` for every job, in completion order: the project's one proposal process pool.
+
+    ``workers`` processes (0: all CPUs), started with ``fork`` (``spawn`` where fork does not
+    exist, unless ``fork_only``: then the jobs run here), initialised by :func:`worker_init`;
+    with one worker or fewer than ``min_jobs`` jobs they run in this process. A tqdm bar counts
+    the results (``progress``). The pool is terminated when the caller stops iterating.
+    """
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    workers = workers or (os.cpu_count() or 1)
+    methods = mp.get_all_start_methods()
+    pool = None
+    if workers > 1 and len(jobs) >= min_jobs and ("fork" in methods or not fork_only):
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        pool = ctx.Pool(workers, initializer=worker_init)
+        it: Iterable = pool.imap_unordered(fn, jobs, chunksize=chunksize)
+    else:
+        it = map(fn, jobs)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="img")
+    try:
+        for r in it:
+            yield r
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+
+
 def compute_for_images(
     items: Sequence[Tuple[str, Union[str, Path]]],
     method: str = "selective_search",
@@ -460,34 +513,13 @@ def compute_for_images(
     workers: int = 0,
     progress: bool = True,
 ) -> Dict[str, np.ndarray]:
-    """Proposals for ``(image_id, path)`` pairs, in a process pool of ``workers`` (0: all CPUs)."""
-    import multiprocessing as mp
-
-    from tqdm import tqdm
-
-    workers = workers or (os.cpu_count() or 1)
+    """Proposals for ``(image_id, path)`` pairs, in :func:`run_pool` with ``workers`` (0: all CPUs)."""
     jobs = [(i, str(p), method, max_proposals, max_side) for i, p in items]
     out: Dict[str, np.ndarray] = {}
-    bar = tqdm(total=len(jobs), desc=f"proposals ({method})", disable=not progress, unit="img")
-    it: Iterable
-    pool = None
-    if workers > 1 and len(jobs) > 1:
-        from incdet.models.dataset import _worker_init
-
-        pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers, initializer=_worker_init)
-        it = pool.imap_unordered(_job, jobs, chunksize=4)
-    else:
-        it = map(_job, jobs)
-    try:
-        for image_id, boxes, err in it:
-            if err is not None:
-                raise DataError(err)
-            out[image_id] = boxes
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
+    for image_id, boxes, err in run_pool(_job, jobs, workers, f"proposals ({method})", progress):
+        if err is not None:
+            raise DataError(err)
+        out[image_id] = boxes
     return {i: out[i] for i, _ in items}
 
 
@@ -502,4 +534,7 @@ __all__ = [
     "ProposalSource",
     "voc_image_list",
     "compute_for_images",
+    "read_npz",
+    "run_pool",
+    "worker_init",
 ]
