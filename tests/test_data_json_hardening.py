@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -246,3 +247,53 @@ def test_shapes_manifest_deep_json_is_unreadable_not_a_crash(tmp_path):
 
     _write(tmp_path / MANIFEST, DEEP)
     assert read_manifest(tmp_path) is None
+
+
+# --------------------------------------------------------------------------- segmentation before pycocotools
+@pytest.mark.parametrize("seg,msg", [
+    ({"size": [30, 40], "counts": [5, 100000]}, "sum to 1200"),  # pycocotools' decode wrote past its buffer
+    ({"size": [30, 40], "counts": "0" + "o" * 7}, "truncated"),
+    ({"size": [30, 40], "counts": "0" + "_" * 9 + "0"}, "RLE count too long"),
+    ({"size": [30, 40], "counts": "PPYo1"}, "sum to|truncated"),
+    ({"size": [31, 40], "counts": [1200]}, "not the image size"),
+    ([[1, 2, 3, 4, 5, 1e300]], "far outside"),
+    ([[1, 2, 3]], "odd number"),
+    ([["a", 1, 2, 3, 4, 5]], "not a list of numbers"),
+    (5, "polygons or RLE"),
+])
+def test_bad_segmentation_is_refused_before_pycocotools(tmp_path, seg, msg):
+    gt = _gt()
+    gt["annotations"][0]["segmentation"] = seg
+    for im in gt["images"]:
+        im.update(width=40, height=30)
+    p = _write(tmp_path / "inst.json", gt)
+    ds = COCODetection(p, _imgs(tmp_path, gt))
+    with pytest.raises(DataError, match=msg) as e:
+        ds.semantic_mask(0)
+    assert str(p) in str(e.value) and "annotation 1" in str(e.value)
+
+
+def test_valid_rle_and_short_polygons(tmp_path):
+    from pycocotools import mask as mu
+
+    m = np.zeros((30, 40), np.uint8, order="F")
+    m[3:9, 4:12] = 1
+    rle = mu.encode(np.asfortranarray(m))
+    rle["counts"] = rle["counts"].decode()
+    gt = _gt()
+    for im in gt["images"]:
+        im.update(width=40, height=30)
+    gt["annotations"][0]["segmentation"] = rle
+    gt["annotations"][1]["segmentation"] = [[20, 0, 29, 0]]  # a 2-point polygon: no usable segmentation
+    p = _write(tmp_path / "inst.json", gt)
+    mask = COCODetection(p, _imgs(tmp_path, gt)).semantic_mask(0)
+    assert int((mask == 1).sum()) == 48 and (mask[0:10, 20:30] == 255).all()
+
+
+@pytest.mark.parametrize("w,msg", [("40", "not integers"), (40.5, "not integers"), (10 ** 9, "more than")])
+def test_bad_image_sizes(tmp_path, w, msg):
+    gt = _gt()
+    gt["images"][0]["width"] = w
+    p = _write(tmp_path / "inst.json", gt)
+    with pytest.raises(DataError, match=msg):
+        COCODetection(p, _imgs(tmp_path, _gt()))

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from incdet.data.cocofile import read_coco_json
 from incdet.data.images import load_rgb
+from incdet.data.safeload import short_repr
 from incdet.data.sample import Sample
 from incdet.errors import DataError
 
@@ -58,6 +59,83 @@ def _load_coco(ann_file: str):
         coco.dataset = data
         coco.createIndex()
     return coco
+
+
+MAX_PIXELS = 1 << 28  # width * height an annotation may declare (the mask is allocated from it)
+
+
+def _rle_string_counts(s: Union[str, bytes]) -> List[int]:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, bounds-checked)."""
+    b = s.encode("ascii", "replace") if isinstance(s, str) else bytes(s)
+    counts: List[int] = []
+    p = 0
+    while p < len(b):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(b):
+                raise ValueError("truncated RLE string")
+            c = b[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"byte {b[p]} at {p} is not an RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if k > 7:
+                raise ValueError("RLE count too long")
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def checked_segmentation(seg, h: int, w: int):
+    """Check a COCO ``segmentation`` before pycocotools (C code without bounds checks) sees it.
+
+    Polygons: lists of finite numbers, an even count within ``[-max(h, w), 2 max(h, w)]``;
+    polygons with fewer than 3 points are dropped (an instance left with none has no usable
+    segmentation). RLE (``{"size": [h, w], "counts": list or string}``): the size must be the
+    image's, counts non-negative and summing to ``h * w`` (pycocotools would write past its
+    buffer otherwise). Returns the segmentation to decode (possibly ``[]``); ``ValueError``
+    says what is wrong.
+    """
+    if isinstance(seg, list):
+        lim = 2.0 * max(h, w)
+        polys = []
+        for j, poly in enumerate(seg):
+            if not isinstance(poly, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in poly):
+                raise ValueError(f"polygon {j} is not a list of numbers")
+            if len(poly) % 2:
+                raise ValueError(f"polygon {j} has an odd number of coordinates ({len(poly)})")
+            for v in poly:
+                try:
+                    ok = math.isfinite(v) and -lim / 2 <= v <= lim
+                except OverflowError:
+                    ok = False
+                if not ok:
+                    raise ValueError(f"polygon {j} has a coordinate {short_repr(v)} far outside the {w}x{h} image")
+            if len(poly) >= 6:
+                polys.append(poly)
+        return polys
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and size == [h, w]):
+            raise ValueError(f"RLE size {short_repr(size)} is not the image size [{h}, {w}]")
+        if isinstance(counts, list):
+            if any(isinstance(c, bool) or not isinstance(c, int) for c in counts):
+                raise ValueError("RLE counts are not integers")
+            values = counts
+        elif isinstance(counts, (str, bytes)):
+            values = _rle_string_counts(counts)
+        else:
+            raise ValueError(f"RLE counts must be a list or a string, got {type(counts).__name__}")
+        if any(c < 0 or c >= 1 << 32 for c in values) or sum(values) != h * w:
+            raise ValueError(f"RLE counts must be non-negative and sum to {h * w} (the image's pixels)")
+        return seg
+    raise ValueError(f"segmentation must be polygons or RLE, got {type(seg).__name__}")
 
 
 class COCODetection(Dataset):
@@ -129,14 +207,15 @@ class COCODetection(Dataset):
         info = self.coco.imgs[img_id]
         path = self.image_path(img_id)
         where = f"{self.ann_file}: image {img_id} ({info['file_name']})"
-        try:
-            w, h = int(info["width"]), int(info["height"])
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: width/height are not integers") from None
+        w, h = info["width"], info["height"]
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (w, h)):
+            raise DataError(f"{where}: width/height are not integers ({short_repr(w)}, {short_repr(h)})")
         if w <= 0 or h <= 0:
             raise DataError(f"{where}: non-positive size {w}x{h}")
+        if w * h > MAX_PIXELS:
+            raise DataError(f"{where}: size {w}x{h} is more than {MAX_PIXELS} pixels")
         if not os.path.isfile(path):
-            raise DataError(f"{path}: image file for COCO image {img_id} does not exist")
+            raise DataError(f"{path}: image file for COCO image {img_id} (listed in {self.ann_file}) does not exist")
         boxes, labels, crowd, anns = [], [], [], []
         for a in self.coco.imgToAnns.get(img_id, []):
             what = f"{where}, annotation {a['id']}"
@@ -144,13 +223,13 @@ class COCODetection(Dataset):
                 raise DataError(f"{what}: unknown category_id {a['category_id']}")
             bb = a["bbox"]
             if not (isinstance(bb, (list, tuple)) and len(bb) == 4):
-                raise DataError(f"{what}: bbox must be [x, y, w, h], got {bb!r}")
+                raise DataError(f"{what}: bbox must be [x, y, w, h], got {short_repr(bb)}")
             try:
                 x, y, bw, bh = (float(v) for v in bb)
             except (TypeError, ValueError):
-                raise DataError(f"{what}: bbox has non-numeric values {bb!r}") from None
+                raise DataError(f"{what}: bbox has non-numeric values {short_repr(bb)}") from None
             if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-                raise DataError(f"{what}: bbox has non-finite values {bb!r}")
+                raise DataError(f"{what}: bbox has non-finite values {short_repr(bb)}")
             if bw <= 0 or bh <= 0:
                 raise DataError(f"{what}: zero or negative box size (w={bw:g}, h={bh:g})")
             t = BOX_TOLERANCE
@@ -195,6 +274,13 @@ class COCODetection(Dataset):
         for _, _, a, value, box in items:
             m = None
             seg = a.get("segmentation")
+            if seg:
+                try:
+                    seg = checked_segmentation(seg, h, w)
+                except ValueError as e:
+                    raise DataError(
+                        f"{self.ann_file}: image {self.ids[i]}, annotation {a['id']}: bad segmentation ({e})"
+                    ) from None
             if seg:
                 try:
                     if isinstance(seg, list):

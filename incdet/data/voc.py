@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from incdet.data.images import image_size, load_index_mask, load_rgb
+from incdet.data.safeload import short_repr
 from incdet.data.sample import Sample
 from incdet.errors import DataError
 
@@ -59,6 +60,23 @@ def read_classes_file(path: str) -> List[str]:
     return names
 
 
+def read_image_set(path: str) -> List[str]:
+    """Ids of an ``ImageSets/<dir>/<split>.txt`` list (first column of each non-empty line);
+    :class:`DataError` naming the file when it is missing, unreadable, not UTF-8, or lists an id twice."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image set list does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            ids = [ln.split()[0] for ln in f if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read image set list ({e})") from None
+    seen = set()
+    dups = [i for i in ids if i in seen or seen.add(i)]
+    if dups:
+        raise DataError(f"{path}: ids listed more than once: {short_repr(sorted(set(dups))[:10])}")
+    return ids
+
+
 def _text(elem: ET.Element, tag: str, xml_path: str, what: str) -> str:
     child = elem.find(tag)
     if child is None or child.text is None or not child.text.strip():
@@ -71,9 +89,9 @@ def _number(elem: ET.Element, tag: str, xml_path: str, what: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise DataError(f"{xml_path}: {what}: <{tag}> is not a number: {s!r}") from None
+        raise DataError(f"{xml_path}: {what}: <{tag}> is not a number: {short_repr(s)}") from None
     if not math.isfinite(v):
-        raise DataError(f"{xml_path}: {what}: <{tag}> is not finite: {s!r}")
+        raise DataError(f"{xml_path}: {what}: <{tag}> is not finite: {short_repr(s)}")
     return v
 
 
@@ -88,8 +106,44 @@ def _flag(elem: ET.Element, tag: str, xml_path: str, what: str) -> bool:
     except ValueError:
         v = None
     if v not in (0.0, 1.0):
-        raise DataError(f"{xml_path}: {what}: <{tag}> must be 0 or 1, got {s[:40]!r}")
+        raise DataError(f"{xml_path}: {what}: <{tag}> must be 0 or 1, got {short_repr(s)}")
     return v == 1.0
+
+
+def _object_box(obj: ET.Element, k: int, xml_path: str, class_to_idx: Dict[str, int]):
+    """``(name, description, (xmin, ymin, xmax, ymax))`` of the ``k``-th ``<object>``: a known
+    class name and four finite numbers, as written in the XML."""
+    name = _text(obj, "name", xml_path, f"object {k}")
+    what = f"object {k} ({short_repr(name)})"
+    if name not in class_to_idx:
+        known = ", ".join(class_to_idx)
+        raise DataError(f"{xml_path}: {what}: unknown class name {short_repr(name)}; known classes: {known}")
+    bb = obj.find("bndbox")
+    if bb is None:
+        raise DataError(f"{xml_path}: {what}: missing <bndbox>")
+    return name, what, tuple(_number(bb, t, xml_path, what) for t in ("xmin", "ymin", "xmax", "ymax"))
+
+
+def read_voc_objects(xml_path: str, class_to_idx: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Annotations-only reading (evaluation without images): ``(boxes, labels, difficult)``.
+
+    ``boxes`` are the raw XML ``bndbox`` values (1-based, float64 ``[N, 4]``), ``labels`` 1-based
+    int64, ``difficult`` bool. Unlike :func:`parse_voc_xml` no ``<size>`` is needed and boxes are
+    not checked against the image; ``xmin == xmax`` is allowed (the devkit counts it one pixel
+    wide), ``xmax < xmin`` or ``ymax < ymin`` is a :class:`DataError`, as are the problems
+    :func:`parse_voc_xml` reports for names, numbers and flags.
+    """
+    root = read_xml_root(xml_path)
+    boxes, labels, diff = [], [], []
+    for k, obj in enumerate(root.findall("object")):
+        name, what, vals = _object_box(obj, k, xml_path, class_to_idx)
+        if vals[2] < vals[0] or vals[3] < vals[1]:
+            raise DataError(f"{xml_path}: {what}: xmax < xmin or ymax < ymin ({list(vals)})")
+        boxes.append(vals)
+        labels.append(class_to_idx[name])
+        diff.append(_flag(obj, "difficult", xml_path, what))
+    return (np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64),
+            np.asarray(diff, bool))
 
 
 def read_xml_root(xml_path: str) -> ET.Element:
@@ -120,7 +174,7 @@ def parse_voc_xml(xml_path: str, class_to_idx: Dict[str, int], image_path: Optio
     """
     root = read_xml_root(xml_path)
     if root.tag != "annotation":
-        raise DataError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
+        raise DataError(f"{xml_path}: root element is <{short_repr(root.tag)}>, expected <annotation>")
 
     size = root.find("size")
     h = w = 0
@@ -137,15 +191,7 @@ def parse_voc_xml(xml_path: str, class_to_idx: Dict[str, int], image_path: Optio
 
     boxes, labels, difficult, truncated = [], [], [], []
     for k, obj in enumerate(root.findall("object")):
-        name = _text(obj, "name", xml_path, f"object {k}")
-        what = f"object {k} ({name!r})"
-        if name not in class_to_idx:
-            known = ", ".join(class_to_idx)
-            raise DataError(f"{xml_path}: {what}: unknown class name {name!r}; known classes: {known}")
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise DataError(f"{xml_path}: {what}: missing <bndbox>")
-        x1, y1, x2, y2 = (_number(bb, t, xml_path, what) for t in ("xmin", "ymin", "xmax", "ymax"))
+        name, what, (x1, y1, x2, y2) = _object_box(obj, k, xml_path, class_to_idx)
         if x2 <= x1 or y2 <= y1:
             raise DataError(
                 f"{xml_path}: {what}: zero or negative box size (xmin={x1:g}, ymin={y1:g}, "
@@ -227,7 +273,7 @@ class VOCDetection(Dataset):
 
         if isinstance(split, str):
             self.split = split
-            all_ids = self._read_image_set(os.path.join(self.root, "ImageSets", image_set_dir, f"{split}.txt"))
+            all_ids = read_image_set(os.path.join(self.root, "ImageSets", image_set_dir, f"{split}.txt"))
         else:
             self.split = None
             all_ids = [str(s) for s in split]
@@ -260,21 +306,6 @@ class VOCDetection(Dataset):
         return os.path.join(self.root, "SegmentationClass", f"{img_id}.png")
 
     # -- construction ------------------------------------------------------------------
-    @staticmethod
-    def _read_image_set(path: str) -> List[str]:
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: image set list does not exist")
-        try:
-            with open(path, encoding="utf-8") as f:
-                ids = [ln.split()[0] for ln in f if ln.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read image set list ({e})") from None
-        seen = set()
-        dups = [i for i in ids if i in seen or seen.add(i)]
-        if dups:
-            raise DataError(f"{path}: ids listed more than once: {sorted(set(dups))[:10]}")
-        return ids
-
     def _load_record(self, img_id: str, check_images: bool) -> dict:
         xml_path = self.xml_path(img_id)
         img_path = self.image_path(img_id)

@@ -18,8 +18,9 @@ Ground truth
   the first list that exists among ``test``, ``val``, ``trainval``, ``train``. Classes:
   ``--classes`` (comma-separated names or a file with one per line), else ``classes.txt`` in
   the root, else the 20 VOC classes. Read with :class:`incdet.data.voc.VOCDetection` when
-  ``JPEGImages/`` exists (full validation); otherwise (an annotations-only folder) with a
-  small reader here that parses only the XML objects (name, bndbox, difficult).
+  ``JPEGImages/`` exists (full validation); otherwise (an annotations-only folder) with
+  :func:`incdet.data.voc.read_voc_objects`, which parses only the XML objects (name, bndbox,
+  difficult).
   ``image_id`` is the file stem: a string, or an int ``i`` with ``str(i)`` equal to the stem
   or else ``int(stem) == i`` for an all-digit stem when that is unique (``5`` matches
   ``"000005"``). ``category_id`` is a class name or its 1-based index into the class list.
@@ -54,13 +55,13 @@ import logging
 import math
 import os
 import sys
-import xml.etree.ElementTree as ET
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from incdet.data.cocofile import check_coco_dataset
 from incdet.data.safeload import load_json, short_repr
+from incdet.data.voc import VOC_CLASSES, VOCDetection, read_classes_file, read_image_set, read_voc_objects
 from incdet.errors import ConfigError, DataError
 from incdet.eval.voc import XYWH_RULES, voc_evaluate, xywh_to_xyxy
 
@@ -103,8 +104,6 @@ def _parse_classes(arg: Optional[str], root: str) -> Optional[List[str]]:
     if arg is None:
         return None
     if os.path.isfile(arg):
-        from incdet.data.voc import read_classes_file
-
         return read_classes_file(arg)
     names = [c.strip() for c in arg.split(",") if c.strip()]
     if not names:
@@ -112,50 +111,6 @@ def _parse_classes(arg: Optional[str], root: str) -> Optional[List[str]]:
     if len(set(names)) != len(names):
         raise ConfigError(f"--classes {arg!r}: duplicate names")
     return names
-
-
-def _read_xml_objects(xml_path: str, class_to_idx: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Annotations-only reader: raw XML ``bndbox`` values (1-based, float64), labels, difficult."""
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as e:
-        raise DataError(f"{xml_path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise DataError(f"{xml_path}: cannot read annotation ({e})") from None
-    boxes, labels, diff = [], [], []
-    for k, obj in enumerate(root.findall("object")):
-        name_el = obj.find("name")
-        name = name_el.text.strip() if name_el is not None and name_el.text else None
-        if not name:
-            raise DataError(f"{xml_path}: object {k}: missing <name>")
-        if name not in class_to_idx:
-            raise DataError(f"{xml_path}: object {k}: unknown class name {name!r}; known classes: "
-                            f"{', '.join(class_to_idx)}")
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise DataError(f"{xml_path}: object {k} ({name!r}): missing <bndbox>")
-        vals = []
-        for t in ("xmin", "ymin", "xmax", "ymax"):
-            el = bb.find(t)
-            try:
-                v = float(el.text)  # type: ignore[union-attr]
-            except (AttributeError, TypeError, ValueError):
-                raise DataError(f"{xml_path}: object {k} ({name!r}): missing or non-numeric <{t}>") from None
-            if not math.isfinite(v):
-                raise DataError(f"{xml_path}: object {k} ({name!r}): <{t}> is not finite")
-            vals.append(v)
-        if vals[2] < vals[0] or vals[3] < vals[1]:
-            raise DataError(f"{xml_path}: object {k} ({name!r}): xmax < xmin or ymax < ymin ({vals})")
-        d_el = obj.find("difficult")
-        try:
-            d = bool(int(float(d_el.text))) if d_el is not None and d_el.text and d_el.text.strip() else False
-        except ValueError:
-            raise DataError(f"{xml_path}: object {k} ({name!r}): <difficult> must be 0 or 1") from None
-        boxes.append(vals)
-        labels.append(class_to_idx[name])
-        diff.append(d)
-    return (np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64),
-            np.asarray(diff, bool))
 
 
 def load_voc_gt(path: str, split: Optional[str], classes: Optional[List[str]], det_origin: int) -> GroundTruth:
@@ -169,18 +124,9 @@ def load_voc_gt(path: str, split: Optional[str], classes: Optional[List[str]], d
                 break
         else:
             raise DataError(f"{main}: none of {', '.join(s + '.txt' for s in SPLIT_ORDER)} exists; pass --split")
-    try:
-        from incdet.data.voc import VOC_CLASSES, VOCDetection, read_classes_file
-    except ImportError:  # pragma: no cover - the data package is part of this distribution
-        VOCDetection = None
-        VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-                       "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-                       "train", "tvmonitor")
-        read_classes_file = None
-
     shift = 1.0 if det_origin == 1 else 0.0
     records: Dict[Hashable, dict] = {}
-    if VOCDetection is not None and os.path.isdir(os.path.join(root, "JPEGImages")):
+    if os.path.isdir(os.path.join(root, "JPEGImages")):
         ds = VOCDetection(root, split, classes=classes, use_difficult=True, keep_masks=False)
         for i in range(len(ds)):
             s = ds.annotation(i)
@@ -191,24 +137,17 @@ def load_voc_gt(path: str, split: Optional[str], classes: Optional[List[str]], d
     else:
         if classes is None:
             cfile = os.path.join(root, "classes.txt")
-            if os.path.isfile(cfile) and read_classes_file is not None:
+            if os.path.isfile(cfile):
                 classes = read_classes_file(cfile)
             else:
                 classes = list(VOC_CLASSES)
         names = list(classes)
         c2i = {c: k + 1 for k, c in enumerate(names)}
-        list_path = os.path.join(main, f"{split}.txt")
-        if not os.path.isfile(list_path):
-            raise DataError(f"{list_path}: image set list does not exist")
-        with open(list_path, encoding="utf-8") as f:
-            ids = [ln.split()[0] for ln in f if ln.strip()]
-        for img in ids:
-            if img in records:
-                raise DataError(f"{list_path}: id {img!r} listed more than once")
+        for img in read_image_set(os.path.join(main, f"{split}.txt")):
             xml = os.path.join(root, "Annotations", f"{img}.xml")
             if not os.path.isfile(xml):
                 raise DataError(f"{xml}: annotation file for listed id {img!r} does not exist")
-            b, l, d = _read_xml_objects(xml, c2i)
+            b, l, d = read_voc_objects(xml, c2i)
             records[img] = {"boxes": b - 1.0 + shift, "labels": l, "difficult": d}
     gt = GroundTruth("voc", root, names, records)
     gt.split = split
