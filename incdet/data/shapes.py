@@ -118,21 +118,21 @@ P_TRUNCATE = 0.15             # probability that an object is placed across the 
 VOID_RADIUS = 1               # void band: pixels within this Chebyshev distance of a boundary
 
 
-def _regular_polygon(n: int, radius: float, phase: float) -> np.ndarray:
+def regular_polygon(n: int, radius: float, phase: float) -> np.ndarray:
     a = phase + 2 * np.pi * np.arange(n) / n
     return np.stack([radius * np.cos(a), radius * np.sin(a)], 1)
 
 
-_TRIANGLE = _regular_polygon(3, _TRI_R, -np.pi / 2) + np.array([0.0, _TRI_R / 4])
-_STAR_OUTER = _regular_polygon(5, _STAR_OUT, -np.pi / 2)
-_STAR_INNER = _regular_polygon(5, _STAR_IN, -np.pi / 2 + np.pi / 5)
+_TRIANGLE = regular_polygon(3, _TRI_R, -np.pi / 2) + np.array([0.0, _TRI_R / 4])
+_STAR_OUTER = regular_polygon(5, _STAR_OUT, -np.pi / 2)
+_STAR_INNER = regular_polygon(5, _STAR_IN, -np.pi / 2 + np.pi / 5)
 # The star is the union of a (slightly enlarged, so no seam shows) inner pentagon and 5 spikes.
-_STAR_PARTS = [_regular_polygon(5, _STAR_IN * 1.06, -np.pi / 2 + np.pi / 5)] + [
+_STAR_PARTS = [regular_polygon(5, _STAR_IN * 1.06, -np.pi / 2 + np.pi / 5)] + [
     np.stack([_STAR_OUTER[k], _STAR_INNER[k], _STAR_INNER[(k - 1) % 5]]) for k in range(5)
 ]
 
 
-def _convex_sdf(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarray:
+def convex_sdf(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """Signed distance to a convex polygon (exact inside, a close lower bound outside)."""
     # Orientation-independent: use the centroid to orient the edge normals outwards.
     c = poly.mean(0)
@@ -149,7 +149,7 @@ def _convex_sdf(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return d
 
 
-def _box_sdf(u: np.ndarray, v: np.ndarray, hx: float, hy: float) -> np.ndarray:
+def box_sdf(u: np.ndarray, v: np.ndarray, hx: float, hy: float) -> np.ndarray:
     qx, qy = np.abs(u) - hx, np.abs(v) - hy
     outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
     return outside + np.minimum(np.maximum(qx, qy), 0)
@@ -159,20 +159,20 @@ def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "circle":
         return np.hypot(u, v) - 1.0
     if shape == "square":
-        return _box_sdf(u, v, _SQUARE_HALF, _SQUARE_HALF)
+        return box_sdf(u, v, _SQUARE_HALF, _SQUARE_HALF)
     if shape == "cross":
-        return np.minimum(_box_sdf(u, v, _CROSS_LONG, _CROSS_SHORT), _box_sdf(u, v, _CROSS_SHORT, _CROSS_LONG))
+        return np.minimum(box_sdf(u, v, _CROSS_LONG, _CROSS_SHORT), box_sdf(u, v, _CROSS_SHORT, _CROSS_LONG))
     if shape == "triangle":
-        return _convex_sdf(u, v, _TRIANGLE)
+        return convex_sdf(u, v, _TRIANGLE)
     if shape == "star":
-        d = _convex_sdf(u, v, _STAR_PARTS[0])
+        d = convex_sdf(u, v, _STAR_PARTS[0])
         for part in _STAR_PARTS[1:]:
-            d = np.minimum(d, _convex_sdf(u, v, part))
+            d = np.minimum(d, convex_sdf(u, v, part))
         return d
     raise ValueError(shape)  # pragma: no cover
 
 
-def _tri_wave(t: np.ndarray) -> np.ndarray:
+def tri_wave(t: np.ndarray) -> np.ndarray:
     """Distance of ``t`` to the nearest integer, in [0, 0.5]."""
     return np.abs(t - np.round(t))
 
@@ -183,15 +183,15 @@ def _pattern_weight(pattern: str, pu: np.ndarray, pv: np.ndarray, period: float)
         return None
     if pattern == "striped":
         # Stripes of width period/2: signed pixel distance to a stripe edge.
-        return np.clip(0.5 + (_tri_wave(pu / period) - 0.25) * period, 0.0, 1.0)
+        return np.clip(0.5 + (tri_wave(pu / period) - 0.25) * period, 0.0, 1.0)
     if pattern == "checkered":
         cell = 2.0 * period * 0.6  # squares of side 0.6 * period
-        sx = np.clip(0.5 + (_tri_wave(pu / cell) - 0.25) * cell, 0.0, 1.0) * 2 - 1
-        sy = np.clip(0.5 + (_tri_wave(pv / cell) - 0.25) * cell, 0.0, 1.0) * 2 - 1
+        sx = np.clip(0.5 + (tri_wave(pu / cell) - 0.25) * cell, 0.0, 1.0) * 2 - 1
+        sy = np.clip(0.5 + (tri_wave(pv / cell) - 0.25) * cell, 0.0, 1.0) * 2 - 1
         return (1 + sx * sy) / 2
     if pattern == "dotted":
         sp = period * 1.1
-        dist = np.hypot(_tri_wave(pu / sp), _tri_wave(pv / sp)) * sp
+        dist = np.hypot(tri_wave(pu / sp), tri_wave(pv / sp)) * sp
         return np.clip(0.5 + (0.3 * sp - dist), 0.0, 1.0)
     raise ValueError(pattern)  # pragma: no cover
 
@@ -200,7 +200,7 @@ def _luma(c: np.ndarray) -> float:
     return float(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
 
 
-def _two_colours(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def two_colours(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     c1 = rng.uniform(15, 240, 3)
     for _ in range(20):
         c2 = rng.uniform(15, 240, 3)
@@ -224,7 +224,7 @@ def _bilinear(grid: np.ndarray, h: int, w: int) -> np.ndarray:
     return top * (1 - wy) + bot * wy
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def draw_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Cluttered background, float32 [h, w, 3] in 0..255: gradient, smooth noise, lines, blobs."""
     grey = rng.uniform(60, 200)
     ca = rng.uniform(0, 255, 3) * 0.5 + grey * 0.5
@@ -321,7 +321,7 @@ def _draw_object(rng: np.random.Generator, label: int, diam: float, H: int, W: i
     psi = rng.uniform(0, 2 * np.pi)
     shade = (1 + rng.uniform(0, 0.18) * (np.cos(psi) * dx + np.sin(psi) * dy) / max(R, 1)).astype(np.float32)
     o = _Object(label, x0, y0, alpha, mask, wgt, shade, int(mask.sum()))
-    o.paint(*_two_colours(rng))
+    o.paint(*two_colours(rng))
     return o
 
 
@@ -344,7 +344,7 @@ def render_image(rng: np.random.Generator, size: int, min_objects: int = 1, max_
     ``occluded``, ``difficult`` and ``visible`` (visible fraction of the whole object).
     """
     H = W = int(size)
-    img = _background(rng, H, W)
+    img = draw_background(rng, H, W)
     bg = img
     n_obj = int(rng.integers(min_objects, max_objects + 1))
     smin = 0.15 * size
@@ -373,7 +373,7 @@ def render_image(rng: np.random.Generator, size: int, min_objects: int = 1, max_
             for _c in range(5):
                 if np.linalg.norm(o.colour[lsl][m_in].mean(0) - bg[isl][m_in].mean(0)) >= 50:
                     break
-                o.paint(*_two_colours(rng))
+                o.paint(*two_colours(rng))
             for j, p in enumerate(objs):
                 p.visible -= int(lost[j])
             o.in_area = o.visible = in_area
