@@ -32,13 +32,23 @@ log = logging.getLogger("codec")
 
 
 def _load_model(path, device="cpu"):
-    import torch
-
     from codec.model import load_codec
+    from incdet.engine.distributed import resolve_device
 
+    dev = resolve_device(device)  # before loading: a bad --device is refused first
     m, meta = load_codec(path)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     return m.to(dev).eval(), meta
+
+
+def _limits(args):
+    from codec.bitstream import DecodeLimits
+
+    if args.max_pixels is None:
+        return DecodeLimits()
+    if args.max_pixels < 1:
+        raise ConfigError(f"--max-pixels {args.max_pixels}: must be >= 1")
+    return DecodeLimits(max_pixels=args.max_pixels, max_latent_elements=max(DecodeLimits().max_latent_elements,
+                                                                            args.max_pixels))
 
 
 def cmd_compress(args) -> int:
@@ -54,7 +64,7 @@ def cmd_decompress(args) -> int:
     from codec.bitstream import decompress_file
 
     model, _ = _load_model(args.model, args.device)
-    img = decompress_file(model, args.file, args.output)
+    img = decompress_file(model, args.file, args.output, limits=_limits(args))
     print(f"{args.output}: {img.shape[2]}x{img.shape[1]}")
     return 0
 
@@ -62,7 +72,7 @@ def cmd_decompress(args) -> int:
 def cmd_info(args) -> int:
     from codec.bitstream import HEADER_SIZE, read_header
 
-    h = read_header(args.file)
+    h = read_header(args.file, _limits(args))
     size = Path(args.file).stat().st_size
     print(json.dumps({"version": h.version, "codec_id": h.codec_id.hex(), "domain": h.domain, "width": h.width,
                       "height": h.height, "latent_shape": list(h.latent_shape), "header_bytes": HEADER_SIZE,
@@ -74,6 +84,12 @@ def cmd_info(args) -> int:
 def cmd_init(args) -> int:
     from codec.model import FactorizedCodec, import_compressai, save_checkpoint
 
+    for opt in ("N", "M"):
+        v = getattr(args, opt)
+        if v is not None and not 1 <= v <= 4096:
+            raise ConfigError(f"--{opt} {v}: must be between 1 and 4096 channels")
+    if Path(args.output).is_dir():
+        raise ConfigError(f"-o {args.output}: is a directory; give the checkpoint file name")
     if args.compressai:
         m = import_compressai(args.compressai)
     else:
@@ -171,6 +187,8 @@ def cmd_rd(args) -> int:
     from codec.bitstream import read_image
     from codec.metrics import evaluate_codec
 
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images {args.max_images}: must be >= 1")
     model, _ = _load_model(args.model, args.device)
     p = Path(args.images)
     files = cdata._images(p) if p.is_dir() else cdata.domain_files(args.images, args.data_root)
@@ -194,11 +212,10 @@ def cmd_report(args) -> int:
 def cmd_eval_detector(args) -> int:
     import shlex
 
-    import torch
-
     from codec import detector_eval as de
+    from incdet.engine.distributed import resolve_device
 
-    dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    dev = str(resolve_device(args.device))
     if not (args.incdet or args.blitznet):
         raise ConfigError("eval-detector: give a detector (--incdet CKPT and/or --blitznet WEIGHTS)")
     es = de.load_eval_set(args.data, args.split, args.max_images, masks=bool(args.blitznet))
@@ -244,6 +261,11 @@ def _add_model_args(p):
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (decode on the device that encoded for bit-exactness)")
 
 
+def _add_limit_args(p):
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse files announcing a larger image (width * height; default 16777216 = 4096x4096)")
+
+
 def register(sub) -> None:
     taken = set(sub.choices)
     p = sub.add_parser("compress", help="compress an image into a bitstream file")
@@ -255,12 +277,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("decompress", help="decode a bitstream file into a PNG")
     p.add_argument("file")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="output image (.png; the format from the extension)")
+    _add_limit_args(p)
     _add_model_args(p)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print a bitstream's header")
     p.add_argument("file")
+    _add_limit_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("init", help="write an untrained codec checkpoint, or import a compressai one")

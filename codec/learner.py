@@ -45,6 +45,22 @@ from codec.strategies.selective import setup_naive, setup_selective, trainable_f
 from incdet.engine.task import Task
 from incdet.errors import ConfigError
 
+
+def _check(section: str, obj, rules: Dict[str, tuple]) -> None:
+    """``rules``: field -> (predicate, text of the valid range); a failing value -> ConfigError."""
+    for k, (ok, valid) in rules.items():
+        v = getattr(obj, k)
+        if not ok(v):
+            raise ConfigError(f"{section}.{k} = {v!r} is out of range: {valid}")
+
+
+def _int_at_least(lo, optional=False):
+    return lambda v: (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= lo)
+
+
+def _positive_float(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
 log = logging.getLogger(__name__)
 
 try:  # the shared driver's base class, when it exists
@@ -71,6 +87,15 @@ class DomainTasksConfig:
     natural_with_camvid: bool = False   #: add CamVid to ``natural`` (off: CamVid is a target domain)
     joint: bool = False                 #: one task training on all domains at once (the joint upper bound)
     seed: int = 0
+
+    def __post_init__(self):
+        _check("tasks", self, {
+            "crop": (lambda v: _int_at_least(16)(v) and v % 16 == 0, "a multiple of 16, >= 16"),
+            "repeats": (_int_at_least(1), "an integer >= 1"),
+            "eval_every": (_int_at_least(1), "an integer >= 1 (every k-th file held out for eval)"),
+            "max_train_images": (_int_at_least(1, True), "null or an integer >= 1"),
+            "max_eval_images": (_int_at_least(1, True), "null or an integer >= 1"),
+        })
 
 
 def build_domain_tasks(cfg: DomainTasksConfig = None, **_: Any) -> List[Task]:
@@ -125,6 +150,19 @@ class CodecConfig:
     source_checkpoint: Optional[str] = None  #: start from this codec / compressai factorized checkpoint
     train_source: bool = True          #: train on task 0 (False: use source_checkpoint as is)
     eval_msssim: bool = True
+
+    def __post_init__(self):
+        from codec.strategies.adapters import POLICIES
+
+        _check("learner", self, {
+            "strategy": (lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+            "N": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
+            "M": (lambda v: v is None or (_int_at_least(1)(v) and v <= 4096), "null or an integer in 1..4096"),
+            "lmbda": (_positive_float, "a finite number > 0"),
+            "K": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
+            "policy": (lambda v: v in POLICIES, f"one of {', '.join(POLICIES)}"),
+            "gamma": (lambda v: _positive_float(v) or v == 0, "a finite number >= 0"),
+        })
 
 
 class CodecLearner(_Base):
@@ -396,11 +434,23 @@ class RunSpec:
     #: with ``learner.train_source=false`` its row 0 (the same source model on the same eval sets)
     #: is copied instead of evaluated again
 
+    def __post_init__(self):
+        _check("run", self, {
+            "iterations": (_int_at_least(0), "an integer >= 0"),
+            "source_iterations": (_int_at_least(0, True), "null or an integer >= 0"),
+            "batch_size": (_int_at_least(1), "an integer >= 1"),
+            "lr": (_positive_float, "a finite number > 0"),
+            "source_lr": (lambda v: v is None or _positive_float(v), "null or a finite number > 0"),
+            "lr_drop": (lambda v: v is None or (_positive_float(v) and v <= 1), "null or a number in (0, 1]"),
+            "log_every": (_int_at_least(1), "an integer >= 1"),
+            "max_tasks": (_int_at_least(1, True), "null or an integer >= 1"),
+        })
+
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from incdet.engine.distributed import resolve_device
+
+    return resolve_device(name)
 
 
 def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: RunSpec) -> dict:
