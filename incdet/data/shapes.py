@@ -25,13 +25,13 @@ do not change when ``n_train`` changes.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from incdet.data.safeload import load_json
+from incdet.data.vocwriter import annotation_xml, save_palette_png, voc_palette  # noqa: F401 - voc_palette re-exported
 from incdet.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -423,56 +424,14 @@ def render_image(rng: np.random.Generator, size: int, min_objects: int = 1, max_
 
 # --------------------------------------------------------------------------- files
 
-def voc_palette() -> List[int]:
-    """The 256-entry VOC colour map (flat list of 768 ints), as in the VOC devkit."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-_PALETTE = voc_palette()
-
-
 def _xml(image_id: str, size: int, objects: Sequence[dict], seed: int) -> str:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "shapes-voc"
-    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
-    src = ET.SubElement(root, "source")
-    ET.SubElement(src, "database").text = "shapes-voc (synthetic)"
-    ET.SubElement(src, "annotation").text = f"incdet make-shapes v{GENERATOR_VERSION} seed {seed}"
-    ET.SubElement(src, "image").text = "synthetic"
-    sz = ET.SubElement(root, "size")
-    ET.SubElement(sz, "width").text = str(size)
-    ET.SubElement(sz, "height").text = str(size)
-    ET.SubElement(sz, "depth").text = "3"
-    ET.SubElement(root, "segmented").text = "1"
-    for ob in objects:
-        o = ET.SubElement(root, "object")
-        ET.SubElement(o, "name").text = SHAPES_CLASSES[ob["label"] - 1]
-        ET.SubElement(o, "pose").text = "Unspecified"
-        ET.SubElement(o, "truncated").text = str(ob["truncated"])
-        ET.SubElement(o, "occluded").text = str(ob["occluded"])
-        ET.SubElement(o, "difficult").text = str(ob["difficult"])
-        bb = ET.SubElement(o, "bndbox")
-        x1, y1, x2, y2 = ob["box"]
-        for tag, v in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
-            ET.SubElement(bb, tag).text = str(v + 1)  # VOC: 1-based inclusive
-    ET.indent(root, space="\t")
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _save_png(arr: np.ndarray, path: Path) -> None:
-    im = Image.fromarray(arr, "P")
-    im.putpalette(_PALETTE)
-    im.save(path, format="PNG", optimize=False, compress_level=6)
+    source = {"database": "shapes-voc (synthetic)",
+              "annotation": f"incdet make-shapes v{GENERATOR_VERSION} seed {seed}", "image": "synthetic"}
+    objs = [{"name": SHAPES_CLASSES[ob["label"] - 1], "truncated": ob["truncated"], "occluded": ob["occluded"],
+             "difficult": ob["difficult"], "bbox": [v + 1 for v in ob["box"]]}  # VOC: 1-based inclusive
+            for ob in objects]
+    return annotation_xml(f"{image_id}.jpg", (size, size), objs, folder="shapes-voc", source=source,
+                          segmented=1, indent="\t") + "\n"
 
 
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -489,8 +448,8 @@ def _make_one(job) -> Tuple[str, List[Tuple[int, int, int, int]]]:
     root = Path(root)
     Image.fromarray(image, "RGB").save(root / "JPEGImages" / f"{image_id}.jpg", format="JPEG", quality=90)
     (root / "Annotations" / f"{image_id}.xml").write_text(_xml(image_id, p.size, objects, p.seed))
-    _save_png(seg_cls, root / "SegmentationClass" / f"{image_id}.png")
-    _save_png(seg_obj, root / "SegmentationObject" / f"{image_id}.png")
+    save_palette_png(seg_cls, root / "SegmentationClass" / f"{image_id}.png")
+    save_palette_png(seg_obj, root / "SegmentationObject" / f"{image_id}.png")
     return split, [(o["label"], o["difficult"], o["truncated"], o["occluded"]) for o in objects]
 
 
@@ -587,33 +546,32 @@ def _is_complete(root: Path, p: ShapesParams) -> bool:
         return False
 
 
-def _params(seed, n_train, n_val, n_test, size, min_objects, max_objects) -> ShapesParams:
-    p = ShapesParams(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, size=size,
-                     min_objects=min_objects, max_objects=max_objects)
+def shapes_params(params: Optional[ShapesParams] = None, **fields) -> ShapesParams:
+    """``params`` (default :class:`ShapesParams`) with ``fields`` (its field names: ``seed``,
+    ``n_train``, ...) replaced, validated; an unknown name is a :class:`ConfigError`."""
+    known = [f.name for f in dataclasses.fields(ShapesParams)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ConfigError(f"shapes-voc: unknown option(s) {unknown}; known: {', '.join(known)}, workers, progress")
+    if params is not None and not isinstance(params, ShapesParams):
+        raise ConfigError(f"shapes-voc: params must be a ShapesParams, got {type(params).__name__}")
+    p = dataclasses.replace(params or ShapesParams(), **fields)
     p.validate()
     return p
 
 
-def make_shapes(
-    out: Union[str, Path],
-    seed: int = 0,
-    n_train: int = ShapesParams.n_train,
-    n_val: int = ShapesParams.n_val,
-    n_test: int = ShapesParams.n_test,
-    size: int = ShapesParams.size,
-    min_objects: int = ShapesParams.min_objects,
-    max_objects: int = ShapesParams.max_objects,
-    workers: int = 1,
-    progress: bool = False,
-) -> Path:
+def make_shapes(out: Union[str, Path], params: Optional[ShapesParams] = None, *, workers: int = 1,
+                progress: bool = False, **fields) -> Path:
     """Build the shapes-voc dataset in ``out`` (always rebuilds) and return ``out``.
 
-    The files are written into a temporary sibling directory that then replaces ``out``, so
-    ``out`` is never left half-written. ``out`` must be absent, empty, or an earlier shapes-voc
-    build (a directory with ``shapes.json``); any other directory raises ``DataError`` rather
-    than being deleted. ``workers`` > 1 draws images in parallel processes (same files).
+    The dataset is ``params`` (a :class:`ShapesParams`, default: its defaults) with ``fields``
+    (``seed=...``, ``n_train=...``, any :class:`ShapesParams` field) replaced. The files are
+    written into a temporary sibling directory that then replaces ``out``, so ``out`` is never
+    left half-written. ``out`` must be absent, empty, or an earlier shapes-voc build (a directory
+    with ``shapes.json``); any other directory raises ``DataError`` rather than being deleted.
+    ``workers`` > 1 draws images in parallel processes (same files).
     """
-    p = _params(seed, n_train, n_val, n_test, size, min_objects, max_objects)
+    p = shapes_params(params, **fields)
     out = Path(out)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -631,29 +589,20 @@ def make_shapes(
     return out
 
 
-def ensure_shapes(
-    out: Union[str, Path],
-    seed: int = 0,
-    n_train: int = ShapesParams.n_train,
-    n_val: int = ShapesParams.n_val,
-    n_test: int = ShapesParams.n_test,
-    size: int = ShapesParams.size,
-    min_objects: int = ShapesParams.min_objects,
-    max_objects: int = ShapesParams.max_objects,
-    workers: int = 1,
-    progress: bool = False,
-) -> Path:
-    """Return ``out`` holding the shapes-voc dataset for these arguments, building it if needed.
+def ensure_shapes(out: Union[str, Path], params: Optional[ShapesParams] = None, *, workers: int = 1,
+                  progress: bool = False, **fields) -> Path:
+    """Return ``out`` holding the shapes-voc dataset for these options (as :func:`make_shapes`),
+    building it if needed.
 
     Re-uses ``out`` when its manifest records the same parameters and generator version and all
     files are present; otherwise rebuilds it as :func:`make_shapes` does.
     """
-    p = _params(seed, n_train, n_val, n_test, size, min_objects, max_objects)
+    p = shapes_params(params, **fields)
     out = Path(out)
     if _is_complete(out, p):
         log.debug("shapes-voc cache hit: %s", out)
         return out
-    return make_shapes(out, workers=workers, progress=progress, **asdict(p))
+    return make_shapes(out, p, workers=workers, progress=progress)
 
 
 def _check_replaceable(out: Path) -> None:

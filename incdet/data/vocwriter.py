@@ -1,6 +1,7 @@
 """Write VOC-layout items (annotation XML, JPEG, palette mask, image-set lists).
 
-Small helpers for building VOC-format datasets (synthetic benchmarks, test fixtures).
+The project's one VOC writer: ``shapes-voc`` (:mod:`incdet.data.shapes`) and the test fixtures
+write their XML and palette PNGs with it.
 Boxes are given in the devkit's 1-based inclusive pixel coordinates, exactly as they
 appear in the XML.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -29,28 +30,57 @@ def voc_palette() -> list:
     return pal
 
 
-def annotation_xml(filename: str, size: Tuple[int, int], objects: Iterable[dict], folder: str = "VOC") -> str:
+_PALETTE = voc_palette()
+
+
+def annotation_xml(
+    filename: str,
+    size: Tuple[int, int],
+    objects: Iterable[dict],
+    folder: str = "VOC",
+    source: Optional[Dict[str, str]] = None,
+    segmented: Optional[int] = None,
+    indent: str = "  ",
+) -> str:
     """XML text for one image. ``size`` is ``(H, W)``; each object is a dict with ``name``,
-    ``bbox`` ``(xmin, ymin, xmax, ymax)`` (1-based), optional ``difficult``, ``truncated``."""
+    ``bbox`` ``(xmin, ymin, xmax, ymax)`` (1-based), optional ``pose``, ``truncated``,
+    ``occluded`` (written only when given), ``difficult``. ``source`` (tag -> text, in order)
+    adds a ``<source>`` block after ``<filename>``; ``segmented`` a ``<segmented>`` flag after
+    ``<size>``; ``indent`` is one indentation level."""
     h, w = size
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = filename
+    if source is not None:
+        src = ET.SubElement(root, "source")
+        for tag, text in source.items():
+            ET.SubElement(src, tag).text = text
     s = ET.SubElement(root, "size")
     ET.SubElement(s, "width").text = str(int(w))
     ET.SubElement(s, "height").text = str(int(h))
     ET.SubElement(s, "depth").text = "3"
+    if segmented is not None:
+        ET.SubElement(root, "segmented").text = str(int(segmented))
     for o in objects:
         e = ET.SubElement(root, "object")
         ET.SubElement(e, "name").text = o["name"]
         ET.SubElement(e, "pose").text = o.get("pose", "Unspecified")
         ET.SubElement(e, "truncated").text = str(int(o.get("truncated", 0)))
+        if "occluded" in o:
+            ET.SubElement(e, "occluded").text = str(int(o["occluded"]))
         ET.SubElement(e, "difficult").text = str(int(o.get("difficult", 0)))
         bb = ET.SubElement(e, "bndbox")
         for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), o["bbox"]):
             ET.SubElement(bb, tag).text = f"{v:g}" if isinstance(v, float) else str(v)
-    ET.indent(root)
+    ET.indent(root, space=indent)
     return ET.tostring(root, encoding="unicode")
+
+
+def save_palette_png(index: np.ndarray, path: Union[str, os.PathLike]) -> None:
+    """Write ``uint8 [H, W]`` indices (class / object ids, 255 void) as a VOC palette PNG."""
+    im = Image.fromarray(np.asarray(index, dtype=np.uint8), "P")
+    im.putpalette(_PALETTE)
+    im.save(path, format="PNG", optimize=False, compress_level=6)
 
 
 def write_voc_item(
@@ -70,9 +100,7 @@ def write_voc_item(
     with open(os.path.join(root, "Annotations", f"{img_id}.xml"), "w", encoding="utf-8") as f:
         f.write(annotation_xml(f"{img_id}.jpg", image.shape[:2], objects))
     if mask is not None:
-        m = Image.fromarray(np.asarray(mask, dtype=np.uint8))  # mode "L"
-        m.putpalette(voc_palette())  # -> mode "P", pixel values unchanged
-        m.save(os.path.join(root, "SegmentationClass", f"{img_id}.png"))
+        save_palette_png(mask, os.path.join(root, "SegmentationClass", f"{img_id}.png"))
 
 
 def write_image_set(root: str, name: str, ids: Sequence[str], image_set_dir: str = "Main") -> None:
