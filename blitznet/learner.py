@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from incdet.engine import LEARNERS, Learner, Task
+from incdet.engine.config import check_choice, check_range
 from incdet.errors import CheckpointError, ConfigError
 
 from blitznet.augment import ResizeOnly, SSDAugment
@@ -51,11 +52,11 @@ class BlitzNetLearnerConfig:
     difficult_as_positive: bool = False
     det_weight: float = 1.0
     seg_weight: float = 1.0
-    distill: bool = True           #: frozen-teacher distillation when a task adds classes
+    distill: str = "l2"            #: frozen-teacher distillation when a task adds classes: l2 | none
     distill_weight: float = 1.0    #: weight of the detection distillation terms
     distill_seg_weight: float = 1.0
     distill_pool: int = 128        #: lowest-background anchors considered per image
-    distill_sample: int = 64       #: of which this many are distilled
+    distill_rois: int = 64         #: of which this many are distilled (the name incdet.fastrcnn uses)
     eval_batch_size: int = 8
     score_thresh: float = 0.01
     pre_nms_top: int = 400
@@ -63,7 +64,29 @@ class BlitzNetLearnerConfig:
     per_class: int = 50
     max_det: int = 200
     nms_method: str = "auto"           #: auto (cluster on CUDA, batched on CPU) | cluster | batched
-    use_07_metric: bool = False
+    use_07_metric: bool = False    #: VOC2007 11-point AP instead of the all-point AP
+
+    def __post_init__(self) -> None:
+        """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
+        key (``learner.KEY``) and the valid range, when the config is built."""
+        if isinstance(self.model, dict):
+            self.model = BlitzNetConfig.from_dict(self.model)
+        S = "learner"
+        check_range(S, "max_expand", self.max_expand, 1)
+        check_range(S, "neg_pos_ratio", self.neg_pos_ratio, 0, lo_open=True)
+        check_range(S, "min_negatives", self.min_negatives, 0)
+        for k in ("det_weight", "seg_weight", "distill_weight", "distill_seg_weight"):
+            check_range(S, k, getattr(self, k), 0)
+        check_choice(S, "distill", self.distill, ("l2", "none"))
+        check_range(S, "distill_pool", self.distill_pool, 1)
+        check_range(S, "distill_rois", self.distill_rois, 1, self.distill_pool)
+        check_range(S, "eval_batch_size", self.eval_batch_size, 1)
+        check_range(S, "score_thresh", self.score_thresh, 0, 1, hi_open=True)
+        check_range(S, "pre_nms_top", self.pre_nms_top, 1)
+        check_range(S, "nms_iou", self.nms_iou, 0, 1, lo_open=True)
+        check_range(S, "per_class", self.per_class, 1)
+        check_range(S, "max_det", self.max_det, 1)
+        check_choice(S, "nms_method", self.nms_method, ("auto", "cluster", "batched"))
 
 
 class _TrainItems(Dataset):
@@ -98,11 +121,8 @@ class BlitzNetLearner(Learner):
 
             config = build_dataclass(BlitzNetLearnerConfig, config, "learner")
         super().__init__(config, device)
-        if isinstance(config.model, dict):
-            config.model = BlitzNetConfig.from_dict(config.model)
+        config.__post_init__()  # the checks again, for fields changed after construction
         config.model.validate()
-        if config.nms_method not in ("auto", "cluster", "batched"):
-            raise ConfigError(f"learner.nms_method must be 'auto', 'cluster' or 'batched', got {config.nms_method!r}")
         self.classes: List[str] = []
         self.version = 0
         self._cache_version = -1
@@ -123,7 +143,7 @@ class BlitzNetLearner(Learner):
             if n < old:
                 raise ConfigError(f"task {task.name}: {n} seen classes but the model already has {old}")
             if n > old:
-                self.teacher = self.make_teacher() if self.config.distill else None
+                self.teacher = self.make_teacher() if self.config.distill != "none" else None
                 self.unwrapped.add_classes(n - old)
         self.classes = list(task.seen_classes)
         self.version += 1
@@ -161,7 +181,7 @@ class BlitzNetLearner(Learner):
         if self.teacher is not None:
             with torch.no_grad():
                 t_out = self.teacher(x)
-            dl = distillation_loss(out, t_out, self.teacher.config.num_classes, c.distill_pool, c.distill_sample)
+            dl = distillation_loss(out, t_out, self.teacher.config.num_classes, c.distill_pool, c.distill_rois)
             losses.update(dl)
             for k, v in dl.items():
                 total = total + (c.distill_seg_weight if k.endswith("seg") else c.distill_weight) * v

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from incdet.engine.config import check_choice, check_range
 from incdet.errors import CheckpointError, ConfigError
 
 from blitznet.anchors import anchor_count, anchors_per_location, conv_out, generate_anchors, ssd_scales
@@ -78,20 +79,30 @@ class BlitzNetConfig:
     first_scale: Optional[float] = 0.1
     clip_anchors: bool = True
 
-    def validate(self) -> "BlitzNetConfig":
-        if self.backbone not in _BACKBONES:
-            raise ConfigError(f"model.backbone: unknown {self.backbone!r}; known: {', '.join(_BACKBONES)}")
-        if self.final_stride not in (4, 8):
-            raise ConfigError(f"model.final_stride must be 4 or 8, got {self.final_stride}")
-        if self.fusion not in FUSIONS:
-            raise ConfigError(f"model.fusion: unknown {self.fusion!r}; known: {', '.join(FUSIONS)}")
+    def __post_init__(self) -> None:
+        """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
+        key (``learner.model.KEY``; a weights file holds the same keys) and the valid range."""
+        S = "learner.model"
+        check_choice(S, "backbone", self.backbone, tuple(_BACKBONES))
+        check_choice(S, "final_stride", self.final_stride, (4, 8))
+        check_choice(S, "fusion", self.fusion, tuple(FUSIONS))
         if not (self.detection or self.segmentation):
-            raise ConfigError("model: at least one of detection / segmentation must be enabled")
-        if self.num_classes < 1:
-            raise ConfigError(f"model.num_classes must be >= 1, got {self.num_classes}")
-        if self.input_size < 32:
-            raise ConfigError(f"model.input_size must be >= 32, got {self.input_size}")
+            raise ConfigError(f"{S}: at least one of detection / segmentation must be enabled")
+        check_range(S, "num_classes", self.num_classes, 1)
+        check_range(S, "input_size", self.input_size, 32)
+        check_range(S, "n_extra", self.n_extra, 0, allow_none=True)
+        check_range(S, "channels", self.channels, 1)
+        check_range(S, "seg_channels", self.seg_channels, 1)
+        for r in self.aspect_ratios:
+            check_range(S, "aspect_ratios", r, 0, lo_open=True)
+        check_range(S, "min_scale", self.min_scale, 0, lo_open=True)
+        check_range(S, "max_scale", self.max_scale, self.min_scale)
+        check_range(S, "first_scale", self.first_scale, 0, lo_open=True, allow_none=True)
         self.aspect_ratios = [float(r) for r in self.aspect_ratios]
+
+    def validate(self) -> "BlitzNetConfig":
+        """The value checks of construction again (after fields were changed); returns self."""
+        self.__post_init__()
         return self
 
     @classmethod

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from blitznet.cli import main
+from conftest import BLITZNET_CONFIG, BLITZNET_TINY, as_cli_sets, tiny_overrides
 from blitznet.learner import BlitzNetLearner, BlitzNetLearnerConfig
 from blitznet.model import BlitzNetConfig
 from blitznet.predict import BlitzNetPredictor, load_weights, save_weights
@@ -219,12 +220,8 @@ def test_driver_shapes_incremental_run(tmp_path):
     mAP and mIoU for every (after-task, task) pair."""
     pytest.importorskip("incdet.data.shapes")
     run = tmp_path / "run"
-    rc = main(["train", str(REPO / "configs" / "blitznet" / "shapes_15+5.yaml"), "--out", str(run), "--quiet", "--device", "cpu",
-               "--set", f"tasks.root={tmp_path / 'shapes'}", "--set", "tasks.shapes={n_train: 12, n_test: 4, n_val: 0, size: 64}",
-               "--set", "train.iterations=2", "--set", "train.first_task.iterations=2",
-               "--set", "train.first_task.lr_steps=[]", "--set", "train.lr_steps=[]", "--set", "train.batch_size=2",
-               "--set", "train.num_workers=0", "--set", "learner.model.input_size=64", "--set", "learner.model.channels=16",
-               "--set", "learner.model.seg_channels=4", "--set", "learner.eval_batch_size=4"])
+    rc = main(["train", str(BLITZNET_CONFIG), "--out", str(run), "--quiet", "--device", "cpu",
+               *as_cli_sets(tiny_overrides(BLITZNET_TINY, tmp_path / "shapes"))])
     assert rc == 0
     res = json.loads((run / "results.json").read_text())
     assert res["metric"] == "mAP" and len(res["matrix"]) == 2

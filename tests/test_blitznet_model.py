@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +180,30 @@ def test_bad_config_errors():
         BlitzNetConfig(fusion="nope").validate()
     with pytest.raises(ConfigError, match="valid"):
         BlitzNetConfig.from_dict({"chanels": 3})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learner.distill=false", "learner.distill must be str"),  # was a bool; now l2 | none as in incdet
+    ("learner.distill=kd", "learner.distill must be one of 'l2', 'none', got 'kd'"),
+    ("learner.distill_rois=0", "learner.distill_rois must be >= 1 and <= 128, got 0"),
+    ("learner.distill_sample=64", "unknown key learner.distill_sample"),  # renamed distill_rois
+    ("learner.nms_iou=1.5", "learner.nms_iou must be > 0 and <= 1, got 1.5"),
+    ("learner.score_thresh=-0.1", "learner.score_thresh must be >= 0 and < 1, got -0.1"),
+    ("learner.neg_pos_ratio=0", "learner.neg_pos_ratio must be > 0, got 0"),
+    ("learner.max_expand=0.5", "learner.max_expand must be >= 1, got 0.5"),
+    ("learner.nms_method=fast", "learner.nms_method must be one of 'auto', 'cluster', 'batched', got 'fast'"),
+    ("learner.model.channels=0", "learner.model.channels must be >= 1, got 0"),
+    ("learner.model.min_scale=0", "learner.model.min_scale must be > 0, got 0"),
+    ("learner.model.max_scale=0.1", "learner.model.max_scale must be >= 0.2, got 0.1"),
+    ("learner.model.final_stride=16", "learner.model.final_stride must be one of 4, 8, got 16"),
+    ("learner.model.aspect_ratios=[2,-3]", "learner.model.aspect_ratios must be > 0, got -3"),
+])
+def test_bad_learner_values_name_key_and_range(override, message):
+    """Value checks in ``__post_init__``: one ConfigError naming the key, the range and the file."""
+    from incdet.engine.config import load_config
+    from incdet.errors import ConfigError
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "blitznet" / "shapes_15+5.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg, [override])
+    assert message in str(e.value) and str(cfg) in str(e.value)

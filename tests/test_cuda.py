@@ -12,28 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import (BLITZNET_CONFIG, BLITZNET_TINY, INCDET_CONFIG, INCDET_TINY, as_cli_sets, codec_tiny_config,
+                      tiny_overrides)
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _incdet_overrides(tmp_path, amp):
-    return [
-        f"tasks.root={tmp_path / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 8, size: 64}",
-        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=150",
-        "learner.model.width=16", "learner.model.min_size=64", "learner.model.max_size=64",
-        "learner.model.rois_per_image=16", "train.iterations=3", "train.first_task.iterations=4",
-        "train.first_task.lr_steps=[]", "train.lr_steps=[]", "train.warmup_iters=0", "train.num_workers=0",
-        "train.checkpoint_every=2", f"train.amp={amp}",
-    ]
+    return tiny_overrides(INCDET_TINY, tmp_path / "shapes", "train.iterations=3", "train.first_task.iterations=4",
+                          "train.checkpoint_every=2", f"train.amp={amp}")
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "none"])
 def test_incdet_driver_on_cuda(tmp_path, amp):
     from incdet.engine.trainer import run_training
 
-    cfg = REPO / "configs" / "incdet" / "shapes_15+5.yaml"
-    res = run_training(cfg, _incdet_overrides(tmp_path, amp), run_dir=tmp_path / "run", device="cuda", quiet=True)
+    res = run_training(INCDET_CONFIG, _incdet_overrides(tmp_path, amp), run_dir=tmp_path / "run", device="cuda", quiet=True)
     assert res.tasks == ["1-15", "16-20"]
     out = json.loads((tmp_path / "run" / "results.json").read_text())
     assert all(v is not None for v in out["matrix"][1])
@@ -67,13 +63,9 @@ def test_blitznet_driver_on_cuda(tmp_path, amp):
     from blitznet.predict import load_weights
 
     run = tmp_path / "run"
-    rc = main(["train", str(REPO / "configs" / "blitznet" / "shapes_15+5.yaml"), "--out", str(run), "--quiet",
-               "--device", "cuda",
-               "--set", f"tasks.root={tmp_path / 'shapes'}", "--set", "tasks.shapes={n_train: 12, n_test: 4, n_val: 0, size: 64}",
-               "--set", "train.iterations=3", "--set", "train.first_task.iterations=3",
-               "--set", "train.first_task.lr_steps=[]", "--set", "train.lr_steps=[]", "--set", "train.batch_size=2",
-               "--set", "train.num_workers=0", "--set", "learner.model.input_size=64", "--set", "learner.model.channels=16",
-               "--set", "learner.model.seg_channels=4", "--set", "learner.eval_batch_size=4", "--set", f"train.amp={amp}"])
+    rc = main(["train", str(BLITZNET_CONFIG), "--out", str(run), "--quiet", "--device", "cuda",
+               *as_cli_sets(tiny_overrides(BLITZNET_TINY, tmp_path / "shapes", "train.iterations=3",
+                                           "train.first_task.iterations=3", f"train.amp={amp}"))])
     assert rc == 0
     res = json.loads((run / "results.json").read_text())
     assert len(res["matrix"]) == 2 and all(v is not None for v in res["matrix"][1])
@@ -90,13 +82,7 @@ def test_codec_driver_on_cuda(tmp_path):
     dom = REPO.parent / "shared" / "data" / "domains"
     if not dom.is_dir():
         pytest.skip("../shared/data/domains absent")
-    cfg = {
-        "experiment": {"name": "t", "seed": 0, "out": str(tmp_path), "device": "cuda"},
-        "tasks": {"builder": "domains", "sequence": ["photo", "sketch"], "eval_sets": {}, "data_root": str(dom.parent),
-                  "crop": 32, "max_train_images": 4, "max_eval_images": 1},
-        "learner": {"name": "codec.cawf", "N": 8, "K": 2, "eval_msssim": False},
-        "train": {"iterations": 2, "batch_size": 2, "optimizer": "adam", "lr": 0.001, "amp": "none", "checkpoint_every": 0},
-    }
+    cfg = codec_tiny_config(dom, tmp_path, device="cuda")
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(cfg))
     run_training(str(f), run_dir=tmp_path / "run", quiet=True)

@@ -11,6 +11,7 @@ from incdet.engine import LEARNERS
 from incdet.models.learner import FastRCNNLearner, FastRCNNLearnerConfig
 from incdet.models.proposals import save_npz
 
+from conftest import INCDET_CONFIG, INCDET_TINY, tiny_overrides
 from test_incdet_helpers import make_tasks, tiny_model_config
 
 
@@ -223,20 +224,10 @@ def test_bad_config_values(tmp_path, tasks):
 
 def test_driver_pipeline_on_tiny_shapes(tmp_path):
     """configs/incdet/shapes_15+5.yaml through the driver, shrunk: 2 tasks, a few iterations."""
-    from pathlib import Path
-
     from incdet.engine.trainer import run_training
 
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "incdet" / "shapes_15+5.yaml"
-    overrides = [
-        f"tasks.root={tmp_path / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 8, size: 64}",
-        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=150",
-        "learner.model.width=16", "learner.model.min_size=64", "learner.model.max_size=64",
-        "learner.model.rois_per_image=16", "train.iterations=2", "train.first_task.iterations=3",
-        "train.first_task.lr_steps=[]", "train.lr_steps=[]", "train.warmup_iters=0", "train.num_workers=0",
-        "train.checkpoint_every=0",
-    ]
-    res = run_training(cfg, overrides, run_dir=tmp_path / "run", device="cpu", quiet=True)
+    overrides = tiny_overrides(INCDET_TINY, tmp_path / "shapes")
+    res = run_training(INCDET_CONFIG, overrides, run_dir=tmp_path / "run", device="cpu", quiet=True)
     assert res.tasks == ["1-15", "16-20"]
     import json
 
@@ -267,18 +258,11 @@ def test_ewc_variant_can_start_from_a_run_trained_without_ewc(tmp_path):
     """tasks.init_from a run without EWC: the Fisher of task 0 is computed when the EWC run starts
     (init_from_task_end), the saved strength 0 does not override the config, and the penalty is
     active in the incremental step (it used to be silently naive fine-tuning)."""
-    from pathlib import Path
-
     from incdet.engine.trainer import run_training
 
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "incdet" / "shapes_15+5.yaml"
-    common = [
-        f"tasks.root={tmp_path / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 4, size: 64}",
-        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=100",
-        "learner.model.min_size=64", "learner.model.max_size=64", "learner.model.rois_per_image=16",
-        "train.iterations=2", "train.first_task.iterations=2", "train.first_task.lr_steps=[]", "train.lr_steps=[]",
-        "train.warmup_iters=0", "train.checkpoint_every=0", "train.log_every=1",
-    ]
+    cfg = INCDET_CONFIG
+    common = tiny_overrides(INCDET_TINY, tmp_path / "shapes", "tasks.shapes={n_train: 24, n_val: 0, n_test: 4, size: 64}",
+                            "learner.max_proposals=100", "train.first_task.iterations=2", "train.log_every=1")
     run_training(cfg, common, run_dir=tmp_path / "a", device="cpu", quiet=True)
     a0 = torch.load(tmp_path / "a" / "checkpoints" / "task0.pt", weights_only=True)
     assert not a0["learner"]["ewc"]["fisher"]

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import INCDET_CONFIG, INCDET_TINY, tiny_overrides
 from incdet.cli import main
 from incdet.errors import CheckpointError
 
@@ -14,15 +15,10 @@ def run(tmp_path_factory):
     from incdet.engine.trainer import run_training
 
     tmp = tmp_path_factory.mktemp("pred")
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "incdet" / "shapes_15+5.yaml"
-    overrides = [
-        f"tasks.root={tmp / 'shapes'}", "tasks.shapes={n_train: 24, n_val: 0, n_test: 4, size: 64}",
-        "learner.proposals=sliding_window", "learner.proposal_cache=null", "learner.max_proposals=100",
-        "learner.model.min_size=64", "learner.model.max_size=64", "learner.model.rois_per_image=16",
-        "learner.model.score_thresh=0.0", "train.iterations=2", "train.first_task.iterations=2",
-        "train.first_task.lr_steps=[]", "train.lr_steps=[]", "train.warmup_iters=0", "train.checkpoint_every=0",
-    ]
-    run_training(cfg, overrides, run_dir=tmp / "run", device="cpu", quiet=True)
+    overrides = tiny_overrides(INCDET_TINY, tmp / "shapes", "tasks.shapes={n_train: 24, n_val: 0, n_test: 4, size: 64}",
+                               "learner.max_proposals=100", "learner.model.score_thresh=0.0",
+                               "train.first_task.iterations=2")
+    run_training(INCDET_CONFIG, overrides, run_dir=tmp / "run", device="cpu", quiet=True)
     return tmp
 
 

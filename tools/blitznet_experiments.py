@@ -66,7 +66,7 @@ EXPERIMENTS: List[Experiment] = [
                label="plain (ResSkip without the residual)"),
     Experiment("fusion_hourglass", JOINT_CFG, "shapes", ["learner.model.fusion=hourglass"], label="hourglass"),
     Experiment("inc15+5_distill", INC_CFG, "inc", [], label="+B(16-20) with distillation"),
-    Experiment("inc15+5_naive", INC_CFG, "inc", ["learner.distill=false"], init_from="inc15+5_distill",
+    Experiment("inc15+5_naive", INC_CFG, "inc", ["learner.distill=none"], init_from="inc15+5_distill",
                label="+B(16-20) without distillation (naive fine-tuning)"),
     # probe (not in the paper): distillation terms x10, same A
     Experiment("inc15+5_distill_w10", INC_CFG, "inc", ["learner.distill_weight=10", "learner.distill_seg_weight=10"],

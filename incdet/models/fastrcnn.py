@@ -25,6 +25,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import batched_nms, roi_align, roi_pool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from incdet.engine.config import check_choice, check_range
 from incdet.errors import CheckpointError, ConfigError
 from incdet.models.sampling import BoxCoder, SamplerConfig, sample_rois
 
@@ -76,25 +77,42 @@ class DetectorConfig:
     detections_per_img: int = 100
     roi_chunk: int = 512  # RoIs per head pass when scoring all proposals
 
+    def __post_init__(self) -> None:
+        """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
+        key (``learner.model.KEY``) and the valid range, when the config is built."""
+        S = "learner.model"
+        check_choice(S, "depth", self.depth, sorted(_DEPTHS))
+        check_range(S, "width", self.width, 8)
+        if self.width % 8:
+            raise ConfigError(f"{S}.width must be a multiple of 8, got {self.width}")
+        check_choice(S, "norm", self.norm, ("auto", "frozen_bn", "bn", "gn"))
+        check_range(S, "freeze_at", self.freeze_at, -1, 2)
+        check_choice(S, "roi_op", self.roi_op, ("pool", "align"))
+        check_range(S, "roi_size", self.roi_size, 1)
+        check_choice(S, "res5_stride", self.res5_stride, (1, 2))
+        if len(self.box_std) != 4:
+            raise ConfigError(f"{S}.box_std must have 4 values, got {list(self.box_std)}")
+        for v in self.box_std:
+            check_range(S, "box_std", v, 0, lo_open=True)
+        check_range(S, "min_size", self.min_size, 1)
+        check_range(S, "max_size", self.max_size, self.min_size)
+        check_range(S, "rois_per_image", self.rois_per_image, 1)
+        check_range(S, "fg_fraction", self.fg_fraction, 0, 1, lo_open=True)
+        check_range(S, "fg_iou", self.fg_iou, 0, 1, lo_open=True)
+        check_range(S, "bg_iou_lo", self.bg_iou_lo, 0, self.fg_iou, hi_open=True)
+        check_range(S, "gt_jitter", self.gt_jitter, 0)
+        check_range(S, "gt_jitter_scale", self.gt_jitter_scale, 0)
+        check_range(S, "smooth_l1_beta", self.smooth_l1_beta, 0)
+        check_range(S, "score_thresh", self.score_thresh, 0, 1, hi_open=True)
+        check_range(S, "nms_iou", self.nms_iou, 0, 1, lo_open=True)
+        check_range(S, "detections_per_img", self.detections_per_img, 1)
+        check_range(S, "roi_chunk", self.roi_chunk, 1)
+
     def validate(self) -> None:
-        if self.depth not in _DEPTHS:
-            raise ConfigError(f"model depth {self.depth} not supported; choose one of {sorted(_DEPTHS)}")
-        if self.norm not in ("auto", "frozen_bn", "bn", "gn"):
-            raise ConfigError(f"norm {self.norm!r} unknown; choose auto, frozen_bn, bn or gn")
-        if self.roi_op not in ("pool", "align"):
-            raise ConfigError(f"roi_op {self.roi_op!r} unknown; choose pool or align")
-        if self.res5_stride not in (1, 2):
-            raise ConfigError(f"res5_stride must be 1 or 2, got {self.res5_stride}")
-        if self.width < 8 or self.width % 8:
-            raise ConfigError(f"width must be a multiple of 8, got {self.width}")
-        if self.min_size <= 0 or self.max_size < self.min_size:
-            raise ConfigError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
-        if not 0 < self.fg_fraction <= 1 or self.rois_per_image <= 0:
-            raise ConfigError("need rois_per_image > 0 and 0 < fg_fraction <= 1")
-        if not 0 <= self.bg_iou_lo < self.fg_iou:
-            raise ConfigError(f"need 0 <= bg_iou_lo < fg_iou, got {self.bg_iou_lo}, {self.fg_iou}")
+        """The value checks of construction, and that a ``weights`` file exists."""
+        self.__post_init__()
         if self.weights is not None and not os.path.isfile(self.weights):
-            raise ConfigError(f"model weights file {self.weights} does not exist")
+            raise ConfigError(f"learner.model.weights: file {self.weights} does not exist")
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(self.rois_per_image, self.fg_fraction, self.fg_iou, self.fg_iou,
@@ -200,7 +218,7 @@ def load_resnet_weights(net: ResNetC4, path: str) -> None:
         raise CheckpointError(f"{path}: expected a state_dict (dict of tensors), got {type(state).__name__}")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    own = net.state_dict()
+    own = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from incdet.engine import LEARNERS, Task
+from incdet.engine.config import check_choice, check_range
 from incdet.engine.learner import Learner
 from incdet.errors import CheckpointError, ConfigError
 from incdet.models.dataset import ProposalDetectionDataset, collate, ensure_computed
@@ -89,22 +90,40 @@ class FastRCNNLearnerConfig:
     bn_stats: str = "update"
     ewc_batches: int = 50
     eval_batch_size: int = 2
-    ap_07_metric: bool = False  # VOC2007 11-point AP instead of the all-point AP
+    use_07_metric: bool = False  # VOC2007 11-point AP instead of the all-point AP
+
+    def __post_init__(self) -> None:
+        """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
+        key (``learner.KEY``) and the valid range, when the config is built."""
+        if isinstance(self.model, dict):
+            self.model = DetectorConfig(**self.model)
+        S = "learner"
+        check_range(S, "max_proposals", self.max_proposals, 1)
+        check_range(S, "proposal_nms", self.proposal_nms, 0, 1, lo_open=True, allow_none=True)
+        check_range(S, "proposal_max_side", self.proposal_max_side, 1)
+        check_range(S, "proposal_workers", self.proposal_workers, 0)
+        check_range(S, "flip_prob", self.flip_prob, 0, 1)
+        check_range(S, "min_positives", self.min_positives, 0)
+        check_choice(S, "distill", self.distill, ("l2", "ce", "none"))
+        check_range(S, "distill_weight", self.distill_weight, 0)
+        check_choice(S, "distill_box_loss", self.distill_box_loss, ("l2", "smooth_l1"))
+        check_choice(S, "distill_center", self.distill_center, ("old", "all"))
+        check_choice(S, "distill_sampling", self.distill_sampling, ("biased", "unbiased"))
+        check_range(S, "distill_pool", self.distill_pool, 1)
+        # biased sampling draws distill_rois of the distill_pool candidates
+        check_range(S, "distill_rois", self.distill_rois, 1,
+                    self.distill_pool if self.distill_sampling == "biased" else None)
+        check_range(S, "teacher_max_proposals", self.teacher_max_proposals, 1, allow_none=True)
+        check_choice(S, "freeze", self.freeze, ("none", "trunk", "all_but_new"))
+        check_range(S, "ewc_weight", self.ewc_weight, 0)
+        check_choice(S, "bn_stats", self.bn_stats, ("update", "frozen"))
+        check_range(S, "ewc_batches", self.ewc_batches, 1)
+        check_range(S, "eval_batch_size", self.eval_batch_size, 1)
 
     def validate(self) -> None:
+        """The value checks of construction (and of the model config, with its weights file)."""
+        self.__post_init__()
         self.model.validate()
-        choices = {"distill": ("l2", "ce", "none"), "distill_sampling": ("biased", "unbiased"),
-                   "distill_center": ("old", "all"), "distill_box_loss": ("l2", "smooth_l1"),
-                   "freeze": ("none", "trunk", "all_but_new"), "bn_stats": ("update", "frozen")}
-        for k, allowed in choices.items():
-            if getattr(self, k) not in allowed:
-                raise ConfigError(f"learner.{k} = {getattr(self, k)!r}; choose one of {', '.join(allowed)}")
-        if self.distill_rois <= 0 or self.distill_pool < self.distill_rois and self.distill_sampling == "biased":
-            raise ConfigError("need 0 < distill_rois <= distill_pool")
-        if self.max_proposals <= 0:
-            raise ConfigError("max_proposals must be positive")
-        if not 0 <= self.flip_prob <= 1:
-            raise ConfigError("flip_prob must be in [0, 1]")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -386,7 +405,7 @@ class FastRCNNLearner(Learner):
             preds[s.image_id] = {k: v[keep] for k, v in d.items()}
             gts.append(s)
         names = list(task.seen_classes)
-        res = voc_evaluate(preds, gts, names, use_07_metric=self.config.ap_07_metric)
+        res = voc_evaluate(preds, gts, names, use_07_metric=self.config.use_07_metric)
         out: Dict[str, float] = {f"AP/{n}": to_percent(res.ap[n]) for n in names}
         out["mAP_new"] = group_map(res.ap, names[task.n_old: n_seen])
         if task.n_old:  # left out for the first task (no old classes)
