@@ -22,7 +22,7 @@ GOLDEN_XML = (
 
 def test_shapes_xml_is_the_former_text():
     ob = {"label": 3, "truncated": 1, "occluded": 0, "difficult": 1, "box": (0, 5, np.int64(30), 63)}
-    text = shapes._xml("train_000001", 64, [ob], seed=7)
+    text = shapes.shapes_xml("train_000001", 64, [ob], seed=7)
     assert text == GOLDEN_XML.format(v=shapes.GENERATOR_VERSION, name=shapes.SHAPES_CLASSES[2])
 
 

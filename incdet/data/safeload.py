@@ -20,7 +20,6 @@ pickle can make the reader allocate more than the file holds.
 """
 from __future__ import annotations
 
-import _compat_pickle
 import collections
 import io
 import json
@@ -194,11 +193,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             self.allowed.update(extra)
 
     def find_class(self, module: str, name: str):
-        # protocol 0-2 pickles name Python 2 modules (__builtin__, copy_reg): map them as pickle does
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
+        # protocol 0-2 pickles name Python 2's __builtin__ (pickle maps it with fix_imports)
+        if module == "__builtin__":
+            module = "builtins"
         obj = self.allowed.get((module, name))
         if obj is not None:
             return obj

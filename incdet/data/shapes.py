@@ -424,7 +424,8 @@ def render_image(rng: np.random.Generator, size: int, min_objects: int = 1, max_
 
 # --------------------------------------------------------------------------- files
 
-def _xml(image_id: str, size: int, objects: Sequence[dict], seed: int) -> str:
+def shapes_xml(image_id: str, size: int, objects: Sequence[dict], seed: int) -> str:
+    """The annotation XML text of one generated image (written by :mod:`incdet.data.vocwriter`)."""
     source = {"database": "shapes-voc (synthetic)",
               "annotation": f"incdet make-shapes v{GENERATOR_VERSION} seed {seed}", "image": "synthetic"}
     objs = [{"name": SHAPES_CLASSES[ob["label"] - 1], "truncated": ob["truncated"], "occluded": ob["occluded"],
@@ -447,7 +448,7 @@ def _make_one(job) -> Tuple[str, List[Tuple[int, int, int, int]]]:
     image, seg_cls, seg_obj, objects = render_image(rng, p.size, p.min_objects, p.max_objects)
     root = Path(root)
     Image.fromarray(image, "RGB").save(root / "JPEGImages" / f"{image_id}.jpg", format="JPEG", quality=90)
-    (root / "Annotations" / f"{image_id}.xml").write_text(_xml(image_id, p.size, objects, p.seed))
+    (root / "Annotations" / f"{image_id}.xml").write_text(shapes_xml(image_id, p.size, objects, p.seed))
     save_palette_png(seg_cls, root / "SegmentationClass" / f"{image_id}.png")
     save_palette_png(seg_obj, root / "SegmentationObject" / f"{image_id}.png")
     return split, [(o["label"], o["difficult"], o["truncated"], o["occluded"]) for o in objects]

@@ -33,7 +33,7 @@ import numpy as np
 from incdet.data.cocofile import check_coco_dataset
 from incdet.data.safeload import short_repr
 from incdet.errors import ConfigError, DataError
-from incdet.eval.voc import XYWH_RULES, _np, xyxy_to_xywh
+from incdet.eval.voc import XYWH_RULES, as_numpy, xyxy_to_xywh
 
 __all__ = ["COCOResult", "build_coco_gt", "coco_evaluate", "predictions_to_coco_results"]
 
@@ -73,12 +73,12 @@ def build_coco_gt(samples, classes: Sequence[str], xywh_rule: str = "x+w"):
         h, w = (s.orig_size if s.orig_size is not None else (0, 0))
         images.append({"id": iid, "height": int(h), "width": int(w), "file_name": str(s.image_id)})
         boxes = xyxy_to_xywh(s.boxes, xywh_rule)
-        labels = _np(s.labels, np.int64).ravel()
+        labels = as_numpy(s.labels, np.int64).ravel()
         crowd = np.zeros(len(labels), bool)
         for attr in ("ignore", "difficult"):
             v = getattr(s, attr, None)
             if v is not None:
-                crowd |= _np(v, bool).ravel()
+                crowd |= as_numpy(v, bool).ravel()
         for b, l, c in zip(boxes, labels, crowd):
             if not 1 <= l <= nc:
                 raise DataError(f"image {s.image_id!r}: gt label {int(l)} outside 1..{nc}")
@@ -104,8 +104,8 @@ def predictions_to_coco_results(
     out = []
     for img, p in predictions.items():
         boxes = xyxy_to_xywh(p["boxes"], xywh_rule)
-        scores = _np(p["scores"], np.float64).ravel()
-        labels = _np(p["labels"], np.int64).ravel()
+        scores = as_numpy(p["scores"], np.float64).ravel()
+        labels = as_numpy(p["labels"], np.int64).ravel()
         iid = id_map[img] if id_map is not None and img in id_map else img
         for b, s, l in zip(boxes, scores, labels):
             cat = int(label_to_category[l - 1]) if label_to_category is not None else int(l)

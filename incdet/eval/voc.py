@@ -78,6 +78,7 @@ XYWH_RULES = ("x+w", "x+w-1")
 __all__ = [
     "IOU_RULES",
     "XYWH_RULES",
+    "as_numpy",
     "ClassAP",
     "VOCResult",
     "box_iou",
@@ -89,7 +90,7 @@ __all__ = [
 ]
 
 
-def _np(x: Any, dtype=None) -> np.ndarray:
+def as_numpy(x: Any, dtype=None) -> np.ndarray:
     """Array from a numpy array, list or torch tensor (without importing torch)."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
@@ -105,7 +106,7 @@ def xywh_to_xyxy(boxes: Any, rule: str = "x+w") -> np.ndarray:
     """
     if rule not in XYWH_RULES:
         raise ConfigError(f"xywh rule must be one of {XYWH_RULES}, got {rule!r}")
-    b = _np(boxes, np.float64).reshape(-1, 4)
+    b = as_numpy(boxes, np.float64).reshape(-1, 4)
     out = b.copy()
     out[:, 2] = b[:, 0] + b[:, 2]
     out[:, 3] = b[:, 1] + b[:, 3]
@@ -119,7 +120,7 @@ def xyxy_to_xywh(boxes: Any, rule: str = "x+w") -> np.ndarray:
     """Inverse of :func:`xywh_to_xyxy` for the same ``rule`` (``w = x2 - x1 [+ 1]``)."""
     if rule not in XYWH_RULES:
         raise ConfigError(f"xywh rule must be one of {XYWH_RULES}, got {rule!r}")
-    b = _np(boxes, np.float64).reshape(-1, 4)
+    b = as_numpy(boxes, np.float64).reshape(-1, 4)
     out = b.copy()
     out[:, 2] = b[:, 2] - b[:, 0]
     out[:, 3] = b[:, 3] - b[:, 1]
@@ -131,8 +132,8 @@ def xyxy_to_xywh(boxes: Any, rule: str = "x+w") -> np.ndarray:
 
 def box_iou(dets: Any, gts: Any, plus_one: bool = True) -> np.ndarray:
     """IoU matrix ``[N, M]`` between xyxy boxes, with the formula of the module docstring."""
-    d = _np(dets, np.float64).reshape(-1, 4)
-    g = _np(gts, np.float64).reshape(-1, 4)
+    d = as_numpy(dets, np.float64).reshape(-1, 4)
+    g = as_numpy(gts, np.float64).reshape(-1, 4)
     e = 1.0 if plus_one else 0.0
     ixmin = np.maximum(g[None, :, 0], d[:, None, 0])
     iymin = np.maximum(g[None, :, 1], d[:, None, 1])
@@ -154,8 +155,8 @@ def voc_ap(rec: Any, prec: Any, use_07_metric: bool = False) -> float:
 
     Same arithmetic as py-faster-rcnn's ``voc_ap`` (see the module docstring).
     """
-    rec = _np(rec, np.float64).ravel()
-    prec = _np(prec, np.float64).ravel()
+    rec = as_numpy(rec, np.float64).ravel()
+    prec = as_numpy(prec, np.float64).ravel()
     if use_07_metric:
         ap = 0.0
         for t in np.arange(0.0, 1.1, 0.1):
@@ -226,8 +227,8 @@ def evaluate_class(
         iou_thresh, use_07_metric, iou_rule, plus_one, use_difficult: see the module docstring.
     """
     _check_options(iou_thresh, iou_rule)
-    scores = _np(det_scores, np.float64).ravel()
-    boxes = _np(det_boxes, np.float64).reshape(-1, 4)
+    scores = as_numpy(det_scores, np.float64).ravel()
+    boxes = as_numpy(det_boxes, np.float64).reshape(-1, 4)
     ids = list(det_image_ids)
     nd = len(ids)
     if scores.shape[0] != nd or boxes.shape[0] != nd:
@@ -239,8 +240,8 @@ def evaluate_class(
     gtd: Dict[Hashable, np.ndarray] = {}
     npos = 0
     for k, (b, dif) in gt.items():
-        b = _np(b, np.float64).reshape(-1, 4)
-        dif = _np(dif, bool).ravel() if dif is not None else np.zeros(len(b), bool)
+        b = as_numpy(b, np.float64).reshape(-1, 4)
+        dif = as_numpy(dif, bool).ravel() if dif is not None else np.zeros(len(b), bool)
         if dif.shape[0] != b.shape[0]:
             raise ValueError(f"image {k!r}: {b.shape[0]} gt boxes but {dif.shape[0]} difficult flags")
         if use_difficult:
@@ -327,13 +328,13 @@ def _gt_items(ground_truth) -> Iterable[Tuple[Hashable, np.ndarray, np.ndarray, 
                 b, l, d = g["boxes"], g["labels"], g.get("difficult")
             else:
                 b, l, d = g.boxes, g.labels, getattr(g, "difficult", None)
-            b = _np(b, np.float64).reshape(-1, 4)
-            yield img, b, _np(l, np.int64).ravel(), (np.zeros(len(b), bool) if d is None else _np(d, bool).ravel())
+            b = as_numpy(b, np.float64).reshape(-1, 4)
+            yield img, b, as_numpy(l, np.int64).ravel(), (np.zeros(len(b), bool) if d is None else as_numpy(d, bool).ravel())
     else:
         for s in ground_truth:
-            b = _np(s.boxes, np.float64).reshape(-1, 4)
+            b = as_numpy(s.boxes, np.float64).reshape(-1, 4)
             d = getattr(s, "difficult", None)
-            yield s.image_id, b, _np(s.labels, np.int64).ravel(), (np.zeros(len(b), bool) if d is None else _np(d, bool).ravel())
+            yield s.image_id, b, as_numpy(s.labels, np.int64).ravel(), (np.zeros(len(b), bool) if d is None else as_numpy(d, bool).ravel())
 
 
 def _det_records(detections) -> Tuple[List[Hashable], np.ndarray, np.ndarray, np.ndarray]:
@@ -342,9 +343,9 @@ def _det_records(detections) -> Tuple[List[Hashable], np.ndarray, np.ndarray, np
     labels, scores, boxes = [], [], []
     if isinstance(detections, Mapping):
         for img, p in detections.items():
-            b = _np(p["boxes"], np.float64).reshape(-1, 4)
-            s = _np(p["scores"], np.float64).ravel()
-            l = _np(p["labels"], np.int64).ravel()
+            b = as_numpy(p["boxes"], np.float64).reshape(-1, 4)
+            s = as_numpy(p["scores"], np.float64).ravel()
+            l = as_numpy(p["labels"], np.int64).ravel()
             if not (len(b) == len(s) == len(l)):
                 raise ValueError(f"image {img!r}: {len(b)} boxes, {len(s)} scores, {len(l)} labels")
             ids.extend([img] * len(b))
@@ -356,7 +357,7 @@ def _det_records(detections) -> Tuple[List[Hashable], np.ndarray, np.ndarray, np
             ids.append(r["image_id"])
             labels.append(np.asarray([int(r["label"])], np.int64))
             scores.append(np.asarray([float(r["score"])], np.float64))
-            boxes.append(_np(r["box"], np.float64).reshape(1, 4))
+            boxes.append(as_numpy(r["box"], np.float64).reshape(1, 4))
     if not ids:
         return [], np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4))
     return ids, np.concatenate(labels), np.concatenate(scores), np.concatenate(boxes)
