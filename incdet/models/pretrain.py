@@ -176,6 +176,7 @@ def _save_weights(state: Dict[str, torch.Tensor], out: Path) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
