@@ -197,3 +197,47 @@ def test_malformed_detectron2_dicts(tmp_path, bad, msg):
     with pytest.raises(DataError, match=msg) as e:
         load_detectron2_pkl(f)
     assert str(f) in str(e.value)
+
+
+def _npz_with_header(path, shape, descr="<f4", data=b"\0" * 64):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("7.npy", buf.getvalue() + data)
+        good = io.BytesIO()
+        np.save(good, np.array([[0, 0, 5, 5]], np.float32))
+        zf.writestr("8.npy", good.getvalue())
+
+
+@pytest.mark.parametrize("shape,descr,msg", [((10 ** 9, 4), "<f4", "K <= 100000"), ((3, 5), "<f4", "expected \\[K, 4\\]"),
+                                             ((2, 4), "<U3", "not numeric")])
+def test_npz_header_bounded_before_allocation(tmp_path, shape, descr, msg):
+    """A crafted .npy header declaring 16 GB (numpy would allocate it before reading) is refused."""
+    from incdet.models.proposals import read_npz
+
+    f = tmp_path / "p.npz"
+    _npz_with_header(f, shape, descr)
+    with pytest.raises(DataError, match=msg) as e:
+        read_npz(f)
+    assert str(f) in str(e.value) and "'7'" in str(e.value)
+    src = ProposalSource(str(f))
+    assert src.get("8").shape == (1, 4)
+    with pytest.raises(DataError, match=msg):
+        src.get("7")
+
+
+def test_npz_damaged_and_single_npy(tmp_path):
+    from incdet.models.proposals import read_npz
+
+    f = tmp_path / "p.npz"
+    f.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(DataError, match="p.npz: cannot read proposal .npz"):
+        read_npz(f)
+    g = tmp_path / "q.npz"
+    with open(g, "wb") as fh:
+        np.save(fh, np.zeros((1, 4), np.float32))
+    with pytest.raises(DataError, match="q.npz: not a proposal .npz"):
+        read_npz(g)

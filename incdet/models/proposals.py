@@ -10,7 +10,12 @@ Storage format (``.npz``, one file per dataset split), written by ``incdet propo
 
 Detectron2's precomputed-proposal ``.pkl`` (``dict`` with ``ids``, ``boxes`` (list of ``[K, 4]``
 arrays), ``objectness_logits``, ``bbox_mode`` (``BoxMode`` XYXY_ABS or XYWH_ABS)) loads too,
-without detectron2 installed; boxes are sorted by decreasing objectness.
+without detectron2 installed; boxes are sorted by decreasing objectness. A pickle is data, not
+code: it is read by :func:`incdet.data.safeload.load_pickle`, an allow-list unpickler (numpy
+arrays, lists, dicts, tuples, numbers, ``BoxMode``); any other global (``os.system``, ...) is
+refused before it is called, with a :class:`~incdet.errors.DataError` naming the file and the
+global. An ``.npz`` array header is checked before numpy allocates the array (``[K, 4]``,
+``K <= MAX_STORED_PROPOSALS``, numeric); pickled ``.npz`` members are refused.
 
 Bad input raises :class:`~incdet.errors.DataError` naming the image and the file: no entry for
 an image, an array that is not ``[K, 4]``, NaN/inf values, inverted boxes (``x2 < x1`` or
@@ -216,14 +221,46 @@ def save_npz(path: Union[str, Path], proposals: Mapping, meta: Optional[dict] = 
             os.unlink(tmp)
 
 
+MAX_STORED_PROPOSALS = 100_000  # rows one image's array may declare in a proposal .npz
+
+
+def npz_array(z, key: str, source: Union[str, Path]) -> np.ndarray:
+    """``z[key]`` of an open proposal ``.npz`` after checking the array header: the declared
+    shape must be ``[K, 4]`` (or empty) with ``K <= MAX_STORED_PROPOSALS`` and a numeric dtype,
+    so a crafted header cannot make numpy allocate more than that (it allocates the declared
+    shape before decompressing). :class:`DataError` naming ``source`` and the image otherwise."""
+    try:
+        with z.zip.open(key + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+    except Exception as e:  # noqa: BLE001 - zipfile/numpy raise assorted types for a damaged member
+        raise DataError(f"{source}: cannot read proposals of image {key!r} ({short_repr(str(e))})") from None
+    n = int(np.prod(shape)) if shape else 1
+    if n and (len(shape) != 2 or shape[1] != 4 or shape[0] > MAX_STORED_PROPOSALS):
+        raise DataError(f"{source}: proposals of image {key!r} have shape {list(shape)}, expected [K, 4] "
+                        f"with K <= {MAX_STORED_PROPOSALS}")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise DataError(f"{source}: proposals of image {key!r} are not numeric ({dtype})")
+    try:
+        return z[key]
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{source}: cannot read proposals of image {key!r} ({short_repr(str(e))})") from None
+
+
 def read_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
     """All arrays of a proposal ``.npz`` (written by :func:`save_npz`) but ``__meta__``, by image
-    id; :class:`DataError` naming the file when it cannot be read (pickled arrays are refused)."""
+    id (each checked by :func:`npz_array`); :class:`DataError` naming the file when it cannot be
+    read (pickled arrays are refused)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files if k != META_KEY}
+        z = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - zipfile/numpy raise assorted types for a damaged file
         raise DataError(f"{path}: cannot read proposal .npz ({short_repr(str(e))})") from None
+    if not hasattr(z, "files"):
+        raise DataError(f"{path}: not a proposal .npz (a single .npy array)")
+    with z:
+        return {k: npz_array(z, k, path) for k in z.files if k != META_KEY}
 
 
 class BoxModeStub(int):
@@ -355,7 +392,9 @@ class ProposalSource:
                     try:
                         z = np.load(f, allow_pickle=False)
                     except Exception as e:  # noqa: BLE001
-                        raise DataError(f"{f}: cannot read proposal .npz ({e})") from None
+                        raise DataError(f"{f}: cannot read proposal .npz ({short_repr(str(e))})") from None
+                    if not hasattr(z, "files"):
+                        raise DataError(f"{f}: not a proposal .npz (a single .npy array)")
                     self._npz.append((f, z, set(z.files)))
             self._pid = os.getpid()
         return self._npz
@@ -382,10 +421,7 @@ class ProposalSource:
             return boxes, self.method
         for f, z, keys in self._open():
             if key in keys:
-                try:
-                    return z[key], str(f)
-                except Exception as e:  # noqa: BLE001
-                    raise DataError(f"{f}: cannot read proposals of image {key!r} ({e})") from None
+                return npz_array(z, key, f), str(f)
         raise DataError(f"{self.describe()}: no proposals for image {key!r}")
 
     def get(self, image_id, image_size: Optional[Tuple[int, int]] = None, image: Optional[Tensor] = None) -> Tensor:
