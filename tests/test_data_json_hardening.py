@@ -297,3 +297,17 @@ def test_bad_image_sizes(tmp_path, w, msg):
     p = _write(tmp_path / "inst.json", gt)
     with pytest.raises(DataError, match=msg):
         COCODetection(p, _imgs(tmp_path, _gt()))
+
+
+def test_eval_gt_category_names_optional(tmp_path):
+    gt = _gt()
+    for c in gt["categories"]:
+        del c["name"]
+    p = _write(tmp_path / "gt.json", gt)
+    d = _write(tmp_path / "dets.json", _perfect(_gt()))
+    out = tmp_path / "r.json"
+    rc, _, err = _run(["eval-detections", "--gt", str(p), "--dets", str(d), "--metric", "coco", "--json", str(out)])
+    assert rc == 0, err
+    assert set(json.loads(out.read_text())["per_class"]) == {"3", "5"}
+    with pytest.raises(DataError, match="categories\\[0\\] needs 'id' and 'name'"):
+        COCODetection(p, _imgs(tmp_path, gt))

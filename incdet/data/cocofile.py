@@ -8,7 +8,8 @@ evaluator and ``incdet proposals``.
   ``categories``) are lists of objects;
 * image ids are ints or strings (not bools, floats, lists...), all of one kind, and unique;
   ``file_name`` is a string when required;
-* category ids are ints and unique; ``name`` is a string when present;
+* category ids are ints and unique; ``name`` is a string (required unless
+  ``category_names=False``);
 * annotation ids are ints or strings and unique (pycocotools silently keeps the last of two
   annotations with one id, which corrupts evaluation: perfect detections scored AP 0.995);
   ``image_id`` / ``category_id`` refer to an existing image / category (no dangling reference);
@@ -38,7 +39,8 @@ def _is_id(v: Any) -> bool:
 
 
 def check_coco_dataset(data: Any, path: Union[str, os.PathLike], *, images_only: bool = False,
-                       image_fields: Sequence[str] = ("id",), eval_fields: bool = False) -> Dict[str, int]:
+                       image_fields: Sequence[str] = ("id",), eval_fields: bool = False,
+                       category_names: bool = True) -> Dict[str, int]:
     """Check a parsed COCO dict (see the module docstring); returns ``{"images", "annotations",
     "categories"}`` counts. ``path`` only names the source in messages."""
     path = os.fspath(path)
@@ -75,14 +77,14 @@ def check_coco_dataset(data: Any, path: Union[str, os.PathLike], *, images_only:
 
     cats: Dict[int, int] = {}
     for k, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise DataError(f"{path}: categories[{k}] needs 'id' and 'name'")
+        if not isinstance(c, dict) or "id" not in c or (category_names and "name" not in c):
+            raise DataError(f"{path}: categories[{k}] needs 'id'" + (" and 'name'" if category_names else ""))
         cid = c["id"]
         if not _is_int(cid):
             raise DataError(f"{path}: categories[{k}]: id must be an integer, got {short_repr(cid)}")
         if cid in cats:
             raise DataError(f"{path}: categories[{k}]: category id {cid} listed twice (also categories[{cats[cid]}])")
-        if not isinstance(c["name"], str):
+        if "name" in c and not isinstance(c["name"], str):
             raise DataError(f"{path}: categories[{k}]: name must be a string, got {short_repr(c['name'])}")
         cats[cid] = k
 

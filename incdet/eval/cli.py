@@ -190,7 +190,7 @@ def load_coco_gt(path: str, xywh: str, metric: Optional[str] = None) -> GroundTr
     :func:`incdet.data.cocofile.check_coco_dataset` (duplicate or dangling ids refused; with
     ``metric="coco"`` every annotation needs ``iscrowd`` and ``area``, which COCOeval reads)."""
     data = _load_json(path, "COCO ground-truth")
-    check_coco_dataset(data, path, eval_fields=(metric == "coco"))
+    check_coco_dataset(data, path, eval_fields=(metric == "coco"), category_names=False)
     cats = data["categories"]
     cat_ids = sorted(c["id"] for c in cats)
     by_id = {c["id"]: c for c in cats}

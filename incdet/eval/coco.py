@@ -214,10 +214,10 @@ def coco_evaluate(
     id_map = None
     if isinstance(ground_truth, COCO):
         if isinstance(ground_truth.dataset, dict) and "images" in ground_truth.dataset:
-            check_coco_dataset(ground_truth.dataset, gt_name, eval_fields=True)
+            check_coco_dataset(ground_truth.dataset, gt_name, eval_fields=True, category_names=False)
         coco_gt = ground_truth
     elif isinstance(ground_truth, dict):
-        check_coco_dataset(ground_truth, gt_name, eval_fields=True)
+        check_coco_dataset(ground_truth, gt_name, eval_fields=True, category_names=False)
         coco_gt = _coco_from_dataset(ground_truth)
     else:
         if classes is None:
