@@ -1,6 +1,5 @@
 """Bad input to ``incdet train / eval / report`` and the engine's value checks (issue 16):
 one line naming the file/option, exit 2, nothing written."""
-import json
 import re
 from pathlib import Path
 
