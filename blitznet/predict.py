@@ -78,10 +78,6 @@ def load_weights(path: Union[str, Path], device="cpu"):
     return model.to(device).eval(), classes
 
 
-# image inputs and output writers are shared with ``incdet predict`` (:mod:`incdet.vis`)
-_to_chw_uint8 = to_chw_uint8
-
-
 class BlitzNetPredictor:
     """Batch inference: ``predict(images) -> [dict(boxes, labels, scores, mask)]``.
 
@@ -108,7 +104,7 @@ class BlitzNetPredictor:
         m = self.model
         S = m.config.input_size
         out: List[dict] = []
-        imgs = [_to_chw_uint8(i) for i in images]
+        imgs = [to_chw_uint8(i) for i in images]
         for k in range(0, len(imgs), self.batch_size):
             chunk = imgs[k:k + self.batch_size]
             x = torch.stack([self._resize({"image": i})[0] for i in chunk]).to(self.device)

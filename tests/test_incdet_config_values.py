@@ -46,10 +46,10 @@ def test_shipped_configs_pass_the_checks(cfg):
 
 def test_old_checkpoint_key_is_read(tmp_path):
     """A checkpoint written before the rename (learner.ap_07_metric) still loads in the predictor."""
-    from incdet.models.predict import _renamed_keys
+    from incdet.models.predict import renamed_learner_keys
 
     old = {"learner": {"name": "incdet.fastrcnn", "ap_07_metric": True, "distill": "l2"}, "train": {}}
-    new = _renamed_keys(old)
+    new = renamed_learner_keys(old)
     assert new["learner"] == {"name": "incdet.fastrcnn", "use_07_metric": True, "distill": "l2"}
     assert old["learner"]["ap_07_metric"] is True  # not modified in place
-    assert _renamed_keys({"learner": {"name": "x"}}) == {"learner": {"name": "x"}}
+    assert renamed_learner_keys({"learner": {"name": "x"}}) == {"learner": {"name": "x"}}

@@ -133,9 +133,9 @@ def test_teacher_cache_matches_live_teacher(tmp_path, tasks):
     keys = [(str(i), f) for i, f in zip(b["image_id"], b["flipped"])]
     images = list(b["image"])
     L.config.distill_rois = 10 ** 6  # take the whole pool, to compare deterministically
-    live = L._teacher_targets(images, b["proposals"], keys)
+    live = L.teacher_targets(images, b["proposals"], keys)
     assert set(L._teacher_cache) == set(keys)
-    cached = L._teacher_targets(images, b["proposals"], keys)
+    cached = L.teacher_targets(images, b["proposals"], keys)
 
     def canon(d):
         order = torch.argsort(d.rois[:, 0] * 1e6 + d.rois[:, 1] * 1e3 + d.rois[:, 2])

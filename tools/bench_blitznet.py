@@ -112,14 +112,15 @@ def bench_nms(args, device) -> List[Dict]:
 
 
 def bench_trained(args, device) -> List[Dict]:
-    from blitznet.predict import _to_chw_uint8, load_weights
+    from blitznet.predict import load_weights
+    from incdet.vis import to_chw_uint8
     from blitznet.augment import ResizeOnly
 
     model, classes = load_weights(args.weights, device)
     S = model.config.input_size
     rs = ResizeOnly(S)
     rows = []
-    imgs = [_to_chw_uint8(p) for p in (args.images or [])[:3]]
+    imgs = [to_chw_uint8(p) for p in (args.images or [])[:3]]
     for k, img in enumerate(imgs):
         with torch.no_grad():
             out = model(model.normalize(rs({"image": img})[0][None].to(device)))
@@ -251,7 +252,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.batches, args.reps_nms, args.reps_speed = [1], 1, 1
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    from incdet.engine.distributed import resolve_device
+    from incdet.errors import IncdetError
+
+    try:
+        dev = resolve_device(args.device)
+    except IncdetError as e:
+        print(f"bench_blitznet: error: {e}", file=sys.stderr)
+        return 2
     desc = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"device: {desc}; torch {torch.__version__}")
     t0 = time.perf_counter()

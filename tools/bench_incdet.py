@@ -24,35 +24,57 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from incdet.data.sample import Sample  # noqa: E402
+from incdet.engine.distributed import resolve_device  # noqa: E402
 from incdet.engine.task import Task  # noqa: E402
 from incdet.models.fastrcnn import DetectorConfig  # noqa: E402
+from incdet.errors import IncdetError  # noqa: E402
 from incdet.models.learner import FastRCNNLearner, FastRCNNLearnerConfig  # noqa: E402
 
 
-class Rectangles:
-    """Synthetic images with 1-3 coloured rectangles of ``classes``."""
+#: the three step kinds, "plain" first (the reference of the ratios)
+KINDS = ("plain", "live", "cached")
+COLOURS = [(230, 30, 30), (30, 200, 30), (40, 60, 230), (230, 220, 30), (200, 40, 220), (30, 210, 220)]
 
-    def __init__(self, n, size, classes, seed):
+
+def colour(k: int):
+    """The fill colour of class ``k`` (1-based): :data:`COLOURS`, then a formula beyond 6 classes."""
+    return COLOURS[k - 1] if k <= len(COLOURS) else ((37 * k) % 255, (91 * k) % 255, (53 * k) % 255)
+
+
+class SynthBoxes:
+    """Images of ``size`` px with 1 to ``max_boxes`` solid rectangles; class k has colour
+    :func:`colour` ``(k)``, sides from ``size // min_side_div`` to ``size // 2``, on uniform noise
+    below ``noise``. The synthetic detection data of this benchmark and of the incdet model tests.
+
+    ``classes`` restricts which labels are drawn and annotated (labels are re-numbered to
+    positions in ``label_map`` when given, as a task split would). Image ids: ``prefix`` + index."""
+
+    def __init__(self, n: int, size: int = 64, classes: Sequence[int] = (1, 2), seed: int = 0, prefix: str = "im",
+                 label_map: Optional[Sequence[int]] = None, max_boxes: int = 2, noise: int = 40, min_side_div: int = 4):
         g = torch.Generator().manual_seed(seed)
-        self.items = []
+        self.items: List[Sample] = []
+        self.classes = [f"c{k}" for k in (label_map or classes)]
         for i in range(n):
-            img = (torch.rand((3, size, size), generator=g) * 60).to(torch.uint8)
+            img = (torch.rand((3, size, size), generator=g) * noise).to(torch.uint8)
             boxes, labels = [], []
-            for _ in range(1 + int(torch.randint(0, 3, (1,), generator=g))):
+            for _ in range(1 + int(torch.randint(0, max_boxes, (1,), generator=g))):
                 k = classes[int(torch.randint(0, len(classes), (1,), generator=g))]
-                w, h = (int(v) for v in torch.randint(size // 6, size // 2, (2,), generator=g))
-                x, y = int(torch.randint(0, size - w, (1,), generator=g)), int(torch.randint(0, size - h, (1,), generator=g))
-                img[:, y: y + h, x: x + w] = torch.tensor([(37 * k) % 255, (91 * k) % 255, (53 * k) % 255], dtype=torch.uint8)[:, None, None]
+                w = int(torch.randint(size // min_side_div, size // 2, (1,), generator=g))
+                h = int(torch.randint(size // min_side_div, size // 2, (1,), generator=g))
+                x = int(torch.randint(0, size - w, (1,), generator=g))
+                y = int(torch.randint(0, size - h, (1,), generator=g))
+                img[:, y: y + h, x: x + w] = torch.tensor(colour(k), dtype=torch.uint8)[:, None, None]
                 boxes.append([x, y, x + w - 1, y + h - 1])
-                labels.append(k)
-            self.items.append(Sample(image=img, boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels),
-                                     image_id=f"r{seed}_{i}"))
+                labels.append((list(label_map).index(k) + 1) if label_map else k)
+            self.items.append(Sample(image=img, boxes=torch.tensor(boxes, dtype=torch.float32),
+                                     labels=torch.tensor(labels), image_id=f"{prefix}{i:03d}"))
 
     def __len__(self):
         return len(self.items)
@@ -62,7 +84,8 @@ class Rectangles:
 
     def annotation(self, i):
         s = self.items[i]
-        return Sample(image=None, boxes=s.boxes, labels=s.labels, image_id=s.image_id, orig_size=s.orig_size)
+        return Sample(image=None, boxes=s.boxes, labels=s.labels, difficult=s.difficult, ignore=s.ignore,
+                      image_id=s.image_id, orig_size=s.orig_size)
 
 
 def _step(learner, opt, batch, device) -> float:
@@ -78,7 +101,7 @@ def _step(learner, opt, batch, device) -> float:
     return time.perf_counter() - t
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=160, help="image side (the model's min_size/max_size too)")
     ap.add_argument("--depth", type=int, default=18)
@@ -94,22 +117,27 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="bench_incdet.json")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    return ap.parse_args(argv)
 
+
+def make_tasks(args) -> Tuple[Task, Task]:
+    """Task 0: classes 1-4; task 1 adds class 5 (``args.images`` synthetic training images each)."""
     old, new = [1, 2, 3, 4], [5]
+    data = dict(size=args.size, max_boxes=3, noise=60, min_side_div=6)
     t0 = Task(0, "1-4", [f"c{k}" for k in old], [f"c{k}" for k in old],
-              train_set=Rectangles(args.images, args.size, old, 1), eval_set=None)
-    t1 = Task(1, "+5", ["c5"], [f"c{k}" for k in old + new], train_set=Rectangles(args.images, args.size, new, 2), eval_set=None)
+              train_set=SynthBoxes(args.images, classes=old, seed=1, prefix="r1_", **data), eval_set=None)
+    t1 = Task(1, "+5", ["c5"], [f"c{k}" for k in old + new],
+              train_set=SynthBoxes(args.images, classes=new, seed=2, prefix="r2_", **data), eval_set=None)
+    return t0, t1
+
+
+def build_setups(args, device, t0: Task, t1: Task) -> Tuple[dict, dict]:
+    """A learner after ``add_classes`` (in task 1), its optimizer and batches for each step kind;
+    the cached kind's teacher cache is warmed. Returns ``(setups, results)``."""
     mcfg = DetectorConfig(depth=args.depth, width=args.width, min_size=args.size, max_size=args.size,
                           res5_stride=args.res5_stride, roi_size=args.roi_size, rois_per_image=args.rois)
-    results = {}
-    rows = []
-    setups = {}
-    for kind in ("plain", "live", "cached"):
+    setups, results = {}, {}
+    for kind in KINDS:
         cfg = FastRCNNLearnerConfig(model=mcfg, proposals="sliding_window", max_proposals=args.proposals,
                                     proposal_nms=None, flip_prob=0.0, distill="none" if kind == "plain" else "l2",
                                     teacher_cache=kind == "cached",
@@ -122,29 +150,36 @@ def main(argv=None) -> int:
         batches = [L.collate([ds[2 * i % len(ds)], ds[(2 * i + 1) % len(ds)]]) for i in range(max(1, len(ds) // 2))]
         if kind == "cached":  # warm the cache: one pass over the batches
             for b in batches:
-                L._teacher_targets([im.to(device) for im in b["image"]], [p.to(device) for p in b["proposals"]],
-                                   [(str(i), bool(f)) for i, f in zip(b["image_id"], b["flipped"])])
+                L.teacher_targets([im.to(device) for im in b["image"]], [p.to(device) for p in b["proposals"]],
+                                  [(str(i), bool(f)) for i, f in zip(b["image_id"], b["flipped"])])
         opt = torch.optim.SGD(L.parameter_groups(), lr=1e-4, momentum=0.9)
         n_props = float(sum(len(p) for b in batches for p in b["proposals"])) / sum(len(b["proposals"]) for b in batches)
         setups[kind] = (L, opt, batches)
         results[kind] = {"times_s": [], "mean_proposals": n_props}
-    # interleave the three kinds step by step, so that machine load affects them alike
+    return setups, results
+
+
+def time_steps(args, device, setups: dict, results: dict) -> None:
+    """Median step time of each kind into ``results[kind]``; the kinds are interleaved step by
+    step, so that machine load affects them alike."""
     for k in range(args.warmup + args.iters):
         for kind, (L, opt, batches) in setups.items():
             dt = _step(L, opt, batches[k % len(batches)], device)
             if k >= args.warmup:
                 results[kind]["times_s"].append(dt)
-    for kind in results:
+    for kind in KINDS:
         results[kind]["median_s"] = statistics.median(results[kind]["times_s"])
 
-    # where the time goes: trunk (stem..res4) vs RoI head (res5 + linear layers), fwd + bwd,
-    # for one plain batch. With cached responses the incremental step runs the head on twice
-    # as many RoIs (64 training + 64 distillation per image), so its cost is about
-    # (T + 2 H) / (T + H) of a plain step whatever the implementation.
+
+def time_parts(args, device, setups: dict) -> dict:
+    """Where the time goes: trunk (stem..res4) vs RoI head (res5 + linear layers), fwd + bwd, for
+    one plain batch. With cached responses the incremental step runs the head on twice as many
+    RoIs (64 training + 64 distillation per image), so its cost is about (T + 2 H) / (T + H) of a
+    plain step whatever the implementation (``cached_floor_ratio``)."""
     net = setups["plain"][0].net
     b = setups["plain"][2][0]
     batch, scales, _ = net.transform([im.to(device) for im in b["image"]])
-    rois = net._rois([p[: args.rois] for p in b["proposals"]], scales, device)
+    rois = net.batch_rois([p[: args.rois] for p in b["proposals"]], scales, device)
     rois = torch.cat([rois] * max(1, (2 * args.rois) // max(1, rois.shape[0])))[: 2 * args.rois]
 
     def trunk():
@@ -168,11 +203,17 @@ def main(argv=None) -> int:
         parts[name] = statistics.median(ts[args.warmup:])
     net.zero_grad(set_to_none=True)
     floor = (parts["trunk"] + 2 * parts["head"]) / (parts["trunk"] + parts["head"])
-    results["parts"] = {"trunk_s": parts["trunk"], "head_s": parts["head"], "cached_floor_ratio": floor}
-    for kind in ("plain", "live", "cached"):
+    return {"trunk_s": parts["trunk"], "head_s": parts["head"], "cached_floor_ratio": floor}
+
+
+def report(args, device, results: dict) -> None:
+    """Add each kind's ratio to plain into ``results`` and print the table."""
+    rows = []
+    for kind in KINDS:
         r = results[kind]
         r["ratio"] = r["median_s"] / results["plain"]["median_s"]
         rows.append((kind, r["median_s"] * 1000, r["ratio"]))
+    parts = results["parts"]
     target = {"plain": "", "live": "<= 1.5", "cached": "<= 1.1"}
     print(f"incdet step cost: ResNet-{args.depth} width {args.width}, {args.size}px, res5 stride {args.res5_stride}, "
           f"RoI {args.roi_size}x{args.roi_size}, {args.rois} RoIs/img, {results['plain']['mean_proposals']:.0f} proposals/img, "
@@ -180,14 +221,36 @@ def main(argv=None) -> int:
     print(f"{'step':<8}{'median ms':>12}{'x plain':>10}{'target':>10}")
     for kind, ms, ratio in rows:
         print(f"{kind:<8}{ms:>12.1f}{ratio:>10.2f}{target[kind]:>10}")
-    print(f"trunk fwd+bwd {parts['trunk'] * 1000:.1f} ms, head fwd+bwd on {2 * args.rois} RoIs "
-          f"{parts['head'] * 1000:.1f} ms -> a cached-teacher step cannot cost less than about {floor:.2f}x a plain one")
+    print(f"trunk fwd+bwd {parts['trunk_s'] * 1000:.1f} ms, head fwd+bwd on {2 * args.rois} RoIs "
+          f"{parts['head_s'] * 1000:.1f} ms -> a cached-teacher step cannot cost less than about "
+          f"{parts['cached_floor_ratio']:.2f}x a plain one")
+
+
+def write_json(args, results: dict) -> None:
     out = {"args": vars(args), "results": results, "torch": torch.__version__, "machine": platform.platform(),
            "processor": platform.processor(), "threads": torch.get_num_threads(),
            "targets": {"live": 1.5, "cached": 1.1},
            "met": {"live": results["live"]["ratio"] <= 1.5, "cached": results["cached"]["ratio"] <= 1.1}}
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except IncdetError as e:
+        print(f"bench_incdet: error: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0, t1 = make_tasks(args)
+    setups, results = build_setups(args, device, t0, t1)
+    time_steps(args, device, setups, results)
+    results["parts"] = time_parts(args, device, setups)
+    report(args, device, results)
+    write_json(args, results)
     return 0
 
 

@@ -302,7 +302,7 @@ class FastRCNN(nn.Module):
         self.coder = BoxCoder(cfg.box_std)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
-        self._freeze_stem(cfg.resolved_freeze_at)
+        self.freeze_stem(cfg.resolved_freeze_at)
         if num_classes:
             self.add_classes(num_classes)
 
@@ -329,7 +329,8 @@ class FastRCNN(nn.Module):
         self.cls_score.add(n + (0 if self.cls_score.chunks else 1))
         self.bbox_pred.add(4 * n)
 
-    def _freeze_stem(self, freeze_at: int) -> None:
+    def freeze_stem(self, freeze_at: int) -> None:
+        """Stop gradients of the stem (``freeze_at >= 1``) and of res2 too (``>= 2``)."""
         b = self.backbone
         mods = [] if freeze_at <= 0 else b.stem_modules() + ([b.layer1] if freeze_at >= 2 else [])
         for m in mods:
@@ -394,7 +395,9 @@ class FastRCNN(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
     @staticmethod
-    def _rois(boxes: Sequence[Tensor], scales: Sequence[float], device) -> Tensor:
+    def batch_rois(boxes: Sequence[Tensor], scales: Sequence[float], device) -> Tensor:
+        """RoIs ``[sum K_i, 5]`` (batch index, x1, y1, x2, y2) for ``roi_pool``/``roi_align``: image
+        ``i``'s ``[K_i, 4]`` boxes scaled by ``scales[i]`` (the resize factor of :meth:`transform`)."""
         parts = []
         for i, (b, s) in enumerate(zip(boxes, scales)):
             b = b.to(device=device, dtype=torch.float32) * s
@@ -418,11 +421,11 @@ class FastRCNN(nn.Module):
         for p, t in zip(proposals, targets):
             sampled.append(sample_rois(p.to(dev).float(), t["boxes"].to(dev).float(), t["labels"].to(dev),
                                        self.coder, sampler))
-        train_rois = self._rois([s.rois for s in sampled], scales, dev)
+        train_rois = self.batch_rois([s.rois for s in sampled], scales, dev)
         n_train = train_rois.shape[0]
         rois = train_rois
         if distill_rois is not None:
-            rois = torch.cat([train_rois, self._rois(distill_rois, scales, dev)], 0)
+            rois = torch.cat([train_rois, self.batch_rois(distill_rois, scales, dev)], 0)
         feats = self.features(batch)
         logits, deltas = self.head(feats, rois)
         losses = self.fastrcnn_loss(logits[:n_train], deltas[:n_train],
@@ -452,7 +455,7 @@ class FastRCNN(nn.Module):
         Runs the head in chunks of ``roi_chunk`` RoIs. Call under ``torch.no_grad()`` for a teacher."""
         batch, scales, _ = self.transform(images)
         feats = self.features(batch)
-        rois = self._rois(proposals, scales, batch.device)
+        rois = self.batch_rois(proposals, scales, batch.device)
         outs_l, outs_d = [], []
         for i in range(0, rois.shape[0], self.cfg.roi_chunk):
             l, d = self.head(feats, rois[i: i + self.cfg.roi_chunk])

@@ -179,7 +179,7 @@ class FastRCNNLearner(Learner):
     def _apply_freezing(self, incremental: bool) -> None:
         net = self.net
         net.requires_grad_(True)
-        net._freeze_stem(net.cfg.resolved_freeze_at)
+        net.freeze_stem(net.cfg.resolved_freeze_at)
         if not incremental or self.config.freeze == "none":
             return
         if self.config.freeze == "trunk":
@@ -241,7 +241,10 @@ class FastRCNNLearner(Learner):
     def collate(items):
         return collate(items)
 
-    def _teacher_targets(self, images: List[Tensor], proposals: List[Tensor], keys: List[Tuple[str, bool]]) -> List[DistillTargets]:
+    def teacher_targets(self, images: List[Tensor], proposals: List[Tensor], keys: List[Tuple[str, bool]]) -> List[DistillTargets]:
+        """The frozen teacher's distillation targets for a batch: per image ``distill_rois`` RoIs sampled
+        from its candidate pool, with the teacher's logits and deltas on them; ``keys`` are
+        ``(image_id, flipped)`` (the teacher cache's keys when ``teacher_cache`` is on)."""
         c = self.config
         biased = c.distill_sampling == "biased"
         pools: List[Optional[DistillTargets]] = [None] * len(images)
@@ -278,7 +281,7 @@ class FastRCNNLearner(Learner):
         dts: List[DistillTargets] = []
         if self.teacher is not None and self.config.distill != "none":
             keys = [(str(i), bool(f)) for i, f in zip(batch["image_id"], batch["flipped"])]
-            dts = self._teacher_targets(images, proposals, keys)
+            dts = self.teacher_targets(images, proposals, keys)
             losses, outs = self.model(images, proposals, targets, distill_rois=[d.rois for d in dts])
             return losses, outs, dts
         return self.model(images, proposals, targets), None, dts

@@ -39,7 +39,7 @@ def _classes_from_results(ckpt: dict) -> List[str]:
 RENAMED_LEARNER_KEYS = {"ap_07_metric": "use_07_metric"}
 
 
-def _renamed_keys(config: Any) -> Any:
+def renamed_learner_keys(config: Any) -> Any:
     """A checkpoint's config with the learner keys of :data:`RENAMED_LEARNER_KEYS` renamed."""
     learner = config.get("learner") if isinstance(config, dict) else None
     if not isinstance(learner, dict) or not any(k in learner for k in RENAMED_LEARNER_KEYS):
@@ -71,7 +71,7 @@ class FastRCNNPredictor:
 
         ckpt = load_checkpoint(checkpoint)
         import_family("incdet")
-        cfg = config_from_dict(_renamed_keys(ckpt["config"]), source=str(checkpoint))
+        cfg = config_from_dict(renamed_learner_keys(ckpt["config"]), source=str(checkpoint))
         if cfg.learner.name != "incdet.fastrcnn":
             raise CheckpointError(f"{checkpoint}: a {cfg.learner.name!r} run, not an incdet.fastrcnn one")
         self.device = resolve_device(device)

@@ -1,0 +1,9 @@
+"""tools/bench_blitznet.py: a bad --device is one line and exit 2 (no traceback, no output file)."""
+from conftest import load_tool
+
+
+def test_bench_blitznet_bad_device(tmp_path, capsys):
+    m = load_tool("bench_blitznet")
+    assert m.main(["--device", "banana", "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "banana" in err[0] and not (tmp_path / "b.json").exists()
