@@ -130,6 +130,18 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     out_p = Path(out)
     if out_p.exists() and not out_p.is_dir():
         raise ConfigError(f"--out {out_p}: exists and is not a directory")
+    cfg = demo_config(data_p, out_p, quick, device, iters_a, iters_b)
+    if proposals:
+        cfg["learner"]["proposals"] = proposals
+        cfg["learner"]["proposal_cache"] = None
+    if max_proposals:
+        cfg["learner"]["max_proposals"] = int(max_proposals)
+    ncfg = copy.deepcopy(cfg)  # +B without distillation, from the distillation run's A
+    ncfg["learner"]["distill"] = "none"
+    ncfg["tasks"]["init_from"] = str(out_p / "distill" / "checkpoints" / "task0.pt")
+    # both configs are validated (e.g. --iters-a -1) before anything is built or deleted
+    run_cfg = config_from_dict(copy.deepcopy(cfg), source="incdet demo")
+    naive_cfg = config_from_dict(ncfg, source="incdet demo (naive)")
     if out_p.exists():
         if not overwrite:
             raise ConfigError(f"{out_p}: already exists (remove it or choose another --out)")
@@ -137,12 +149,6 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
             if (out_p / sub).exists():
                 shutil.rmtree(out_p / sub)
     out_p.mkdir(parents=True, exist_ok=True)
-    cfg = demo_config(data_p, out_p, quick, device, iters_a, iters_b)
-    if proposals:
-        cfg["learner"]["proposals"] = proposals
-        cfg["learner"]["proposal_cache"] = None
-    if max_proposals:
-        cfg["learner"]["max_proposals"] = int(max_proposals)
     times: Dict[str, float] = {}
 
     # 1. data (built once, cached) and proposals (computed once, cached next to the data)
@@ -160,7 +166,7 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     b_it = cfg["train"]["iterations"]
     echo(f"[demo] 2/4 training A(1-15) ({a_it} iterations), then +B(16-20) with distillation "
          f"({b_it} iterations); selective-search proposals are computed first if not cached -> {out_p / 'distill'}")
-    rd = run_training(config_from_dict(copy.deepcopy(cfg), source="incdet demo"), run_dir=out_p / "distill",
+    rd = run_training(run_cfg, run_dir=out_p / "distill",
                       quiet=False)
     times["A_and_distill"] = time.perf_counter() - t0
     a = rd.all_metrics[0][0]
@@ -172,10 +178,7 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     t0 = time.perf_counter()
     echo(f"[demo] 3/4 +B(16-20) without distillation (naive fine-tuning, {b_it} iterations) from the same A "
          f"-> {out_p / 'naive'}")
-    ncfg = copy.deepcopy(cfg)
-    ncfg["learner"]["distill"] = "none"
-    ncfg["tasks"]["init_from"] = str(out_p / "distill" / "checkpoints" / "task0.pt")
-    rn = run_training(config_from_dict(ncfg, source="incdet demo (naive)"), run_dir=out_p / "naive", quiet=False)
+    rn = run_training(naive_cfg, run_dir=out_p / "naive", quiet=False)
     times["naive"] = time.perf_counter() - t0
     n = rn.all_metrics[1][1]
 

@@ -64,3 +64,31 @@ def test_demo_quick_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[demo] 4/4" in printed and "w distillation" in printed
     _check_result(json.loads((tmp_path / "run" / "table.json").read_text()), tmp_path / "run")
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"device": "banana"}, ["unknown device 'banana'"]),
+    ({"iters_a": -1}, ["incdet demo", "train.first_task.iterations must be >= 0 or null, got -1"]),
+    ({"iters_b": -2}, ["train.iterations must be >= 0 or null, got -2"]),
+    ({"threads": -1}, ["--threads must be >= 0"]),
+])
+def test_bad_options_are_refused_before_anything_is_built_or_deleted(tmp_path, kw, words):
+    from incdet.errors import ConfigError
+
+    out = tmp_path / "run"
+    (out / "distill").mkdir(parents=True)  # an earlier demo's run: kept when the options are bad
+    with pytest.raises(ConfigError) as e:
+        run_demo(data=str(tmp_path / "shapes"), out=str(out), quick=True, echo=lambda *a: None, **kw)
+    for w in words:
+        assert w in str(e.value)
+    assert (out / "distill").is_dir() and not (tmp_path / "shapes-quick").exists()
+
+
+def test_out_is_a_file(tmp_path):
+    from incdet.errors import ConfigError
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        run_demo(data=str(tmp_path / "shapes"), out=str(f), quick=True, device="cpu", echo=lambda *a: None)
+    assert f.read_text() == "x"
