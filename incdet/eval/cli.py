@@ -54,8 +54,7 @@ import json
 import logging
 import math
 import os
-import sys
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Sequence
 
 import numpy as np
 

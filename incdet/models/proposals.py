@@ -40,7 +40,7 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from incdet.data.cocofile import read_coco_json
-from incdet.data.safeload import load_json, load_pickle, short_repr
+from incdet.data.safeload import load_pickle, short_repr
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
