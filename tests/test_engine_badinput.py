@@ -270,3 +270,16 @@ def test_fuzz_checker_catches_a_removed_check(monkeypatch, key, value):
 def test_load_config_still_accepts_the_shipped_configs():
     for p in ("toy.yaml", "toy_lwf.yaml"):
         load_config(REPO / "configs" / p)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("results", {"tasks": 3}, ["damaged checkpoint", "results"]),
+    ("rng", {"python": 1}, ["cannot restore its rng state"]),
+    ("optimizer", {"state": {}, "param_groups": [{"params": [0, 1, 2, 3, 4, 5, 6, 7, 8]}]}, ["optimizer state"]),
+])
+def test_resume_from_a_damaged_checkpoint(finished, tmp_path, capsys, key, value, words):
+    run = _copy(finished, tmp_path / "run")
+    mid = torch.load(run / "checkpoint.pt", weights_only=True)
+    mid.update({"phase": "train", "task_index": 2, "step": 5, key: value})  # a mid-task checkpoint
+    torch.save(mid, run / "checkpoint.pt")
+    _fails(capsys, ["train", "--resume", str(run), "--quiet"], "checkpoint.pt", *words)

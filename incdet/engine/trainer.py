@@ -126,6 +126,14 @@ def build_optimizer(groups: List[dict], tc: TrainConfig) -> torch.optim.Optimize
     return cls(gs, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
 
 
+def _restore(path, what: str, load, state) -> None:
+    """``load(state)``; a state that does not fit -> CheckpointError naming the file and the part."""
+    try:
+        load(state)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: cannot restore its {what} state ({type(e).__name__}: {e})") from None
+
+
 @dataclass
 class _Plan:
     """How a task is trained: schedule, data, per-process batch and the loop's size."""
@@ -344,11 +352,14 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"{src}: cannot load the learner state into learner "
                                   f"{cfg.learner.name!r} with this config: {e}") from None
-        old = ResultsMatrix.from_dict(ckpt["results"])
-        for i in range(min(k + 1, len(old.tasks))):
-            for j in range(i + 1):
-                if old.all_metrics[i][j] is not None and self.results.metric in old.all_metrics[i][j]:
-                    self.results.set(i, j, old.all_metrics[i][j])
+        try:
+            old = ResultsMatrix.from_dict(ckpt["results"])
+            for i in range(min(k + 1, len(old.tasks))):
+                for j in range(i + 1):
+                    if old.all_metrics[i][j] is not None and self.results.metric in old.all_metrics[i][j]:
+                        self.results.set(i, j, old.all_metrics[i][j])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{src}: damaged checkpoint: its results cannot be read ({type(e).__name__}: {e})") from None
         self.global_step = ckpt["global_step"]
         self.last_ckpt = f"{src} (task {k}, step {ckpt['step']})"
         if from_init:  # another run's task-end state, maybe another config
@@ -357,7 +368,7 @@ class Trainer:
         elif ckpt["phase"] == "train":
             start = (k, ckpt["step"], ckpt)
         else:
-            set_rng_state(ckpt["rng"])
+            _restore(src, "rng", set_rng_state, ckpt.get("rng"))
             start = (k + 1, 0, None)
         log.info("%s from %s: task %d (%s), step %d", "starting" if from_init else "resuming",
                  src, start[0], names[min(start[0], len(names) - 1)], start[1])
@@ -454,11 +465,11 @@ class Trainer:
         amp_dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
         scaler = torch.amp.GradScaler("cuda") if amp and tc.amp == "fp16" else None
         if mid is not None:
-            if mid["optimizer"] is not None:
-                optimizer.load_state_dict(mid["optimizer"])
-            if scaler is not None and mid["scaler"] is not None:
-                scaler.load_state_dict(mid["scaler"])
-            set_rng_state(mid["rng"])
+            if mid.get("optimizer") is not None:
+                _restore(self._ckpt_path, "optimizer", optimizer.load_state_dict, mid["optimizer"])
+            if scaler is not None and mid.get("scaler") is not None:
+                _restore(self._ckpt_path, "scaler", scaler.load_state_dict, mid["scaler"])
+            _restore(self._ckpt_path, "rng", set_rng_state, mid.get("rng"))
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
         def autocast():
