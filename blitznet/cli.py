@@ -24,10 +24,12 @@ log = logging.getLogger("blitznet")
 def _predict(args) -> int:
     from blitznet.predict import BlitzNetPredictor
     from incdet.data.images import image_size
+    from incdet.engine.config import check_range
     from incdet.vis import StagedOutputs, check_writable_size, encode_outputs, output_stems, to_chw_uint8
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_range("", "--batch-size", args.batch_size, 1)
+    check_range("", "--score-thresh", args.score_thresh, 0, 1, hi_open=True)
+    check_range("", "--vis-thresh", args.vis_thresh, 0, 1)
     # everything that can be checked before the model runs: output names, files, sizes
     stems = output_stems(args.images, with_mask=True)
     for path in args.images:

@@ -207,6 +207,8 @@ def test_cli_predict_bad_inputs_leave_no_output(tmp_path, capsys):
     assert "65500" in one_line([good, tmp_path / "huge.png", "--device", "cpu"])
     assert "trunc.jpg" in one_line([good, tmp_path / "trunc.jpg", "--device", "cpu"])
     assert "device" in one_line([good, "--device", "banana"])
+    assert "--score-thresh" in one_line([good, "--score-thresh", "2"])
+    assert "--batch-size" in one_line([good, "--batch-size", "0"])
     if not torch.cuda.is_available():
         assert "CUDA" in one_line([good, "--device", "cuda"])
     with pytest.raises(ConfigError, match="device"):

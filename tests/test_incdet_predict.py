@@ -170,3 +170,10 @@ def test_staged_outputs_all_or_nothing(tmp_path):
         with StagedOutputs(tmp_path / "o") as st:
             st.add("d.json", b"4")
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.json", "b.json", "d.json"]
+
+
+@pytest.mark.parametrize("opt, value", [("--score-thresh", "1.5"), ("--vis-thresh", "-1"), ("--max-proposals", "0")])
+def test_bad_thresholds_are_one_line(run, tmp_path, capsys, opt, value):
+    img = sorted((run / "shapes" / "JPEGImages").glob("test_*.jpg"))[0]
+    assert main(_predict_argv(run, tmp_path / "o", img) + [opt, value]) == 2
+    assert opt in _one_error_line(capsys) and not (tmp_path / "o").exists()

@@ -121,11 +121,12 @@ class FastRCNNPredictor:
 # ------------------------------------------------------------------------------------- CLI
 def _predict(args: argparse.Namespace) -> int:
     from incdet.data.images import image_size
-    from incdet.errors import ConfigError
+    from incdet.engine.config import check_range
     from incdet.vis import StagedOutputs, check_writable_size, encode_outputs, output_stems
 
-    if args.max_proposals is not None and args.max_proposals < 1:
-        raise ConfigError(f"--max-proposals must be >= 1, got {args.max_proposals}")
+    check_range("", "--max-proposals", args.max_proposals, 1, allow_none=True)
+    check_range("", "--score-thresh", args.score_thresh, 0, 1, hi_open=True, allow_none=True)
+    check_range("", "--vis-thresh", args.vis_thresh, 0, 1)
     # everything that can be checked before the model runs: output names, files, sizes
     stems = output_stems(args.images, with_mask=False, reserved=["predictions.json"])
     for path in args.images:
