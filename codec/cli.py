@@ -8,16 +8,15 @@
     codec run --config configs/codec/pacs_cawf.yaml [--set learner.lmbda=0.002 ...]
     codec rd --model CKPT --images DIR_OR_DOMAIN [--domain D]   # real-bitstream RD point
     codec rd-report RUN_DIR... -o docs/results/codec.md [--plots DIR]
-    codec report ...   # = rd-report when the shared driver does not provide ``report``
-    codec eval-detector --data ROOT --split test --incdet CKPT [--blitznet W] --jpeg Q.. \
-        --jpeg2000 R.. --neural LABEL[@D]=CKPT,.. --out DIR   # mAP / mIoU vs bpp per codec
-    codec train / eval / report    # the shared driver's verbs, when incdet.engine.cli exists
+    codec eval-detector ...   # moved: python tools/codec_detector_eval.py (needs the detectors)
+    codec train / eval / report    # the shared driver's verbs (incdet.engine.cli)
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -191,7 +190,7 @@ def cmd_rd(args) -> int:
         raise ConfigError(f"--max-images {args.max_images}: must be >= 1")
     model, _ = _load_model(args.model, args.device)
     p = Path(args.images)
-    files = cdata._images(p) if p.is_dir() else cdata.domain_files(args.images, args.data_root)
+    files = cdata.image_files(p) if p.is_dir() else cdata.domain_files(args.images, args.data_root)
     if args.max_images:
         files = files[: args.max_images]
     if not files:
@@ -210,50 +209,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval_detector(args) -> int:
-    import shlex
-
-    from codec import detector_eval as de
-    from incdet.engine.distributed import resolve_device
-
-    dev = str(resolve_device(args.device))
-    if not (args.incdet or args.blitznet):
-        raise ConfigError("eval-detector: give a detector (--incdet CKPT and/or --blitznet WEIGHTS)")
-    es = de.load_eval_set(args.data, args.split, args.max_images, masks=bool(args.blitznet))
-    dets = []
-    if args.incdet:
-        dets.append(de.IncdetDetector(args.incdet, device=dev, proposals=args.proposals, method=args.proposal_method,
-                                      max_proposals=args.max_proposals))
-    if args.blitznet:
-        dets.append(de.BlitzNetDetector(args.blitznet, device=dev, score_thresh=args.blitznet_score_thresh))
-    points = []
-    if args.jpeg:
-        points += de.pil_rate_points("jpeg", args.jpeg)
-    if args.jpeg2000:
-        points += de.pil_rate_points("jpeg2000", args.jpeg2000)
-    neural = []
-    for spec in args.neural or []:
-        label, dom, files = de.parse_neural_spec(spec)
-        if label in (de.ORIGINAL, "JPEG", "JPEG2000") or label in dict(neural):
-            raise ConfigError(f"--neural {spec!r}: label {label!r} is already used (or reserved: {de.ORIGINAL}, JPEG, JPEG2000)")
-        neural.append((label, files))
-        points += de.neural_rate_points(label, files, dom, dev)
-    compat = [] if args.no_compat else de.compat_pairs(neural, args.compat or [])
-    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose") and v not in (None, [], False)}
-    parts = []
-    for k, v in opts.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            parts.append(flag)
-        elif k in ("neural", "compat"):  # repeated options
-            parts += [f"{flag} {shlex.quote(str(x))}" for x in v]
-        else:
-            parts.append(flag + " " + " ".join(shlex.quote(f"{x:g}" if isinstance(x, float) else str(x))
-                                               for x in (v if isinstance(v, list) else [v])))
-    cmd = "codec eval-detector " + " ".join(parts)
-    de.run_eval_detector(es, points, dets, args.out, compat=compat, device=dev, command=cmd,
-                         compat_images=args.compat_max_images)
-    print(f"wrote {Path(args.out) / 'results.md'}, results.json, rate_accuracy.png")
-    return 0
+    raise ConfigError("eval-detector moved out of the codec package (it needs the detectors): run "
+                      "`python tools/codec_detector_eval.py " + shlex.join(args.rest or ["--help"]) + "`")
 
 
 def _add_model_args(p):
@@ -267,7 +224,6 @@ def _add_limit_args(p):
 
 
 def register(sub) -> None:
-    taken = set(sub.choices)
     p = sub.add_parser("compress", help="compress an image into a bitstream file")
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True)
@@ -302,7 +258,7 @@ def register(sub) -> None:
     p.add_argument("--device")
     p.set_defaults(func=cmd_run)
 
-    for name in ("rd",) + (() if "eval" in taken else ("eval",)):
+    for name in ("rd",):
         p = sub.add_parser(name, help="rate-distortion of a codec on images (real bitstreams)")
         p.add_argument("--images", required=True, help="a folder of images or a domain name (kodak, cartoon, ...)")
         p.add_argument("--domain", type=int, default=0)
@@ -311,7 +267,7 @@ def register(sub) -> None:
         _add_model_args(p)
         p.set_defaults(func=cmd_rd)
 
-    for name in ("rd-report",) + (() if "report" in taken else ("report",)):
+    for name in ("rd-report",):
         p = sub.add_parser(name, help="DANICE forgetting table (markdown) + RD plots from `codec run` dirs")
         p.add_argument("runs", nargs="+")
         p.add_argument("-o", "--output", required=True)
@@ -321,32 +277,9 @@ def register(sub) -> None:
 
 
 def register_eval_detector(sub) -> None:
-    p = sub.add_parser("eval-detector", help="rate vs detection accuracy: codecs x rates -> detector mAP / mIoU vs bpp",
-                       description="Encode every image of a VOC-layout split with JPEG, JPEG2000 and neural codecs at "
-                                   "several rates, run trained detectors on the decoded images, and write "
-                                   "OUT/results.{md,json} and OUT/rate_accuracy.png (see codec/detector_eval.py).")
-    p.add_argument("--data", required=True, help="VOC-layout root (ImageSets/Main, JPEGImages, Annotations)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--incdet", help="incdet Fast R-CNN driver checkpoint (RUN/checkpoints/taskK.pt)")
-    p.add_argument("--proposals", default="decoded",
-                   help="'decoded': proposals computed on each decoded image (default); or an .npz/.pkl file of "
-                        "proposals of the original images by image id (faster, optimistic)")
-    p.add_argument("--proposal-method", default="selective_search", help="selective_search | sliding_window")
-    p.add_argument("--max-proposals", type=int, default=None)
-    p.add_argument("--blitznet", help="BlitzNet weights file or blitznet run checkpoint")
-    p.add_argument("--blitznet-score-thresh", type=float, default=0.01, help="BlitzNet detection score threshold")
-    p.add_argument("--jpeg", type=float, nargs="*", default=[], help="JPEG qualities")
-    p.add_argument("--jpeg2000", type=float, nargs="*", default=[], help="JPEG2000 compression ratios")
-    p.add_argument("--neural", action="append", metavar="LABEL[@DOMAIN]=CKPT[,CKPT...]",
-                   help="a neural codec curve, one checkpoint per rate (globs allowed); domain: default the codec's last")
-    p.add_argument("--compat", action="append", metavar="SOURCE_LABEL:ADAPTED_LABEL",
-                   help="compatibility pairs (default: the first plain codec vs every CAwF codec)")
-    p.add_argument("--no-compat", action="store_true", help="skip the bitstream compatibility check")
-    p.add_argument("--compat-max-images", type=int, default=None,
-                   help="images in the compatibility check (the first ones of the split; default all)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p = sub.add_parser("eval-detector", add_help=False, prefix_chars="\0",  # every argument is kept as is
+                       help="moved: python tools/codec_detector_eval.py (rate vs detection accuracy)")
+    p.add_argument("rest", nargs="*")
     p.set_defaults(func=cmd_eval_detector)
 
 

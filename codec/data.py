@@ -44,7 +44,8 @@ def default_data_root() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _images(folder: Path, recursive: bool = True) -> List[Path]:
+def image_files(folder: Path, recursive: bool = True) -> List[Path]:
+    """Sorted image files (by extension) under ``folder`` (recursively by default); [] if absent."""
     if not folder.is_dir():
         return []
     it = folder.rglob("*") if recursive else folder.iterdir()
@@ -55,24 +56,24 @@ def domain_files(name: str, root=None, natural_with_camvid: bool = False) -> Lis
     """All image files of domain ``name`` (sorted). Unknown name -> ``DataError``; no files -> ``DataError``."""
     root = Path(root) if root is not None else default_data_root()
     if name == "natural":
-        files = _images(root / "voc2012-100" / "VOCdevkit" / "VOC2012" / "JPEGImages", False)
-        files += _images(root / "coco-tiny" / "train2017") + _images(root / "coco-tiny" / "val2017")
+        files = image_files(root / "voc2012-100" / "VOCdevkit" / "VOC2012" / "JPEGImages", False)
+        files += image_files(root / "coco-tiny" / "train2017") + image_files(root / "coco-tiny" / "val2017")
         if natural_with_camvid:
-            files += _images(root / "domains" / "camvid" / "val", False)
+            files += image_files(root / "domains" / "camvid" / "val", False)
     elif name == "kodak":
-        files = _images(root / "kodak", False)
+        files = image_files(root / "kodak", False)
     elif name in PACS_DOMAINS:
-        files = _images(root / "domains" / "pacs" / name)
+        files = image_files(root / "domains" / "pacs" / name)
     elif name == "documents":
-        files = _images(root / "domains" / "documents", False)
+        files = image_files(root / "domains" / "documents", False)
     elif name == "faces":
-        files = _images(root / "domains" / "faces")
+        files = image_files(root / "domains" / "faces")
     elif name == "camvid":
-        files = _images(root / "domains" / "camvid" / "val", False)
+        files = image_files(root / "domains" / "camvid" / "val", False)
     else:
         p = Path(name)
         if p.is_dir():  # any folder of images is a domain too
-            files = _images(p)
+            files = image_files(p)
         elif p.is_file() and p.suffix == ".txt":  # a VOC image set
             files = voc_image_set(p)
         else:

@@ -104,7 +104,9 @@ def _mean(rows: List[dict]) -> Dict[str, float]:
     return out
 
 
-def _encode_pil(arr: np.ndarray, fmt: str, q) -> bytes:
+def encode_pil(arr: np.ndarray, fmt: str, q) -> bytes:
+    """Encode an HxWx3 uint8 array as JPEG (``q`` = quality; 4:4:4 from 90) or lossy JPEG2000
+    (``q`` = compression ratio; irreversible 9/7 wavelet, colour transform) with Pillow."""
     buf = io.BytesIO()
     im = Image.fromarray(arr)
     if fmt == "jpeg":
@@ -119,7 +121,7 @@ def evaluate_baseline(images: Iterable[torch.Tensor], fmt: str, q) -> Dict[str, 
     rows = []
     for img in images:
         arr = img.permute(1, 2, 0).contiguous().numpy()
-        data = _encode_pil(arr, fmt, q)
+        data = encode_pil(arr, fmt, q)
         rec = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()).permute(2, 0, 1)
         h, w = img.shape[-2:]
         rows.append({"bpp": 8 * len(data) / (h * w), "psnr": psnr(img, rec), "ms_ssim": ms_ssim(img, rec)})

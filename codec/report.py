@@ -92,7 +92,7 @@ def pareto(curve: Curve) -> Curve:
     return out
 
 
-def _bd(anchor: Curve, test: Curve) -> float:
+def bd_rate_curves(anchor: Curve, test: Curve) -> float:
     """BD-rate of ``test`` against ``anchor`` over their non-dominated points (:func:`pareto`)."""
     anchor, test = pareto(anchor or []), pareto(test or [])
     if len(anchor) < 2 or len(test) < 2:
@@ -208,7 +208,7 @@ def bd_table(curves, labels, domains, eval_names, anchor_label: str, level: Opti
     out.append("| | " + " | ".join(f"{d} ({e})" for d, e in zip(domains, eval_names)) + " | avg |")
     out.append("|---" * (len(domains) + 2) + "|")
     for lab in labels:
-        vals = [_bd(anchor.get(d, []), curves[lab].get(d, [])) for d in domains]
+        vals = [bd_rate_curves(anchor.get(d, []), curves[lab].get(d, [])) for d in domains]
         fin = [v for v in vals if math.isfinite(v)]
         avg = sum(fin) / len(fin) if len(fin) == len(vals) and fin else float("nan")
         out.append(f"| {lab} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)} |")

@@ -6,8 +6,7 @@ import pytest
 
 from conftest import load_tool
 
-from codec import detector_eval as de
-
+de = load_tool("codec_detector_eval")
 
 
 @pytest.fixture(scope="module")

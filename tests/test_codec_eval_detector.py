@@ -1,4 +1,4 @@
-"""`codec eval-detector`: the whole chain (codecs x rates -> decode -> detectors -> mAP / mIoU vs
+"""tools/codec_detector_eval.py: the whole chain (codecs x rates -> decode -> detectors -> mAP / mIoU vs
 bpp, BD-rate over accuracy curves, CAwF compatibility) on tiny random models and 4 tiny images."""
 import json
 import math
@@ -8,11 +8,15 @@ import pytest
 import torch
 
 from codec import bitstream as bs
-from codec import detector_eval as de
-from codec.cli import main
+from codec.cli import main as codec_main
 from codec.model import FactorizedCodec, rd_loss, save_checkpoint
 from codec.strategies.cawf import CAwFCodec
 from incdet.errors import ConfigError
+
+from conftest import load_tool
+
+de = load_tool("codec_detector_eval")
+main = de.main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +66,7 @@ def chain(tmp_path_factory):
 
 def _run(chain, out, extra=()):
     t = chain
-    argv = ["eval-detector", "--data", str(t / "shapes"), "--split", "test",
+    argv = ["--data", str(t / "shapes"), "--split", "test",
             "--incdet", str(t / "run" / "checkpoints" / "task1.pt"), "--proposal-method", "sliding_window",
             "--blitznet", str(t / "blitz.pt"), "--blitznet-score-thresh", "0.05", "--jpeg", "10", "50", "--jpeg2000", "40", "10",
             "--neural", f"source={t / 'src0.pt'},{t / 'src1.pt'}", "--neural", f"cawf={t / 'cawf*.pt'}",
@@ -165,9 +169,9 @@ def test_bad_inputs(chain, tmp_path, capsys):
         de.parse_neural_spec("no-equals-sign")
     with pytest.raises(Exception, match="no checkpoint matches"):
         de.parse_neural_spec(f"x={tmp_path / 'none*.pt'}")
-    assert main(["eval-detector", "--data", str(chain / "shapes"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["--data", str(chain / "shapes"), "--out", str(tmp_path / "o")]) == 2
     assert "give a detector" in capsys.readouterr().err
-    assert main(["eval-detector", "--data", str(tmp_path / "nowhere"), "--blitznet", str(chain / "blitz.pt"),
+    assert main(["--data", str(tmp_path / "nowhere"), "--blitznet", str(chain / "blitz.pt"),
                  "--out", str(tmp_path / "o")]) == 2
     with pytest.raises(ConfigError, match="not in the dataset"):
         es = de.load_eval_set(chain / "shapes", "test", max_images=1, masks=False)
@@ -220,3 +224,19 @@ def test_compat_pairs_default_and_lambda_order(chain):
         de.compat_pairs([("source", src), ("cawf", cawf[::-1])])
     with pytest.raises(ConfigError, match="no --neural codec labelled"):
         de.compat_pairs([("source", src)], ["source:other"])
+
+
+def test_codec_cli_points_at_the_tool(capsys):
+    """``codec eval-detector`` is a one-line pointer to the tool; the codec package imports
+    neither detector."""
+    import subprocess
+    import sys
+
+    assert codec_main(["eval-detector", "--data", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "tools/codec_detector_eval.py --data x" in err and len(err.strip().splitlines()) == 1
+    code = ("import sys, codec, codec.cli, codec.bitstream, codec.metrics, codec.report, codec.learner; "
+            "bad = [m for m in sys.modules if m.startswith(('blitznet', 'incdet.models'))]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -104,3 +104,23 @@ def run_queue(runs: Sequence[QueuedRun], out: Path, train: Callable[..., Any], *
     if failed:
         print(f"[{tag}] failed: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
+
+
+def hardware_line(cores_note: str = " (shared with other jobs during the runs)",
+                  run_note: str = ", one thread per run") -> str:
+    """One line for a results doc: CPU, logical cores, torch and Python versions, CPU only."""
+    import os
+
+    import torch
+
+    return (f"{cpu_name()}, {os.cpu_count()} logical cores{cores_note}, "
+            f"torch {torch.__version__}, Python {platform.python_version()}, CPU only{run_note}")
+
+
+def fmt_number(v, nd: int = 2, sign: bool = True) -> str:
+    """``v`` with ``nd`` decimals (``+`` sign when ``sign``); None / NaN / inf -> ``n/a``."""
+    import math
+
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"

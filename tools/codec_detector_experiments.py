@@ -11,7 +11,7 @@ codec per lambda trained on natural photographs (PACS photo), then CAwF and adap
 from it to the shapes-voc training images (two-task sequence photo -> shapes). Finished runs are
 skipped, so an interrupted ``train`` resumes.
 
-``eval``: ``codec eval-detector`` on the shapes-voc test split with the two trained detectors
+``eval``: ``tools/codec_detector_eval.py`` on the shapes-voc test split with the two trained detectors
 (defaults: the incdet 15+5 distillation model after its second task, and the joint BlitzNet, both
 trained by the commands of ``docs/results/incdet.md`` / ``docs/results/blitznet.md``): JPEG,
 JPEG2000, the source codecs and the adapted codecs (their shapes domain) at every rate, plus the
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from codec_experiments import _fmt, _hardware  # noqa: E402  (the PACS tool's doc helpers)
+import codec_detector_eval as de  # noqa: E402  (the evaluation harness)
+from _common import fmt_number, hardware_line  # noqa: E402  (shared doc helpers)
 
 CONFIG = "configs/codec/shapes_cpu.yaml"
 LAMBDAS = (0.002, 0.008, 0.016, 0.032)
@@ -80,7 +81,7 @@ def train_cmd(a) -> List[str]:
 
 def eval_cmd(a) -> List[str]:
     out = Path(a.out)
-    cmd = [sys.executable, "-m", "codec.cli", "eval-detector", "--data", a.data, "--split", a.split,
+    cmd = [sys.executable, str(ROOT / "tools" / "codec_detector_eval.py"), "--data", a.data, "--split", a.split,
            "--incdet", a.incdet, "--blitznet", a.blitznet,
            "--jpeg", *[str(q) for q in a.jpeg], "--jpeg2000", *[str(r) for r in a.jpeg2000],
            "--out", str(out / "eval"), "--device", a.device]
@@ -174,13 +175,11 @@ def verdict(res: dict, adapted=("CAwF", "adapters"), anchors=("source", "JPEG200
                 else:
                     word = f"BD-rate {bd:+.1f} % ({'fewer' if bd < 0 else 'more'} bits at equal accuracy)"
                 lines.append(f"- {k}: {t} vs {an}: {word}; bpp to reach {fraction * 100:g} % of the uncompressed "
-                             f"accuracy {_fmt(rt, 3, sign=False)} vs {_fmt(ra, 3, sign=False)}.")
+                             f"accuracy {fmt_number(rt, 3, sign=False)} vs {fmt_number(ra, 3, sign=False)}.")
     return lines
 
 
 def write_doc(a) -> int:
-    from codec import detector_eval as de
-
     out = Path(a.out)
     ev = out / "eval" / "results.json"
     if not ev.is_file():
@@ -203,7 +202,7 @@ def write_doc(a) -> int:
          "Regenerate everything (codec training, evaluation, this file and its picture):", "",
          "```", f"python tools/codec_detector_experiments.py all --out {a.out}", "```", "",
          f"This file alone from finished runs: `python tools/codec_detector_experiments.py doc --out {a.out}`.", "",
-         f"- Hardware: {_hardware('', '')}.",
+         f"- Hardware: {hardware_line('', '')}.",
          f"- Wall time: codec training {train_s / 60:.1f} min summed over its runs "
          f"(`{out}/timing.json`); evaluation {timing.get('eval_seconds', float('nan')) / 60:.1f} min "
          f"(`{res['images']}` test images x {len(rows)} rows, two detectors, proposals recomputed on every decoded image).",
@@ -217,7 +216,7 @@ def write_doc(a) -> int:
          f"- Detectors: **incdet** `{a.incdet}` (Fast R-CNN after the incremental step 15+5 with distillation; "
          f"trained by `{_read_cmd(a.incdet)}`, i.e. `{INCDET_CMD}`) and **BlitzNet** `{a.blitznet}` (joint detection + "
          f"segmentation; trained by `{_read_cmd(a.blitznet)}`, i.e. `{BLITZNET_CMD}`). Uncompressed test images: "
-         + ", ".join(f"{k} {_fmt(src_row.get(k), sign=False)}" for k in de.metric_keys(rows)) + ".",
+         + ", ".join(f"{k} {fmt_number(src_row.get(k), sign=False)}" for k in de.metric_keys(rows)) + ".",
          f"- Evaluation command (run by `eval`): `{res.get('command', '')}`.", "",
          f"![mAP / mIoU against bpp]({pics.relative_to(Path(a.doc).parent) if pics.is_relative_to(Path(a.doc).parent) else pics}/rate_accuracy.png)",
          "", "## Against the issue's target", "",
@@ -226,7 +225,7 @@ def write_doc(a) -> int:
     L += ["PSNR BD-rate on the same test images (row vs column, %; negative = fewer bits at equal PSNR):", "",
           "| codec \\ anchor | " + " | ".join(psnr_bd) + " |", "|---|" + "---|" * len(psnr_bd)]
     for t in psnr_bd:
-        L.append(f"| {t} | " + " | ".join(_fmt(psnr_bd[t][x], sign=True) for x in psnr_bd) + " |")
+        L.append(f"| {t} | " + " | ".join(fmt_number(psnr_bd[t][x], sign=True) for x in psnr_bd) + " |")
     L += ["", "## Results", "", body.strip(), ""]
     if a.notes and Path(a.notes).is_file():
         L += ["## Notes", "", Path(a.notes).read_text().strip(), ""]

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name  # noqa: E402  (shared by the tools)
+from _common import fmt_number, hardware_line  # noqa: E402  (shared by the tools)
 
 LAMBDAS = (0.002, 0.008, 0.016, 0.032)
 STRATEGIES = ("naive", "selective", "cawf", "adapters")
@@ -286,24 +285,8 @@ def baselines(a) -> int:
 # ---------------------------------------------------------------------------------------
 # the doc
 # ---------------------------------------------------------------------------------------
-def _hardware(cores_note: str = " (shared with other jobs during the runs)",
-              run_note: str = ", one thread per run") -> str:
-    import torch
-
-    cpu = cpu_name()
-
-    return (f"{cpu}, {os.cpu_count()} logical cores{cores_note}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}, CPU only{run_note}")
-
-
-def _fmt(v, nd=2, sign=True) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
-
-
 def write_doc(a) -> int:
-    from codec.report import _bd, collect_curves, load_runs, make_report
+    from codec.report import bd_rate_curves, collect_curves, load_runs, make_report
 
     out = Path(a.out)
     # the shared base codec is not a t=1 model (the src_<lambda> runs are): left out of the tables
@@ -332,7 +315,7 @@ def write_doc(a) -> int:
     for lab in sorted(curves):
         if not lab.startswith("t=") or lab.startswith("t=1"):
             continue
-        summ.append((lab, [_bd(src.get(d, []), curves[lab].get(d, [])) for d in domains]))
+        summ.append((lab, [bd_rate_curves(src.get(d, []), curves[lab].get(d, [])) for d in domains]))
     checks = sorted(out.glob("check_*.json"))
     chk = [json.loads(p.read_text()) for p in checks]
     params = {}
@@ -349,7 +332,7 @@ def write_doc(a) -> int:
     L += ["Regenerate (trains everything, then writes this file and the PNGs):", "", "```",
           f"python tools/codec_experiments.py all --out {a.out}", "```", "",
           f"The doc alone from finished runs: `python tools/codec_experiments.py report --out {a.out}`.", "",
-          f"- Hardware: {_hardware()}.",
+          f"- Hardware: {hardware_line()}.",
           f"- Wall time: {wall_s / 60:.1f} min for all invocations of `tools/codec_experiments.py` "
           f"({job_s / 60:.1f} min summed over the {len(timing['jobs'])} runs/checks, the last run of each kept). "
           + ("Invocations: " + "; ".join(
@@ -392,7 +375,7 @@ def write_doc(a) -> int:
     L += ["## Results against the issue's targets", ""]
     tgt = []
     for lab, vals in summ:
-        tgt.append(f"| {lab} | " + " | ".join(_fmt(v) for v in vals) + " |")
+        tgt.append(f"| {lab} | " + " | ".join(fmt_number(v) for v in vals) + " |")
     L += ["BD-rate (%) against the unadapted source model (t=1), per domain; negative = fewer bits at equal PSNR:", "",
           "| row | " + " | ".join(f"{d}" for d in domains) + " |", "|---" * (len(domains) + 1) + "|"] + tgt + [""]
     # target checks
@@ -406,7 +389,7 @@ def write_doc(a) -> int:
         p2, p3 = cell(f"t=2 {s}", domains[0]), cell(f"t=3 {s}", domains[0])
         if all(not math.isfinite(v) for v in (c2, s3)):
             continue
-        lines.append(f"| {s} | {_fmt(c2)} | {_fmt(s3)} | {_fmt(c3)} | {_fmt(p2)} / {_fmt(p3)} |")
+        lines.append(f"| {s} | {fmt_number(c2)} | {fmt_number(s3)} | {fmt_number(c3)} | {fmt_number(p2)} / {fmt_number(p3)} |")
     L += ["| strategy | cartoon gain at t=2 | sketch gain at t=3 | cartoon at t=3 (after sketch) | source (Kodak) change t=2 / t=3 |",
           "|---|---|---|---|---|"] + lines + [""]
     # per-lambda change of the training objective (valid even where RD curves are not monotone)
@@ -441,7 +424,7 @@ def write_doc(a) -> int:
                 for lm in lms:
                     v, s0 = rdrows[lab].get(lm), src_rd.get(lm)
                     vals.append(100 * (v[j] / s0[j] - 1) if v and s0 and v[j] and s0[j] else float("nan"))
-                cells.append(" / ".join(_fmt(x, 1) for x in vals))
+                cells.append(" / ".join(fmt_number(x, 1) for x in vals))
             L.append(f"| {lab} | " + " | ".join(cells) + " |")
         L.append("")
     # verdicts on the issue's targets, from the numbers above
@@ -456,7 +439,7 @@ def write_doc(a) -> int:
         inrange = len(gain) == 2 and all(-20.0 <= v <= -5.0 for v in gain)
         verdict = ("**met**" if ok else "**not met**" if bad else
                    "**undetermined by BD-rate** (n/a: non-monotone or non-overlapping curves; see the per-lambda objective table)")
-        L.append(f"- {s_}: target-domain BD-rate vs the unadapted source {_fmt(c2)}% (cartoon, t=2), {_fmt(s3)}% (sketch, t=3): "
+        L.append(f"- {s_}: target-domain BD-rate vs the unadapted source {fmt_number(c2)}% (cartoon, t=2), {fmt_number(s3)}% (sketch, t=3): "
                  f"gain on both {verdict}"
                  + (f"; within the papers' 5-20%: {'yes' if inrange else 'no'}" if ok else "") + ".")
     exact = []

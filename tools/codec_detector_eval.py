@@ -1,5 +1,11 @@
 """Rate versus detection accuracy: compress a detector's inputs, decode, detect (issue 7).
 
+    python tools/codec_detector_eval.py --data ROOT --split test --incdet CKPT [--blitznet W]
+        --jpeg Q.. --jpeg2000 R.. --neural LABEL[@D]=CKPT,.. --out DIR
+
+An integration harness (it imports the detectors, ``incdet.models`` and ``blitznet``), so it
+lives in ``tools/`` and the ``codec`` package depends on neither detector.
+
 For a detection dataset in VOC layout (``ImageSets/Main/<split>.txt``, ``JPEGImages``,
 ``Annotations``, optional ``SegmentationClass``), every image is encoded and decoded by each
 codec at each rate; trained detectors run on the decoded images and the tool reports, per codec
@@ -17,7 +23,7 @@ Codecs (one :class:`RatePoint` per codec and rate):
 
 - ``JPEG`` (Pillow, ``param`` = quality) and ``JPEG2000`` (Pillow's OpenJPEG, irreversible 9/7
   wavelet, colour transform on, ``param`` = compression ratio), both through
-  ``codec.metrics._encode_pil`` (the encoder settings of the codec's RD tables);
+  ``codec.metrics.encode_pil`` (the encoder settings of the codec's RD tables);
 - neural codecs from checkpoints (``codec run`` / ``codec init`` / driver checkpoints, one per
   lambda): real bitstreams through :func:`codec.bitstream.encode` / ``decode``; the domain is
   the codec's last one by default (a CAwF or adapter codec's newest domain; 0 for a plain
@@ -46,10 +52,13 @@ source-domain re-encodings by the adapted codec giving identical bytes.
 """
 from __future__ import annotations
 
+import argparse
 import glob as _glob
 import io
 import json
 import math
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +69,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from incdet.errors import CheckpointError, ConfigError, DataError
+from incdet.errors import CheckpointError, ConfigError, DataError, IncdetError
 
 ORIGINAL = "original"
 
@@ -90,7 +99,7 @@ def _pil_decode(data: bytes) -> Tensor:
 def pil_rate_points(fmt: str, params: Sequence) -> List[RatePoint]:
     """JPEG (``fmt='jpeg'``, params = qualities 1..95) or JPEG2000 (``'jpeg2000'``, params =
     compression ratios > 1) rate points, with the encoder settings of :mod:`codec.metrics`."""
-    from codec.metrics import _encode_pil
+    from codec.metrics import encode_pil
 
     if fmt not in ("jpeg", "jpeg2000"):
         raise ConfigError(f"unknown baseline codec {fmt!r} (known: jpeg, jpeg2000)")
@@ -105,7 +114,7 @@ def pil_rate_points(fmt: str, params: Sequence) -> List[RatePoint]:
         qq = int(q) if fmt == "jpeg" else q
 
         def enc(img: Tensor, _q=qq) -> bytes:
-            return _encode_pil(img.permute(1, 2, 0).contiguous().numpy(), fmt, _q)
+            return encode_pil(img.permute(1, 2, 0).contiguous().numpy(), fmt, _q)
 
         out.append(RatePoint(label, f"{q:g}", enc, _pil_decode))
     return out
@@ -451,10 +460,10 @@ def curves(rows: Sequence[dict], metric: str) -> Dict[str, List[dict]]:
 def bd_rate_table(rows: Sequence[dict], metric: str) -> Dict[str, Dict[str, float]]:
     """``{test codec: {anchor codec: BD-rate %}}`` over the accuracy-rate curves of ``metric``
     (upper envelopes, see the module docstring); NaN where undefined."""
-    from codec.report import _bd
+    from codec.report import bd_rate_curves
 
     cv = curves(rows, metric)
-    return {t: {a: (0.0 if a == t else _bd(cv[a], cv[t])) for a in cv} for t in cv}
+    return {t: {a: (0.0 if a == t else bd_rate_curves(cv[a], cv[t])) for a in cv} for t in cv}
 
 
 def rate_at_accuracy(curve: Sequence[dict], target: float) -> float:
@@ -683,3 +692,98 @@ __all__ = ["RatePoint", "pil_rate_points", "neural_rate_points", "parse_neural_s
            "BlitzNetDetector", "EvalSet", "load_eval_set", "detection_map", "segmentation_miou", "evaluate_point",
            "compatibility_check", "bd_rate_table", "rate_at_accuracy", "rate_at_accuracy_table", "curves", "run_eval_detector", "write_markdown", "plot",
            "compat_pairs"]
+
+
+# ------------------------------------------------------------------------------------ command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="codec_detector_eval",
+        description="Encode every image of a VOC-layout split with JPEG, JPEG2000 and neural codecs at "
+                    "several rates, run trained detectors on the decoded images, and write "
+                    "OUT/results.{md,json} and OUT/rate_accuracy.png (mAP / mIoU vs bpp per codec).")
+    p.add_argument("--data", required=True, help="VOC-layout root (ImageSets/Main, JPEGImages, Annotations)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--incdet", help="incdet Fast R-CNN driver checkpoint (RUN/checkpoints/taskK.pt)")
+    p.add_argument("--proposals", default="decoded",
+                   help="'decoded': proposals computed on each decoded image (default); or an .npz/.pkl file of "
+                        "proposals of the original images by image id (faster, optimistic)")
+    p.add_argument("--proposal-method", default="selective_search", help="selective_search | sliding_window")
+    p.add_argument("--max-proposals", type=int, default=None)
+    p.add_argument("--blitznet", help="BlitzNet weights file or blitznet run checkpoint")
+    p.add_argument("--blitznet-score-thresh", type=float, default=0.01, help="BlitzNet detection score threshold")
+    p.add_argument("--jpeg", type=float, nargs="*", default=[], help="JPEG qualities")
+    p.add_argument("--jpeg2000", type=float, nargs="*", default=[], help="JPEG2000 compression ratios")
+    p.add_argument("--neural", action="append", metavar="LABEL[@DOMAIN]=CKPT[,CKPT...]",
+                   help="a neural codec curve, one checkpoint per rate (globs allowed); domain: default the codec's last")
+    p.add_argument("--compat", action="append", metavar="SOURCE_LABEL:ADAPTED_LABEL",
+                   help="compatibility pairs (default: the first plain codec vs every CAwF codec)")
+    p.add_argument("--no-compat", action="store_true", help="skip the bitstream compatibility check")
+    p.add_argument("--compat-max-images", type=int, default=None,
+                   help="images in the compatibility check (the first ones of the split; default all)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    return p
+
+
+def run(args) -> int:
+    """Run the evaluation of parsed ``args`` (see :func:`build_parser`)."""
+    from incdet.engine.distributed import resolve_device
+
+    dev = str(resolve_device(args.device))
+    for opt in ("max_images", "max_proposals", "compat_max_images"):
+        v = getattr(args, opt)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{opt.replace('_', '-')} {v}: must be >= 1")
+    if not (args.incdet or args.blitznet):
+        raise ConfigError("eval-detector: give a detector (--incdet CKPT and/or --blitznet WEIGHTS)")
+    es = load_eval_set(args.data, args.split, args.max_images, masks=bool(args.blitznet))
+    dets = []
+    if args.incdet:
+        dets.append(IncdetDetector(args.incdet, device=dev, proposals=args.proposals, method=args.proposal_method,
+                                   max_proposals=args.max_proposals))
+    if args.blitznet:
+        dets.append(BlitzNetDetector(args.blitznet, device=dev, score_thresh=args.blitznet_score_thresh))
+    points = []
+    if args.jpeg:
+        points += pil_rate_points("jpeg", args.jpeg)
+    if args.jpeg2000:
+        points += pil_rate_points("jpeg2000", args.jpeg2000)
+    neural = []
+    for spec in args.neural or []:
+        label, dom, files = parse_neural_spec(spec)
+        if label in (ORIGINAL, "JPEG", "JPEG2000") or label in dict(neural):
+            raise ConfigError(f"--neural {spec!r}: label {label!r} is already used (or reserved: {ORIGINAL}, JPEG, JPEG2000)")
+        neural.append((label, files))
+        points += neural_rate_points(label, files, dom, dev)
+    compat = [] if args.no_compat else compat_pairs(neural, args.compat or [])
+    opts = {k: v for k, v in vars(args).items() if v not in (None, [], False)}
+    parts = []
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif k in ("neural", "compat"):  # repeated options
+            parts += [f"{flag} {shlex.quote(str(x))}" for x in v]
+        else:
+            parts.append(flag + " " + " ".join(shlex.quote(f"{x:g}" if isinstance(x, float) else str(x))
+                                               for x in (v if isinstance(v, list) else [v])))
+    cmd = "python tools/codec_detector_eval.py " + " ".join(parts)
+    run_eval_detector(es, points, dets, args.out, compat=compat, device=dev, command=cmd,
+                      compat_images=args.compat_max_images)
+    print(f"wrote {Path(args.out) / 'results.md'}, results.json, rate_accuracy.png")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line; a user error -> one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except IncdetError as e:
+        print(f"codec_detector_eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
