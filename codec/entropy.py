@@ -9,7 +9,6 @@ trained quantiles, so loading a checkpoint into a fresh module must first resize
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Dict, Iterable, Tuple
 
 import torch
@@ -98,14 +97,3 @@ def latent_bits_estimate(eb: EntropyBottleneck, y: Tensor) -> float:
     eb.train(was)
     return float(bits_from_likelihoods([lk]))
 
-
-def aux_loss(module: nn.Module) -> Tensor:
-    """Sum of the quantile (aux) losses of every bottleneck in ``module`` (trains the CDF range)."""
-    losses = [m.loss() for m in module.modules() if isinstance(m, EntropyBottleneck)]
-    if not losses:
-        return torch.zeros(())
-    return sum(losses)
-
-
-def log2(x: float) -> float:
-    return math.log(x, 2)

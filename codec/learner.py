@@ -17,8 +17,9 @@ file bytes (header included), ``bpp_est`` (entropy estimate), ``psnr``, ``ms_ssi
 (8-bit) and ``rd = bpp + lambda * mse`` (the training objective in 8-bit units; the primary
 metric, lower is better).
 
-The learner works with the shared driver (``incdet.engine``) when it is importable, and with
-:func:`run_sequence`, a plain loop used by ``codec run`` otherwise.
+The learner is registered with the shared driver (``incdet.engine``); :func:`run_sequence` is a
+plain loop used by ``codec run``. Strategies are :class:`codec.registry.Strategy` objects looked
+up by name in :data:`codec.registry.STRATEGIES`.
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from codec import data as cdata
 from codec.metrics import evaluate_codec
-from codec.model import FactorizedCodec, build_codec, load_codec, load_state_into, rd_loss, save_checkpoint
-from codec.strategies import STRATEGIES
+from codec.model import FactorizedCodec, load_codec, load_state_into, rd_loss, save_checkpoint
+from codec.registry import STRATEGIES, build_codec, get_strategy
 from codec.strategies.adapters import AdapterCodec
-from codec.strategies.cawf import CAwFCodec
-from codec.strategies.selective import setup_naive, setup_selective, trainable_fraction
+from codec.strategies.naive import setup_naive
+from codec.strategies.selective import trainable_fraction
+from incdet import engine
+from incdet.engine.learner import Learner
 from incdet.engine.task import Task
 from incdet.errors import ConfigError
 
@@ -62,12 +65,6 @@ def _positive_float(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 log = logging.getLogger(__name__)
-
-try:  # the shared driver's base class, when it exists
-    from incdet.engine.learner import Learner as _Base
-except ImportError:  # pragma: no cover - driver not written yet
-    _Base = object
-
 
 # ---------------------------------------------------------------------------------------
 # task builder
@@ -155,7 +152,7 @@ class CodecConfig:
         from codec.strategies.adapters import POLICIES
 
         _check("learner", self, {
-            "strategy": (lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+            "strategy": (lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES.names())}"),
             "N": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
             "M": (lambda v: v is None or (_int_at_least(1)(v) and v <= 4096), "null or an integer in 1..4096"),
             "lmbda": (_positive_float, "a finite number > 0"),
@@ -165,7 +162,7 @@ class CodecConfig:
         })
 
 
-class CodecLearner(_Base):
+class CodecLearner(Learner):
     """Learner for domain-incremental codec adaptation; see the module docstring."""
 
     Config = CodecConfig
@@ -176,7 +173,7 @@ class CodecLearner(_Base):
         if isinstance(config, dict):
             config = CodecConfig(**config)
         if config.strategy not in STRATEGIES:
-            raise ConfigError(f"learner.strategy: unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
+            raise ConfigError(f"learner.strategy: unknown strategy {config.strategy!r}; known: {', '.join(STRATEGIES.names())}")
         self.config = config
         self.device = torch.device(device)
         self.model = None
@@ -211,19 +208,7 @@ class CodecLearner(_Base):
         m = self.unwrapped
         if t == 0 or task.meta.get("joint"):
             return
-        if c.strategy == "cawf":
-            if isinstance(m, FactorizedCodec):
-                m = CAwFCodec(m, K=c.K)
-            while m.n_domains() <= t:
-                m.add_domain()
-        elif c.strategy == "adapters":
-            if isinstance(m, FactorizedCodec):
-                m = AdapterCodec(m, 1, c.policy)
-            while m.n_domains() <= t:
-                m.add_domain()
-        elif c.strategy == "selective":
-            m.add_affine()
-        self.model = m.to(self.device)
+        self.model = get_strategy(c.strategy).grow(m, t, c).to(self.device)
 
     def _set_trainable(self, task: Task) -> None:
         m = self.unwrapped
@@ -235,17 +220,7 @@ class CodecLearner(_Base):
             if not c.train_source and t == 0:
                 m.requires_grad_(False)
             return
-        if c.strategy == "naive":
-            setup_naive(m)
-        elif c.strategy == "selective":
-            setup_selective(m)
-        elif c.strategy == "cawf":
-            m.requires_grad_(False)
-            m.branch(t).requires_grad_(True)
-        elif c.strategy == "adapters":
-            m.requires_grad_(False)
-            m.gate.requires_grad_(True)
-            m.adapters[t].requires_grad_(True)
+        get_strategy(c.strategy).set_trainable(m, t)
         log.info("task %d (%s): %s, trainable fraction %.4f", t, task.name, c.strategy, trainable_fraction(m))
 
     def _freeze_quantiles(self) -> None:
@@ -384,22 +359,15 @@ class _LabelledMix(Dataset):
 
 
 # ---------------------------------------------------------------------------------------
-# registration with the shared driver (guarded: the driver may be unfinished)
+# registration with the shared driver
 # ---------------------------------------------------------------------------------------
 def _register() -> None:
-    try:
-        from incdet import engine
-    except ImportError:  # pragma: no cover
-        return
-    learners = getattr(engine, "LEARNERS", None)
-    if learners is not None:
-        for name in ("codec",) + tuple(f"codec.{s}" for s in STRATEGIES):
-            if name not in learners:
-                cls = CodecLearner if name == "codec" else _strategy_class(name.split(".", 1)[1])
-                learners.register(name)(cls)
-    builders = getattr(engine, "TASK_BUILDERS", None)
-    if builders is not None and "domains" not in builders:
-        builders.register("domains")(build_domain_tasks)
+    for name in ("codec",) + tuple(f"codec.{s}" for s in STRATEGIES.names()):
+        if name not in engine.LEARNERS:
+            cls = CodecLearner if name == "codec" else _strategy_class(name.split(".", 1)[1])
+            engine.LEARNERS.register(name)(cls)
+    if "domains" not in engine.TASK_BUILDERS:
+        engine.TASK_BUILDERS.register("domains")(build_domain_tasks)
 
 
 def _strategy_class(strategy: str):

@@ -17,7 +17,8 @@ interface used by :mod:`codec.bitstream` and the learner:
   ``side_info(y, domain)`` -> bytes written in the bitstream; ``parse_side(bytes, domain)``.
 - ``decoder_tensors(domain)``: every tensor the decoder of that domain reads; its digest is the
   ``codec_id`` written in bitstream headers.
-- ``arch()``: builtins that rebuild the module with :func:`build_codec`.
+- ``arch()``: builtins that rebuild the module with :func:`codec.registry.build_codec`
+  (every codec class registers its ``kind`` with :func:`codec.registry.register_codec`).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from codec.entropy import cached_digest, entropy_model_tensors, resize_entropy_buffers
+from codec.registry import build_codec, register_codec
 from incdet.errors import CheckpointError
 
 #: DANICE's four rate-distortion trade-offs (loss R + lambda * 255^2 * MSE, compressai convention)
@@ -70,6 +72,7 @@ def _conv_indices(seq: nn.Sequential) -> List[int]:
     return [i for i, m in enumerate(seq) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
 
 
+@register_codec("factorized")
 class FactorizedCodec(nn.Module):
     """Factorized-prior codec (Balle et al. 2018, compressai's ``bmshj2018-factorized``).
 
@@ -113,6 +116,10 @@ class FactorizedCodec(nn.Module):
 
     def arch(self) -> dict:
         return {"kind": self.kind, "N": self.N, "M": self.M, "affine": self.enc_affine is not None}
+
+    @classmethod
+    def from_arch(cls, arch: dict) -> "FactorizedCodec":
+        return cls(arch["N"], arch["M"], affine=bool(arch.get("affine", False)))
 
     @property
     def downsampling_factor(self) -> int:
@@ -188,22 +195,6 @@ def rd_loss(out: Dict, x: Tensor, lmbda: float) -> Dict[str, Tensor]:
 # ---------------------------------------------------------------------------------------
 # building, saving, loading
 # ---------------------------------------------------------------------------------------
-def build_codec(arch: dict) -> nn.Module:
-    """Rebuild a codec module from its ``arch()`` dict."""
-    kind = arch.get("kind")
-    if kind == "factorized":
-        return FactorizedCodec(arch["N"], arch["M"], affine=bool(arch.get("affine", False)))
-    if kind == "cawf":
-        from codec.strategies.cawf import CAwFCodec
-
-        return CAwFCodec.from_arch(arch)
-    if kind == "adapters":
-        from codec.strategies.adapters import AdapterCodec
-
-        return AdapterCodec.from_arch(arch)
-    raise CheckpointError(f"unknown codec kind {kind!r} (known: factorized, cawf, adapters)")
-
-
 def load_state_into(model: nn.Module, state: Dict[str, Tensor], strict: bool = True, what: str = "checkpoint") -> None:
     """``load_state_dict`` after resizing the CDF buffers; a mismatch -> ``CheckpointError``."""
     resize_entropy_buffers(model, state)

@@ -224,3 +224,35 @@ def test_cawf_new_domain_starts_at_the_source_model():
     loss.backward()
     br = cawf.branch(1)
     assert br.dec[3].weight.grad is not None and br.dec[3].weight.grad.abs().sum() > 0
+
+
+def test_registries_and_no_import_cycle():
+    """Codec kinds and strategies are registered objects; model.py does not import them."""
+    import ast
+    from pathlib import Path
+
+    from codec import model as model_mod
+    from codec.learner import CodecConfig
+    from codec.registry import CODECS, STRATEGIES, build_codec, get_strategy
+    from incdet.errors import CheckpointError, ConfigError
+
+    assert CODECS.names() == ["adapters", "cawf", "factorized"]
+    assert STRATEGIES.names() == ["adapters", "cawf", "naive", "selective"]
+    with pytest.raises(CheckpointError, match="unknown codec kind 'nope'; known: adapters, cawf, factorized"):
+        build_codec({"kind": "nope"})
+    with pytest.raises(KeyError, match="known: adapters, cawf, naive, selective"):
+        get_strategy("nope")
+    with pytest.raises(ConfigError, match="learner.strategy"):
+        CodecConfig(strategy="nope")
+    src = Path(model_mod.__file__).read_text()
+    imported = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("codec.strategies") for m in imported), imported
+    # every registered kind rebuilds from its own arch()
+    src_codec = FactorizedCodec(8)
+    for kind, strat in (("cawf", "cawf"), ("adapters", "adapters")):
+        cfg = CodecConfig(strategy=strat, N=8, K=2)
+        m = get_strategy(strat).grow(FactorizedCodec(8), 2, cfg)
+        assert m.arch()["kind"] == kind and m.n_domains() == 3
+        assert type(build_codec(m.arch())) is type(m)
+    assert type(build_codec(src_codec.arch())) is FactorizedCodec

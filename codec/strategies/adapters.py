@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from codec.entropy import cached_digest
 from codec.model import FactorizedCodec
+from codec.registry import Strategy, register_codec, register_strategy
 
 POLICIES = ("soft", "top1", "oracle")
 ADAPTED_LAYERS = (2, 4, 6)  # indices of the adapted transposed convs in g_s
@@ -73,6 +74,7 @@ def _adapter_set(layers: nn.Sequential) -> nn.ModuleList:
     return nn.ModuleList(mods)
 
 
+@register_codec("adapters")
 class AdapterCodec(nn.Module):
     """Frozen source codec + per-domain decoder adapters + gate. See module docstring."""
 
@@ -216,3 +218,21 @@ class AdapterCodec(nn.Module):
         mse = F.mse_loss(out["x_hat"], x)
         ce = F.cross_entropy(out["gate_logits"], domain_labels)
         return {"loss": gamma * mse + ce, "mse_loss": mse, "ce_loss": ce}
+
+
+@register_strategy("adapters")
+class Adapters(Strategy):
+    """Task ``t``: wrap the source codec (``config.policy``), add adapters up to ``t``; the gate
+    and adapter ``t`` train."""
+
+    def grow(self, model: nn.Module, task_index: int, config) -> "AdapterCodec":
+        if isinstance(model, FactorizedCodec):
+            model = AdapterCodec(model, 1, config.policy)
+        while model.n_domains() <= task_index:
+            model.add_domain()
+        return model
+
+    def set_trainable(self, model: "AdapterCodec", task_index: int) -> None:
+        model.requires_grad_(False)
+        model.gate.requires_grad_(True)
+        model.adapters[task_index].requires_grad_(True)

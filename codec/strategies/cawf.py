@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from codec.entropy import cached_digest, entropy_model_tensors
 from codec.model import FactorizedCodec
+from codec.registry import Strategy, register_codec, register_strategy
 
 #: scale of the logistic density given to the custom latent channels of a new branch's entropy
 #: model (a zero custom latent then costs ~0 bits; see the module docstring)
@@ -117,6 +118,7 @@ class CustomBranch(nn.Module):
                         dst[: src.shape[0]].copy_(src)
 
 
+@register_codec("cawf")
 class CAwFCodec(nn.Module):
     """Shared frozen source codec + one custom branch per new domain.
 
@@ -241,3 +243,20 @@ class CAwFCodec(nn.Module):
         n += sum(g.n_used_parameters() for g in list(br.enc_gdn) + list(br.dec_gdn))
         n += sum(p.numel() for p in br.entropy_bottleneck.parameters())
         return n
+
+
+@register_strategy("cawf")
+class CAwF(Strategy):
+    """Task ``t``: wrap the source codec (``config.K`` custom filters), add branches up to ``t``;
+    only branch ``t`` trains."""
+
+    def grow(self, model: nn.Module, task_index: int, config) -> "CAwFCodec":
+        if isinstance(model, FactorizedCodec):
+            model = CAwFCodec(model, K=config.K)
+        while model.n_domains() <= task_index:
+            model.add_domain()
+        return model
+
+    def set_trainable(self, model: "CAwFCodec", task_index: int) -> None:
+        model.requires_grad_(False)
+        model.branch(task_index).requires_grad_(True)

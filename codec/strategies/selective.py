@@ -1,4 +1,4 @@
-"""Naive and selective fine-tuning (DANICE section 2.2).
+"""Selective fine-tuning (DANICE section 2.2).
 
 Selective fine-tuning trains only the GDN / inverse-GDN layers, the entropy model and new
 per-channel ``alpha * z + beta`` after every convolution (added identity-initialised by
@@ -14,12 +14,7 @@ from compressai.layers import GDN
 from torch import nn
 
 from codec.model import FactorizedCodec
-
-
-def setup_naive(model: FactorizedCodec) -> List[nn.Parameter]:
-    """Every parameter trainable; returns them."""
-    model.requires_grad_(True)
-    return list(model.parameters())
+from codec.registry import Strategy, register_strategy
 
 
 def setup_selective(model: FactorizedCodec) -> List[nn.Parameter]:
@@ -32,6 +27,16 @@ def setup_selective(model: FactorizedCodec) -> List[nn.Parameter]:
     model.enc_affine.requires_grad_(True)
     model.dec_affine.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+@register_strategy("selective")
+class Selective(Strategy):
+    def grow(self, model: FactorizedCodec, task_index: int, config) -> FactorizedCodec:
+        model.add_affine()
+        return model
+
+    def set_trainable(self, model: FactorizedCodec, task_index: int) -> None:
+        setup_selective(model)
 
 
 def selective_parameter_names(model: FactorizedCodec) -> List[str]:
