@@ -180,7 +180,6 @@ def split_table(split: str, out: Path) -> Optional[str]:
     a_aps = class_aps(base["all_metrics"][0][0])
     lines = [f"| method | old ({len(old)} classes) | new ({len(new)}) | all ({len(old) + len(new)}) | wall time |",
              "|---|---:|---:|---:|---:|"]
-    w = base["_wall"].get("seconds")
     lines.append(f"| A({len(old)} old classes) | {_f(_mean([a_aps.get(c) for c in old]))} | - | - | (in the next row) |")
     for e in rows:
         d = _load(out / e.name)
@@ -189,7 +188,6 @@ def split_table(split: str, out: Path) -> Optional[str]:
             continue
         last = d["all_metrics"][-1][-1]
         s = old_new_all(class_aps(last), old, new)
-        w = d["_wall"].get("seconds")
         lines.append(f"| +B {e.label} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
                      f"{_wt(d)} |")
     j = _load(out / "joint")
@@ -274,7 +272,6 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
         groups = _task_classes(v)
         s = old_new_all(class_aps(v["all_metrics"][-1][-1]), groups[0], [c for g in groups[1:] for c in g])
         a = _mean(list(class_aps(v["all_metrics"][0][0]).values()))
-        w = v["_wall"].get("seconds")
         parts += ["| A(1-10) mAP | +B(11-20) old | new | all | wall time |", "|---:|---:|---:|---:|---:|",
                   f"| {_f(a)} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
                   f"{_wt(v)} |", "",

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
