@@ -62,8 +62,8 @@ __all__ = ["CorruptStream", "DecodeLimits", "Header", "decode", "decode_latents"
 
 MAGIC = b"NICB"
 FORMAT_VERSION = 1
-_FMT = ">4sBB8sBHHHHHHI"
-_FIELDS_SIZE = struct.calcsize(_FMT)
+HEADER_FORMAT = ">4sBB8sBHHHHHHI"  #: struct format of the header fields before the CRC32
+_FIELDS_SIZE = struct.calcsize(HEADER_FORMAT)
 HEADER_SIZE = _FIELDS_SIZE + 4
 PAD_MULTIPLE = 16
 MAX_SIDE = 65535  #: the format's limit (16-bit fields)
@@ -126,7 +126,7 @@ class Header:
 
     def fields(self) -> bytes:
         c, h, w = self.latent_shape
-        return struct.pack(_FMT, MAGIC, self.version, self.flags, self.codec_id, self.domain,
+        return struct.pack(HEADER_FORMAT, MAGIC, self.version, self.flags, self.codec_id, self.domain,
                            self.height, self.width, c, h, w, self.side_len, self.payload_len)
 
 
@@ -233,7 +233,7 @@ def parse(data: bytes, name: str = "<bytes>", limits: DecodeLimits = DEFAULT_LIM
         raise DataError(f"{name}: truncated bitstream ({len(data)} bytes, the header alone is {HEADER_SIZE})")
     if data[:4] != MAGIC:
         raise DataError(f"{name}: not a codec bitstream (magic {data[:4]!r}, expected {MAGIC!r})")
-    magic, version, flags, codec_id, domain, H, W, c, lh, lw, side_len, payload_len = struct.unpack(_FMT, data[:_FIELDS_SIZE])
+    magic, version, flags, codec_id, domain, H, W, c, lh, lw, side_len, payload_len = struct.unpack(HEADER_FORMAT, data[:_FIELDS_SIZE])
     if version != FORMAT_VERSION:
         raise DataError(f"{name}: bitstream format version {version} is not supported (this decoder reads version {FORMAT_VERSION})")
     (crc,) = struct.unpack(">I", data[_FIELDS_SIZE:HEADER_SIZE])

@@ -31,13 +31,13 @@ def _img(h, w, seed=0):
 def forge(data: bytes, payload: bytes = None, **fields) -> bytes:
     """Replace header fields / the payload of ``data`` and recompute the lengths and the CRC."""
     names = ["magic", "version", "flags", "codec_id", "domain", "height", "width", "c", "lh", "lw", "side_len", "payload_len"]
-    vals = dict(zip(names, struct.unpack(bs._FMT, data[:struct.calcsize(bs._FMT)])))
+    vals = dict(zip(names, struct.unpack(bs.HEADER_FORMAT, data[:struct.calcsize(bs.HEADER_FORMAT)])))
     side = data[bs.HEADER_SIZE:bs.HEADER_SIZE + vals["side_len"]]
     if payload is None:
         payload = data[bs.HEADER_SIZE + vals["side_len"]:]
     vals["payload_len"] = len(payload)
     vals.update(fields)
-    head = struct.pack(bs._FMT, *[vals[n] for n in names])
+    head = struct.pack(bs.HEADER_FORMAT, *[vals[n] for n in names])
     crc = zlib.crc32(payload, zlib.crc32(side, zlib.crc32(head)))
     return head + struct.pack(">I", crc) + side + payload
 

@@ -107,7 +107,7 @@ def forged_files(draw) -> bytes:
     version = usually(bs.FORMAT_VERSION, st.integers(0, 255))
     codec_id = usually(model().codec_id(), st.binary(min_size=8, max_size=8))
     domain = draw(st.integers(0, 255))
-    fields = struct.pack(bs._FMT, bs.MAGIC, version, 0, codec_id, domain, H, W, c, lh, lw, side_len, payload_len)
+    fields = struct.pack(bs.HEADER_FORMAT, bs.MAGIC, version, 0, codec_id, domain, H, W, c, lh, lw, side_len, payload_len)
     trailing = usually(b"", st.binary(min_size=1, max_size=3))
     return assemble(fields, side, payload, trailing)
 
