@@ -1,7 +1,7 @@
 """Property-based fuzzing of the readers of user files (hypothesis).
 
 Documents are small valid ones (a VOC annotation XML, a COCO instances json, a COCO results
-list) changed by random structural edits (a node replaced by a random value of any type, deleted,
+list, a detectron2 proposal pickle) changed by random structural edits (a node replaced by a random value of any type, deleted,
 duplicated, a tag renamed, a text changed to "nan" / "1e400" / junk ...) and by random byte edits.
 Property: the reader returns a result that satisfies its documented invariants, or raises
 :class:`DataError` whose message names the file; any other exception fails the test.
@@ -307,6 +307,54 @@ def _fuzz_dets(tmp, n, shrink=True):
     prop()
 
 
+# --------------------------------------------------------------------------- detectron2 proposal pickles
+def _pkl_seeds():
+    import pickle
+
+    d = {"ids": [1, "b"], "boxes": [np.array([[0, 0, 4, 4], [1, 1, 3, 9]], np.float32), np.zeros((0, 4), np.float32)],
+         "objectness_logits": [np.array([0.5, 2.0], np.float32), np.zeros(0, np.float32)], "bbox_mode": 0}
+    return [pickle.dumps(d, protocol=p) for p in (2, 4, 5)]
+
+
+@st.composite
+def mutated_pickle(draw):
+    data = draw(st.sampled_from(_pkl_seeds()))
+    b = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        if not b:
+            break
+        i = draw(st.integers(0, len(b) - 1))
+        op = draw(st.sampled_from(["flip", "delete", "insert", "truncate"]))
+        if op == "flip":
+            b[i] = draw(st.integers(0, 255))
+        elif op == "delete":
+            del b[i:i + draw(st.integers(1, 8))]
+        elif op == "insert":
+            b[i:i] = draw(st.binary(max_size=8) | st.sampled_from(
+                [b"cos\nsystem\n", b"\x8c\x05posix\x8c\x06system\x93", b"r\xff\xff\xff\x3f"]))
+        elif i:
+            del b[i:]
+    return bytes(b)
+
+
+def _fuzz_pickle(tmp, n, shrink=True):
+    from incdet.models.proposals import load_detectron2_pkl
+
+    path = tmp / "p.pkl"
+
+    def check(out):
+        for k, v in out.items():
+            assert isinstance(k, str) and v.dtype == np.float32 and v.ndim == 2 and v.shape[1] == 4
+
+    @_settings(n, shrink)
+    @given(mutated_pickle())
+    def prop(data):
+        path.write_bytes(data)
+        _expect_data_error_or(lambda: load_detectron2_pkl(path), path, check)
+
+    prop()
+
+
 # --------------------------------------------------------------------------- tests
 def test_seeds_read_correctly(tmp_path):
     from incdet.data.coco import COCODetection
@@ -325,7 +373,7 @@ def test_seeds_read_correctly(tmp_path):
     assert [(d["image_id"], d["label"]) for d in dets] == [(1, 1), (2, 2), (2, 2)]
 
 
-FUZZERS = {"voc-xml": _fuzz_voc, "coco-json": _fuzz_coco, "detections": _fuzz_dets}
+FUZZERS = {"voc-xml": _fuzz_voc, "coco-json": _fuzz_coco, "detections": _fuzz_dets, "proposal-pickle": _fuzz_pickle}
 
 
 @pytest.mark.parametrize("reader", list(FUZZERS))
@@ -360,7 +408,17 @@ def _bug_dets(monkeypatch):
     monkeypatch.setattr(cli, "_check_bbox", lambda b, where: [float(x) for x in b])
 
 
-@pytest.mark.parametrize("reader,bug", [("voc-xml", _bug_voc), ("coco-json", _bug_coco), ("detections", _bug_dets)])
+def _bug_pickle(monkeypatch):
+    import pickle
+
+    import incdet.models.proposals as proposals
+
+    # the proposal loader on a plain unpickler without error handling (as before the allow-list)
+    monkeypatch.setattr(proposals, "load_pickle", lambda path, what, extra=None: pickle.loads(open(path, "rb").read()))
+
+
+@pytest.mark.parametrize("reader,bug", [("voc-xml", _bug_voc), ("coco-json", _bug_coco), ("detections", _bug_dets),
+                                        ("proposal-pickle", _bug_pickle)])
 def test_fuzz_checker_catches_a_reintroduced_bug(tmp_path, monkeypatch, reader, bug):
     bug(monkeypatch)
     with pytest.raises(NotDataError):

@@ -241,3 +241,13 @@ def test_npz_damaged_and_single_npy(tmp_path):
         np.save(fh, np.zeros((1, 4), np.float32))
     with pytest.raises(DataError, match="q.npz: not a proposal .npz"):
         read_npz(g)
+
+
+def test_memo_index_bomb_refused_before_unpickling(tmp_path):
+    """12 bytes whose LONG_BINPUT index would make the C unpickler allocate an 8 GiB memo table."""
+    import struct
+
+    f = tmp_path / "memo.pkl"
+    f.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2 ** 30) + b".")
+    with pytest.raises(DataError, match="memo.pkl.*memo index 1073741824"):
+        load_pickle(f)

@@ -16,7 +16,8 @@ ones. Lists, dicts, tuples, strings, bytes and numbers need no global. Anything 
 the file and the forbidden ``module.name``. Arrays of dtype ``object`` (or structured/void) are
 refused too (an object array's shape is not checked against its data before allocation). The
 file is read into memory first (its size is bounded by ``max_bytes``), so no length field in the
-pickle can make the reader allocate more than the file holds.
+pickle can make the reader allocate more than the file holds; memo indices are checked first
+(one opcode can otherwise make the C unpickler allocate a table of any size).
 """
 from __future__ import annotations
 
@@ -210,6 +211,24 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
+def _check_memo_indices(raw: bytes, path: str, what: str) -> None:
+    """Refuse memo indices beyond the opcodes seen so far: ``LONG_BINPUT 2**30`` in a 12-byte
+    file makes the C unpickler allocate and zero an 8 GiB memo table before anything else."""
+    import pickletools
+
+    n = 0
+    try:
+        for op, arg, _ in pickletools.genops(raw):
+            n += 1
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and (not isinstance(arg, int) or not 0 <= arg <= n):
+                raise DataError(f"{path}: cannot read {what} (memo index {short_repr(arg)} after {n} opcodes: "
+                                "not written by pickle)")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - genops raises ValueError and others for malformed input
+        raise DataError(f"{path}: cannot read {what} ({type(e).__name__}: {short_repr(str(e))})") from None
+
+
 def load_pickle(path: Union[str, os.PathLike], what: str = "pickle",
                 extra: Optional[Mapping[Tuple[str, str], Any]] = None, max_bytes: int = MAX_PICKLE_BYTES) -> Any:
     """Unpickle ``path`` through :class:`RestrictedUnpickler` (see the module docstring).
@@ -223,13 +242,14 @@ def load_pickle(path: Union[str, os.PathLike], what: str = "pickle",
         if size > max_bytes:
             raise DataError(f"{path}: {what} file is {size} bytes, more than the {max_bytes} allowed")
         with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
+            raw = f.read()  # the size was checked above (read(n) would reserve n bytes)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file does not exist") from None
     except IsADirectoryError:
         raise DataError(f"{path}: {what} file is a directory") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read {what} file ({e.strerror or e})") from None
+    _check_memo_indices(raw, path, what)
     try:
         return RestrictedUnpickler(io.BytesIO(raw), extra).load()
     except pickle.UnpicklingError as e:
