@@ -203,6 +203,8 @@ def cmd_rd(args) -> int:
 def cmd_report(args) -> int:
     from codec.report import make_report
 
+    if Path(args.output).is_dir():
+        raise ConfigError(f"-o {args.output}: is a directory; give the markdown file name")
     make_report(args.runs, args.output, args.plots, baselines=not args.no_baselines)
     print(f"wrote {args.output}")
     return 0

@@ -145,8 +145,7 @@ def baseline_curves(runs: List[dict], domains: List[str], cache: Optional[Path] 
                 pts = out.setdefault(key, {}).get(t.name, []) + baseline_curve(imgs, fmt, need)
                 out[key][t.name] = sorted(pts, key=lambda p: p["bpp"])
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(out, indent=1))
+        write_text_atomic(cache, json.dumps(out, indent=1))
     return out
 
 
@@ -191,9 +190,25 @@ def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = Tr
             lines.append(f"![{p.stem}]({shown})")
         lines.append("")
     text = "\n".join(lines)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(text)
+    write_text_atomic(out_md, text)
     return text
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it: no partial file."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def bd_table(curves, labels, domains, eval_names, anchor_label: str, level: Optional[str] = None) -> List[str]:

@@ -2,6 +2,7 @@
 bit-exactness, and clean CLI errors (one line, exit 2, no partial output)."""
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -283,3 +284,22 @@ def test_run_bad_device_refused(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("tasks: {sequence: [photo]}\n")
     _refused(capsys, "run", "--config", cfg, "--device", "banana", "--out", tmp_path / "r", match="unknown device")
+
+
+def test_rd_report_to_directory_refused(tmp_path, capsys):
+    _refused(capsys, "rd-report", tmp_path / "run", "-o", tmp_path, match="is a directory")
+
+
+def test_report_writes_atomically(tmp_path, monkeypatch):
+    from codec import report
+
+    out = tmp_path / "r.md"
+    report.write_text_atomic(out, "old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        report.write_text_atomic(out, "new")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]
