@@ -59,9 +59,14 @@ def _eval_weights(args) -> int:
     from incdet.engine import Task
     from incdet.engine.distributed import resolve_device
 
+    from incdet.engine.config import check_range
+
     root = Path(args.root)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
+    check_range("", "--max-images", args.max_images, 1, allow_none=True)
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        raise ConfigError(f"--json {args.json}: not a file path in an existing folder")
     device = resolve_device(args.device)
     model, classes = load_weights(args.weights, device)
     ds = VOCDetection(root, args.split, keep_masks=True)
@@ -79,9 +84,29 @@ def _eval_weights(args) -> int:
     with torch.no_grad():
         m = learner.evaluate(task)
     print(f"mAP={m['mAP']:.2f}% mIoU={m['mIoU']:.2f}% ({len(ds)} images, {args.split})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(m, indent=2))
+    if args.json:  # NaN (no ground truth) as null; written atomically
+        _write_json_atomic(Path(args.json), {k: (None if v != v else v) for k, v in m.items()})
     return 0
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    """``obj`` as JSON at ``path`` (temp file in the same folder + ``os.replace``); OS errors -> DataError."""
+    import os
+    import tempfile
+
+    text = json.dumps(obj, indent=2, allow_nan=False)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.resolve().parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _export(args) -> int:

@@ -37,14 +37,23 @@ def weights_dict(model: BlitzNet, classes: Optional[Sequence[str]] = None) -> Di
 
 
 def save_weights(model: BlitzNet, path: Union[str, Path], classes: Optional[Sequence[str]] = None) -> None:
-    """Write a weights file atomically (temp file in the same folder + ``os.replace``)."""
+    """Write a weights file atomically (temp file in the same folder + ``os.replace``); the
+    folder is created when missing. A target that is a folder, or a folder that cannot be
+    created or written, raises :class:`CheckpointError` naming the path (nothing is left behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the weights file's path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the weights file ({e.strerror or e})") from None
     os.close(fd)
     try:
         torch.save(weights_dict(model, classes), tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the weights file ({e.strerror or e})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -217,6 +217,33 @@ def test_cli_predict_bad_inputs_leave_no_output(tmp_path, capsys):
     assert "device" in capsys.readouterr().err
 
 
+def test_cli_eval_weights_json_and_export_bad_targets(tmp_path, capsys):
+    """eval-weights: metrics in %, --json written atomically (NaN as null), a bad --json target or
+    --max-images refused before evaluating; export: a folder target is one line, exit 2."""
+    from incdet.data import VOCDetection
+    from incdet.data.shapes import make_shapes
+
+    root = make_shapes(tmp_path / "shapes", n_train=1, n_val=0, n_test=3, size=64)
+    names = list(VOCDetection(root, "test", keep_masks=True).classes)
+    L = learner()
+    L.begin_task(Task(0, "all", names, names))
+    w = tmp_path / "w.pt"
+    save_weights(L.unwrapped, w, names)
+    js = tmp_path / "m.json"
+    argv = ["eval-weights", "--weights", str(w), "--root", str(root), "--split", "test", "--device", "cpu"]
+    assert main(argv + ["--json", str(js)]) == 0
+    m = json.loads(js.read_text())
+    assert m["mAP"] is None or 0.0 <= m["mAP"] <= 100.0
+    assert "%" in capsys.readouterr().out and not list(tmp_path.glob("m.json.*"))
+    for bad in (["--json", str(tmp_path)], ["--json", str(tmp_path / "no" / "m.json")], ["--max-images", "0"]):
+        assert main(argv + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("blitznet: error: "), err
+    (tmp_path / "dir").mkdir()
+    assert main(["export", str(w), "--out", str(tmp_path / "dir")]) == 2
+    assert "folder" in capsys.readouterr().err and not list((tmp_path / "dir").iterdir())
+
+
 def test_driver_shapes_incremental_run(tmp_path):
     """``blitznet train`` through the shared driver on a tiny shapes-voc 15+5: results.json has
     mAP and mIoU for every (after-task, task) pair."""
