@@ -1,7 +1,7 @@
 """Property-based fuzzing of the readers of user files (hypothesis).
 
 Documents are small valid ones (a VOC annotation XML, a COCO instances json, a COCO results
-list, a detectron2 proposal pickle) changed by random structural edits (a node replaced by a random value of any type, deleted,
+list, a detectron2 proposal pickle, small PNG/JPEG/BMP images) changed by random structural edits (a node replaced by a random value of any type, deleted,
 duplicated, a tag renamed, a text changed to "nan" / "1e400" / junk ...) and by random byte edits.
 Property: the reader returns a result that satisfies its documented invariants, or raises
 :class:`DataError` whose message names the file; any other exception fails the test.
@@ -355,6 +355,56 @@ def _fuzz_pickle(tmp, n, shrink=True):
     prop()
 
 
+# --------------------------------------------------------------------------- images
+def _image_seeds():
+    import io
+
+    rng = np.random.default_rng(0)
+    out = []
+    for fmt, mode in (("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "P"), ("PNG", "L"), ("BMP", "RGB")):
+        im = Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).convert(mode)
+        buf = io.BytesIO()
+        im.save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+def _fuzz_images(tmp, n, shrink=True):
+    from incdet.data.images import load_rgb
+
+    path = tmp / "im.img"
+
+    def check(t):
+        assert t.dtype.is_floating_point is False and t.ndim == 3 and t.shape[0] == 3
+
+    @_settings(n, shrink)
+    @given(mutated_image(_image_seeds()))
+    def prop(data):
+        path.write_bytes(data)
+        _expect_data_error_or(lambda: load_rgb(str(path)), path, check)
+
+    prop()
+
+
+@st.composite
+def mutated_image(draw, seeds):
+    b = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 6))):
+        if not b:
+            break
+        i = draw(st.integers(0, len(b) - 1))
+        op = draw(st.sampled_from(["flip", "flip", "delete", "insert", "truncate"]))
+        if op == "flip":
+            b[i] = draw(st.integers(0, 255))
+        elif op == "delete":
+            del b[i:i + draw(st.integers(1, 8))]
+        elif op == "insert":
+            b[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif i:
+            del b[i:]
+    return bytes(b)
+
+
 # --------------------------------------------------------------------------- tests
 def test_seeds_read_correctly(tmp_path):
     from incdet.data.coco import COCODetection
@@ -373,7 +423,8 @@ def test_seeds_read_correctly(tmp_path):
     assert [(d["image_id"], d["label"]) for d in dets] == [(1, 1), (2, 2), (2, 2)]
 
 
-FUZZERS = {"voc-xml": _fuzz_voc, "coco-json": _fuzz_coco, "detections": _fuzz_dets, "proposal-pickle": _fuzz_pickle}
+FUZZERS = {"voc-xml": _fuzz_voc, "coco-json": _fuzz_coco, "detections": _fuzz_dets, "proposal-pickle": _fuzz_pickle,
+           "image": _fuzz_images}
 
 
 @pytest.mark.parametrize("reader", list(FUZZERS))
@@ -417,8 +468,20 @@ def _bug_pickle(monkeypatch):
     monkeypatch.setattr(proposals, "load_pickle", lambda path, what, extra=None: pickle.loads(open(path, "rb").read()))
 
 
+def _bug_images(monkeypatch):
+    import incdet.data.images as images
+
+    # the image loader without its error handling
+    def bare_open(path):
+        im = Image.open(path)
+        im.load()
+        return im
+
+    monkeypatch.setattr(images, "_open", bare_open)
+
+
 @pytest.mark.parametrize("reader,bug", [("voc-xml", _bug_voc), ("coco-json", _bug_coco), ("detections", _bug_dets),
-                                        ("proposal-pickle", _bug_pickle)])
+                                        ("proposal-pickle", _bug_pickle), ("image", _bug_images)])
 def test_fuzz_checker_catches_a_reintroduced_bug(tmp_path, monkeypatch, reader, bug):
     bug(monkeypatch)
     with pytest.raises(NotDataError):

@@ -28,6 +28,10 @@ def _open(path: str) -> Image.Image:
         raise DataError(f"{path}: image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
+    except MemoryError:
+        raise DataError(f"{path}: cannot read image (it needs more memory than is available)") from None
+    except Exception as e:  # noqa: BLE001 - Pillow's decoders raise assorted types for damaged files
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
     return im
 
 
@@ -38,7 +42,7 @@ def image_size(path: str) -> Tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except (OSError, SyntaxError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, ValueError and other types from Pillow
         raise DataError(f"{path}: cannot read image header ({e})") from None
     return int(h), int(w)
 
