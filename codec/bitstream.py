@@ -264,7 +264,7 @@ def entropy_decode(eb, payload: bytes, shape: tuple, name: str = "<bytes>") -> T
     if not (len(cdf) == len(lengths) == len(offsets) == c):
         raise DataError(f"{name}: the codec's entropy model has {len(cdf)} channels, the file {c}")
     sym = decode_symbols(payload, [(h * w, cdf[i], lengths[i], offsets[i]) for i in range(c)], name)
-    y = torch.tensor(sym, dtype=torch.int32).reshape(1, c, h, w)
+    y = torch.frombuffer(sym, dtype=torch.int32).reshape(1, c, h, w) if len(sym) else torch.zeros(1, c, h, w, dtype=torch.int32)
     medians = eb._get_medians().detach().reshape(1, c, 1, 1).cpu()
     return y.to(medians.dtype) + medians
 

@@ -21,8 +21,9 @@ symbols (given by the caller, bounded by the header limits) plus the payload len
 """
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
-from typing import List, Sequence
+from typing import Sequence
 
 from incdet.errors import DataError
 
@@ -47,14 +48,14 @@ def max_payload_bytes(n_symbols: int) -> int:
     return 8 + 12 * int(n_symbols)
 
 
-def decode_symbols(payload: bytes, blocks: Sequence[tuple], name: str = "<bytes>") -> List[int]:
+def decode_symbols(payload: bytes, blocks: Sequence[tuple], name: str = "<bytes>") -> array:
     """Decode ``payload`` into symbols, block by block.
 
     ``blocks``: ``(count, cdf, cdf_length, offset)`` per run of symbols coded with one CDF
     (for an ``EntropyBottleneck``: one block of ``h * w`` symbols per channel, in channel
     order); ``cdf`` a list of ints (compressai's ``_quantized_cdf`` row: increasing from 0 to
     ``1 << 16`` over ``cdf_length`` entries). Returns ``value + offset`` per symbol, as
-    compressai's ``decode_with_indexes`` does. Raises :class:`CorruptStream` naming ``name``
+    compressai's ``decode_with_indexes`` does, as an ``array('i')`` (4 bytes per symbol). Raises :class:`CorruptStream` naming ``name``
     when the stream ends early or late or holds an impossible value.
     """
     n = len(payload)
@@ -65,7 +66,7 @@ def decode_symbols(payload: bytes, blocks: Sequence[tuple], name: str = "<bytes>
     n_words = len(words)
     x = words[0] | (words[1] << 32)
     p = 2
-    out: List[int] = []
+    out = array("i")
     append = out.append
     L = RANS64_L
     for count, cdf, cdf_len, offset in blocks:
