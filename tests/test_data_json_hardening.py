@@ -311,3 +311,23 @@ def test_eval_gt_category_names_optional(tmp_path):
     assert set(json.loads(out.read_text())["per_class"]) == {"3", "5"}
     with pytest.raises(DataError, match="categories\\[0\\] needs 'id' and 'name'"):
         COCODetection(p, _imgs(tmp_path, gt))
+
+
+# --------------------------------------------------------------------------- XML entities
+LAUGHS = ('<?xml version="1.0"?>\n<!DOCTYPE a [\n <!ENTITY l0 "lol">\n'
+          + "".join(f' <!ENTITY l{i} "{("&l%d;" % (i - 1)) * 10}">\n' for i in range(1, 10))
+          + ']>\n<annotation><object><name>&l9;</name></object></annotation>')
+EXTERNAL = ('<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/hostname">]>\n'
+            '<annotation><object><name>&e;</name></object></annotation>')
+
+
+@pytest.mark.parametrize("text,msg", [(LAUGHS, "amplification"), (EXTERNAL, "malformed XML")],
+                         ids=["billion-laughs", "external-entity"])
+def test_xml_entities_are_not_expanded(tmp_path, text, msg):
+    from incdet.data.voc import parse_voc_xml, read_voc_objects
+
+    p = _write(tmp_path / "a.xml", text)
+    for read in (lambda: parse_voc_xml(str(p), {"cat": 1}), lambda: read_voc_objects(str(p), {"cat": 1})):
+        with pytest.raises(DataError, match=msg) as e:
+            read()
+        assert str(p) in str(e.value)
