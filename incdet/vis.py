@@ -155,8 +155,9 @@ class StagedOutputs:
     hidden staging folder inside ``out_dir`` and, when the block ends without an error, moves
     them into ``out_dir`` (``os.replace``, each file atomic). When the block raises, the staging
     folder is removed (and ``out_dir`` too when this created it): no partial output is left.
-    An ``out_dir`` that is an existing file, or a target name that is an existing folder,
-    raises :class:`DataError`; OS errors while writing become :class:`DataError` naming the path.
+    An ``out_dir`` that is an existing file, a target name that is an existing folder, or a
+    name added twice raises :class:`DataError`; OS errors while writing become
+    :class:`DataError` naming the path.
     """
 
     def __init__(self, out_dir: Union[str, Path]):
@@ -180,8 +181,12 @@ class StagedOutputs:
         return self
 
     def add(self, name: str, data: bytes) -> str:
-        """Stage ``data`` as ``out_dir/name``; returns that final path."""
+        """Stage ``data`` as ``out_dir/name``; returns that final path. A name already added in
+        this block (compared case-insensitively) raises :class:`DataError`: two outputs of one
+        call never overwrite each other."""
         target = self.out_dir / name
+        if name.casefold() in (n.casefold() for n in self.names):
+            raise DataError(f"{target}: two outputs of this call have the same file name")
         if target.is_dir():
             raise DataError(f"{target}: an output file name is an existing folder")
         try:

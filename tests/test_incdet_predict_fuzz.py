@@ -63,7 +63,7 @@ def unchecked_output_stems(paths, with_mask, reserved=()):
 
 
 def run_property(impl, examples: int) -> None:
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None, report_multiple_bugs=False)
     @given(paths=_paths, with_mask=st.booleans())
     def prop(paths, with_mask):
         check_names(impl, paths, with_mask)
