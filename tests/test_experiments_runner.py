@@ -80,3 +80,15 @@ def test_tools_use_the_shared_runner(monkeypatch, tmp_path):
         assert first.needs is None and second.needs == args[1] / first.name / "checkpoints" / "task0.pt"
         assert f"tasks.init_from={second.needs}" in second.overrides and second.config.is_file()
         assert second.command[:3] == [name.split("_")[0], "train", str(second.config.relative_to(m.ROOT))]
+
+
+def test_run_queue_bad_device_runs_nothing(tmp_path, capsys):
+    c = load_tool("_common")
+    calls = []
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("x: 1\n")
+    rc = c.run_queue([c.QueuedRun("a", cfg, [], ["x"])], tmp_path / "out", lambda *a, **k: calls.append(a),
+                     tag="t", threads=1, device="banana")
+    assert rc == 2 and calls == [] and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[t] error: ") and "banana" in err[0]

@@ -45,7 +45,8 @@ class QueuedRun:
 
 def run_queue(runs: Sequence[QueuedRun], out: Path, train: Callable[..., Any], *, tag: str, threads: int,
               device: str, extra_wall: Optional[Dict[str, Any]] = None) -> int:
-    """Train ``runs`` in order under ``out``, one after another; returns 1 if one failed, else 0.
+    """Train ``runs`` in order under ``out``, one after another; returns 1 if one failed, 2 for
+    a ``device`` that :func:`incdet.engine.distributed.resolve_device` refuses (nothing runs), else 0.
 
     For each run: skipped when ``out/NAME`` is finished (:func:`run_finished`); skipped (it waits
     for another call) while its ``needs`` file is missing or its config does not exist; resumed
@@ -64,6 +65,16 @@ def run_queue(runs: Sequence[QueuedRun], out: Path, train: Callable[..., Any], *
 
     import torch
 
+    from incdet.engine.distributed import resolve_device
+    from incdet.errors import IncdetError
+
+    try:  # a bad --device is one line before anything runs, not a failure of every run
+        resolve_device(device)
+    except IncdetError as e:
+        import sys
+
+        print(f"[{tag}] error: {e}", file=sys.stderr, flush=True)
+        return 2
     torch.set_num_threads(threads)
     failed = []
     out.mkdir(parents=True, exist_ok=True)
