@@ -191,21 +191,11 @@ def _model_shapes(learner) -> dict:
     return {k: v for k, v in _shapes(learner).items() if k.startswith("model.")}
 
 
-#: learners that (c) shows to be shaped by their call history; reported, fix pending in their family
-SHAPED_BY_HISTORY = {
-    # a fresh learner's begin_task(task 1) builds one 21-output head chunk; task 0 then task 1
-    # builds chunks of 16 and 5 (the chunks are not derived from task.n_old)
-    "incdet.fastrcnn": "incdet/models/learner.py: begin_task on a fresh learner ignores task.n_old",
-}
-
-
-def test_c_begin_task_shapes_from_the_task_not_a_call_count(runs, request):
+def test_c_begin_task_shapes_from_the_task_not_a_call_count(runs):
     """The model's structure after ``begin_task(task 1)`` does not depend on the calls before. (The
     teacher is a snapshot of the previous task's model, which a fresh learner does not have: not
     compared.)"""
     name, cfg, ref, _ = runs
-    if name in SHAPED_BY_HISTORY:
-        request.applymarker(pytest.mark.xfail(reason=SHAPED_BY_HISTORY[name], strict=True))
     _check_begin_task(name, cfg, ref)
 
 
@@ -245,7 +235,7 @@ def test_the_checks_catch_a_broken_learner(bug, tmp_path):
                 with torch.no_grad():
                     next(self.unwrapped.parameters()).add_(1e-3)
 
-    LEARNERS._entries["test.broken"] = Broken
+    LEARNERS.register("test.broken")(Broken)
     try:
         data = _recipe("toy", tmp_path)
         data["learner"]["name"] = "test.broken"
@@ -257,4 +247,4 @@ def test_the_checks_catch_a_broken_learner(bug, tmp_path):
         with pytest.raises(AssertionError):
             check()
     finally:
-        del LEARNERS._entries["test.broken"]
+        LEARNERS.unregister("test.broken")

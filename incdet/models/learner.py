@@ -198,6 +198,11 @@ class FastRCNNLearner(Learner):
             raise ConfigError(
                 f"task {task.name!r} has {task.n_seen} classes but the model already has {net.num_classes}"
             )
+        if n_new > 0 and net.num_classes == 0 and task.n_old > 0:
+            # a fresh learner asked for a later task (no state loaded): the old classes' outputs
+            # come first, in one chunk, so the head is shaped by the task and not by past calls
+            net.add_classes(task.n_old)
+            n_new = task.n_seen - net.num_classes
         if n_new > 0:
             if net.num_classes > 0:
                 if self.config.distill != "none":
