@@ -134,11 +134,9 @@ def command_of(e: Experiment, out: Path, profile: str) -> List[str]:
 
 def run(names: Sequence[str], out: Path, profile: str, threads: int, device: str) -> int:
     """Train the experiments ``names`` (all: empty) in :data:`RUN_ORDER` (:func:`_common.run_queue`)."""
-    from incdet.engine.families import import_family
     from incdet.engine.trainer import run_training
 
     os.chdir(ROOT)  # configs name their data relative to the repo root
-    import_family("blitznet")
     runs = [QueuedRun(e.name, ROOT / e.config, overrides_of(e, out, profile), command_of(e, out, profile),
                       out / e.init_from / "checkpoints" / "task0.pt" if e.init_from else None)
             for e in [BY_NAME[n] for n in (names or RUN_ORDER)]]

@@ -103,10 +103,8 @@ def command_of(e: Experiment, out: Path) -> List[str]:
 
 def run(names: Sequence[str], out: Path, threads: int, device: str) -> int:
     """Train the experiments ``names`` (all: empty) in :data:`RUN_ORDER` (:func:`_common.run_queue`)."""
-    from incdet.engine.families import import_family
     from incdet.engine.trainer import run_training
 
-    import_family("incdet")
     runs = []
     for e in [BY_NAME[n] for n in (names or RUN_ORDER)]:
         need = out / e.init_from / "checkpoints" / "task0.pt" if e.init_from else None

@@ -469,12 +469,9 @@ def _build(tmp: Path, p: ShapesParams, workers: int, progress: bool) -> dict:
                  "per_class": [0] * len(SHAPES_CLASSES)} for s in SPLITS}
     bar = None
     if progress:
-        try:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            bar = tqdm(total=len(jobs), desc="shapes-voc", unit="img")
-        except ImportError:  # pragma: no cover
-            bar = None
+        bar = tqdm(total=len(jobs), desc="shapes-voc", unit="img")
 
     def account(res):
         split, objs = res

@@ -66,11 +66,9 @@ class FastRCNNPredictor:
         from incdet.engine.checkpoint import load_checkpoint
         from incdet.engine.config import config_from_dict
         from incdet.engine.distributed import resolve_device
-        from incdet.engine.families import import_family
         from incdet.models.proposals import METHODS, ProposalSource
 
         ckpt = load_checkpoint(checkpoint)
-        import_family("incdet")
         cfg = config_from_dict(renamed_learner_keys(ckpt["config"]), source=str(checkpoint))
         if cfg.learner.name != "incdet.fastrcnn":
             raise CheckpointError(f"{checkpoint}: a {cfg.learner.name!r} run, not an incdet.fastrcnn one")
