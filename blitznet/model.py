@@ -64,7 +64,7 @@ class BlitzNetConfig:
 
     num_classes: int = 20
     backbone: str = "resnet50"
-    backbone_weights: Optional[str] = None
+    backbone_weights: Optional[str] = None  # torchvision ResNet state_dict (.pth) or zoo:NAME (sha256-checked)
     input_size: int = 300
     final_stride: int = 4
     n_extra: Optional[int] = None
@@ -264,7 +264,9 @@ class BlitzNet(nn.Module):
         fn, chans = _BACKBONES[config.backbone]
         net = fn(weights=None)
         if config.backbone_weights:
-            _load_backbone(net, config.backbone_weights)
+            from incdet import zoo
+
+            _load_backbone(net, zoo.resolve(config.backbone_weights))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         stages = [net.layer1, net.layer2, net.layer3, net.layer4]
         first = 0 if config.final_stride == 4 else 1

@@ -95,3 +95,43 @@ def test_repository_zoo_is_intact(monkeypatch):
     monkeypatch.delenv("INCDET_ZOO", raising=False)
     for name in zoo.read_manifest():
         zoo.verify(name)
+
+
+def test_detector_takes_zoo_references(zdir):
+    """``learner.model.weights: zoo:NAME`` loads the checked file; an altered file is refused."""
+    from incdet.models import pretrain as pt
+    from incdet.models.fastrcnn import DetectorConfig, FastRCNN
+
+    cfg = pt.PretrainConfig(width=8, size=32, iterations=1, batch_size=2, warmup_iters=0, val_images=30,
+                            checkpoint_every=1, num_workers=0)
+    pt.pretrain(cfg, zdir / "run", zdir / "r8.pt", torch.device("cpu"))
+    zoo.add("r8", zdir / "r8.pt", command="incdet pretrain ...", hardware="cpu", wall_s=1)
+    det = FastRCNN(DetectorConfig(depth=18, width=8, norm="bn", weights="zoo:r8", min_size=64, max_size=64), 2)
+    state = torch.load(zdir / "r8.pt", weights_only=True)
+    assert torch.equal(det.backbone.conv1.weight, state["conv1.weight"])
+    data = bytearray((zdir / "r8.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (zdir / "r8.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the zoo manifest"):
+        FastRCNN(DetectorConfig(depth=18, width=8, norm="bn", weights="zoo:r8"), 2)
+    with pytest.raises(CheckpointError, match="unknown zoo entry 'nope'"):
+        DetectorConfig(depth=18, width=8, norm="bn", weights="zoo:nope").validate()
+
+
+def test_blitznet_takes_zoo_references(zdir):
+    from blitznet.model import BlitzNet, BlitzNetConfig
+    from incdet.models import pretrain as pt
+
+    cfg = pt.PretrainConfig(width=64, size=32, iterations=1, batch_size=2, warmup_iters=0, val_images=30,
+                            checkpoint_every=1, num_workers=0)
+    pt.pretrain(cfg, zdir / "run", zdir / "r18.pt", torch.device("cpu"), half=True)
+    zoo.add("r18", zdir / "r18.pt", command="incdet pretrain --width 64 ...", hardware="cpu", wall_s=1)
+    net = BlitzNet(BlitzNetConfig(num_classes=3, backbone="resnet18", backbone_weights="zoo:r18", input_size=64,
+                                  channels=16, seg_channels=4))
+    state = torch.load(zdir / "r18.pt", weights_only=True)
+    assert torch.equal(net.stem[0].weight, state["conv1.weight"].float())
+    data = bytearray((zdir / "r18.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (zdir / "r18.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the zoo manifest"):
+        BlitzNet(BlitzNetConfig(num_classes=3, backbone="resnet18", backbone_weights="zoo:r18", input_size=64))

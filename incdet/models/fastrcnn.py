@@ -53,7 +53,7 @@ class DetectorConfig:
 
     depth: int = 50
     width: int = 64  # channels of the stem; 64 is the standard ResNet (torchvision weights)
-    weights: Optional[str] = None  # local torchvision ResNet state_dict (.pth); never downloaded
+    weights: Optional[str] = None  # local torchvision ResNet state_dict (.pth) or zoo:NAME (sha256-checked); never downloaded
     norm: str = "auto"
     freeze_at: int = -1
     roi_op: str = "pool"  # pool | align
@@ -111,8 +111,13 @@ class DetectorConfig:
     def validate(self) -> None:
         """The value checks of construction, and that a ``weights`` file exists."""
         self.__post_init__()
-        if self.weights is not None and not os.path.isfile(self.weights):
-            raise ConfigError(f"learner.model.weights: file {self.weights} does not exist")
+        if self.weights is not None:
+            from incdet import zoo
+
+            if zoo.is_zoo_ref(self.weights):
+                zoo.resolve(self.weights)  # known entry, file present, sha256 as in the manifest
+            elif not os.path.isfile(self.weights):
+                raise ConfigError(f"learner.model.weights: file {self.weights} does not exist")
 
     def sampler(self) -> SamplerConfig:
         return SamplerConfig(self.rois_per_image, self.fg_fraction, self.fg_iou, self.fg_iou,
@@ -295,7 +300,9 @@ class FastRCNN(nn.Module):
         self.cfg = cfg
         self.backbone = ResNetC4(cfg.depth, cfg.width, cfg.resolved_norm, cfg.res5_stride)
         if cfg.weights:
-            load_resnet_weights(self.backbone, cfg.weights)
+            from incdet import zoo
+
+            load_resnet_weights(self.backbone, zoo.resolve(cfg.weights))
         d = self.backbone.out_channels
         self.cls_score = ChunkedLinear(d, 0.01)
         self.bbox_pred = ChunkedLinear(d, 0.001)
