@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from incdet.cli import run_cli
+from incdet.engine.cli import run_cli
 from incdet.errors import ConfigError, DataError
 
 log = logging.getLogger("blitznet")

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from incdet.cli import run_cli
+from incdet.engine.cli import run_cli
 from incdet.errors import ConfigError, DataError
 
 log = logging.getLogger("codec")
