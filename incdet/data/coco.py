@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from incdet.data.cocofile import read_coco_json
 from incdet.data.images import load_rgb
 from incdet.data.safeload import short_repr
-from incdet.data.sample import Sample
+from incdet.data.sample import Sample, load_records
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -180,25 +180,9 @@ class COCODetection(Dataset):
         dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
         if dup:
             raise DataError(f"{self.ann_file}: several categories share the names {dup}")
-        self.skipped = 0
-        self.skipped_files: List[Tuple[str, str]] = []
-
-        self.ids: List[int] = []
-        self._records: List[dict] = []
-        for img_id in sorted(self.coco.imgs):
-            try:
-                rec = self._load_record(img_id, check_images)
-            except DataError as e:
-                if on_error == "raise":
-                    raise
-                log.warning("skipping image %s: %s", img_id, e)
-                self.skipped += 1
-                self.skipped_files.append((str(img_id), str(e)))
-                continue
-            self.ids.append(img_id)
-            self._records.append(rec)
-        if self.skipped:
-            log.warning("%s: skipped %d of %d images with bad data", self.ann_file, self.skipped, len(self.coco.imgs))
+        self.ids, self._records, self.skipped_files = load_records(
+            sorted(self.coco.imgs), lambda i: self._load_record(i, check_images), on_error, self.ann_file)
+        self.skipped = len(self.skipped_files)
 
     def image_path(self, img_id: int) -> str:
         return os.path.join(self.img_dir, self.coco.imgs[img_id]["file_name"])

@@ -1,8 +1,9 @@
 """The sample record shared by every model (see docs/design.md, "The sample record")."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -74,6 +75,33 @@ class Sample:
             image_id=self.image_id,
             orig_size=self.orig_size,
         )
+
+
+def load_records(ids: Sequence[Any], load: Callable[[Any], dict], on_error: str, where: str
+                 ) -> Tuple[List[Any], List[dict], List[Tuple[str, str]]]:
+    """``load(id)`` for every id: ``(kept ids, their records, [(id, message)] of skipped ids)``.
+
+    A :class:`~incdet.errors.DataError` from ``load`` is raised (``on_error="raise"``) or logged,
+    and the id left out (``"skip"``); ``where`` (the annotation file or dataset root) names the
+    data set in the summary warning."""
+    from incdet.errors import DataError
+
+    log = logging.getLogger("incdet.data")
+    kept, records, skipped = [], [], []
+    for img_id in ids:
+        try:
+            rec = load(img_id)
+        except DataError as e:
+            if on_error == "raise":
+                raise
+            log.warning("skipping %s: %s", img_id, e)
+            skipped.append((str(img_id), str(e)))
+            continue
+        kept.append(img_id)
+        records.append(rec)
+    if skipped:
+        log.warning("%s: skipped %d of %d images with bad data", where, len(skipped), len(ids))
+    return kept, records, skipped
 
 
 def detection_collate(samples: Sequence[Sample]) -> List[Sample]:

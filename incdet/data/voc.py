@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from incdet.data.images import image_size, load_index_mask, load_rgb
 from incdet.data.safeload import short_repr
-from incdet.data.sample import Sample
+from incdet.data.sample import Sample, load_records
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -268,8 +268,6 @@ class VOCDetection(Dataset):
         self.use_difficult = use_difficult
         self.keep_masks = keep_masks
         self.on_error = on_error
-        self.skipped = 0
-        self.skipped_files: List[Tuple[str, str]] = []
 
         if isinstance(split, str):
             self.split = split
@@ -278,22 +276,9 @@ class VOCDetection(Dataset):
             self.split = None
             all_ids = [str(s) for s in split]
 
-        self.ids: List[str] = []
-        self._records: List[dict] = []
-        for img_id in all_ids:
-            try:
-                rec = self._load_record(img_id, check_images)
-            except DataError as e:
-                if on_error == "raise":
-                    raise
-                log.warning("skipping %s: %s", img_id, e)
-                self.skipped += 1
-                self.skipped_files.append((img_id, str(e)))
-                continue
-            self.ids.append(img_id)
-            self._records.append(rec)
-        if self.skipped:
-            log.warning("%s: skipped %d of %d ids with bad data", self.root, self.skipped, len(all_ids))
+        self.ids, self._records, self.skipped_files = load_records(
+            all_ids, lambda i: self._load_record(i, check_images), on_error, self.root)
+        self.skipped = len(self.skipped_files)
 
     # -- paths ---------------------------------------------------------------------
     def xml_path(self, img_id: str) -> str:
