@@ -77,6 +77,16 @@ def codec_tiny_config(domains_root: Path, out: Path, device: str = "cpu") -> dic
     }
 
 
+def tiny_codec(N: int = 8, seed: int = 0):
+    """An untrained factorized-prior codec with its CDF tables built (eval mode)."""
+    from codec.model import FactorizedCodec
+
+    torch.manual_seed(seed)
+    m = FactorizedCodec(N).eval()
+    m.update()
+    return m
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ``../shared``; skips the calling test when it does not exist."""
     p = SHARED.joinpath(*parts)

@@ -9,13 +9,11 @@ from codec import bitstream as bs
 from codec.entropy import latent_bits_estimate
 from codec.model import FactorizedCodec, import_compressai, load_codec, pad_to_multiple, rd_loss, save_checkpoint
 from incdet.errors import CheckpointError, DataError
+from conftest import tiny_codec
 
 
 def _model(N=8, seed=0):
-    torch.manual_seed(seed)
-    m = FactorizedCodec(N).eval()
-    m.update()
-    return m
+    return tiny_codec(N, seed)
 
 
 def _img(h, w, seed=0):

@@ -13,15 +13,13 @@ from PIL import Image
 from codec import bitstream as bs
 from codec import rans
 from codec.cli import main
-from codec.model import FactorizedCodec, save_checkpoint
+from codec.model import save_checkpoint
 from incdet.errors import ConfigError, DataError
+from conftest import tiny_codec
 
 
 def _model(N=8, seed=0):
-    torch.manual_seed(seed)
-    m = FactorizedCodec(N).eval()
-    m.update()
-    return m
+    return tiny_codec(N, seed)
 
 
 def _img(h, w, seed=0):
