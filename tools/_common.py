@@ -135,3 +135,12 @@ def fmt_number(v, nd: int = 2, sign: bool = True) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def save_markdown(path: Path, parts: Sequence[str], notes: Optional[str] = None) -> str:
+    """Join ``parts`` (and ``notes``, if any) into a markdown file at ``path``; return the text."""
+    parts = list(parts) + ([notes.strip(), ""] if notes else [])
+    text = "\n".join(parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text

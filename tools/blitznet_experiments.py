@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import QueuedRun, cpu_name, run_finished, run_queue  # noqa: E402  (shared by the tools)
+from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
 
 JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
 INC_CFG = "configs/blitznet/shapes_15+5.yaml"
@@ -368,12 +368,7 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
             parts += ["VOC2012-100 has 100 images and no separate test split: the model is trained and "
                       "evaluated on the same `trainval` images (a check that the real VOC path - XML, "
                       "masks with void, 20 classes, 300 px, ResNet-50 - runs end to end, not a benchmark).", ""]
-    if notes:
-        parts += [notes.strip(), ""]
-    text = "\n".join(parts)
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(text)
-    return text
+    return save_markdown(md, parts, notes)
 
 
 FIGURES = {  # run -> (picture under docs/results/blitznet/, images)

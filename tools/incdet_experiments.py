@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import QueuedRun, cpu_name, run_finished, run_queue  # noqa: E402  (shared by the tools)
+from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
 
 
 @dataclass
@@ -276,12 +276,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
                   "Command: `" + shlex.join(command_of(BY_NAME["voc100_10+10"], out)) + "`", ""]
     else:
         parts += ["Not run yet.", ""]
-    if extra_notes:
-        parts += [extra_notes.strip(), ""]
-    text = "\n".join(parts)
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(text)
-    return text
+    return save_markdown(md, parts, extra_notes)
 
 
 def main(argv=None) -> int:
