@@ -114,11 +114,11 @@ def mutated_json(draw, seed_doc):
     return _byte_edits(draw, text)
 
 
-def _byte_edits(draw, data: bytes) -> bytes:
-    if not draw(st.integers(0, 4)) == 0:  # 4 in 5 documents keep their bytes
-        return data
+def _mutate_bytes(draw, data: bytes, max_edits: int, inserts, keep_first: bool = False) -> bytes:
+    """1..max_edits random flips, deletions, insertions (random bytes or one of ``inserts``) and
+    truncations (at a position > 0 with ``keep_first``)."""
     b = bytearray(data)
-    for _ in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.integers(1, max_edits))):
         if not b:
             break
         i = draw(st.integers(0, len(b) - 1))
@@ -128,10 +128,16 @@ def _byte_edits(draw, data: bytes) -> bytes:
         elif op == "delete":
             del b[i:i + draw(st.integers(1, 8))]
         elif op == "insert":
-            b[i:i] = draw(st.binary(max_size=8) | st.sampled_from([b"[" * 50000, b"\xff\xfe", b"\x00", b"NaN"]))
-        else:
+            b[i:i] = draw(st.binary(max_size=8) | st.sampled_from(inserts))
+        elif i or not keep_first:
             del b[i:]
     return bytes(b)
+
+
+def _byte_edits(draw, data: bytes) -> bytes:
+    if not draw(st.integers(0, 4)) == 0:  # 4 in 5 documents keep their bytes
+        return data
+    return _mutate_bytes(draw, data, 3, [b"[" * 50000, b"\xff\xfe", b"\x00", b"NaN"])
 
 
 # --------------------------------------------------------------------------- VOC XML
@@ -319,22 +325,8 @@ def _pkl_seeds():
 @st.composite
 def mutated_pickle(draw):
     data = draw(st.sampled_from(_pkl_seeds()))
-    b = bytearray(data)
-    for _ in range(draw(st.integers(1, 4))):
-        if not b:
-            break
-        i = draw(st.integers(0, len(b) - 1))
-        op = draw(st.sampled_from(["flip", "delete", "insert", "truncate"]))
-        if op == "flip":
-            b[i] = draw(st.integers(0, 255))
-        elif op == "delete":
-            del b[i:i + draw(st.integers(1, 8))]
-        elif op == "insert":
-            b[i:i] = draw(st.binary(max_size=8) | st.sampled_from(
-                [b"cos\nsystem\n", b"\x8c\x05posix\x8c\x06system\x93", b"r\xff\xff\xff\x3f"]))
-        elif i:
-            del b[i:]
-    return bytes(b)
+    return _mutate_bytes(draw, data, 4, [b"cos\nsystem\n", b"\x8c\x05posix\x8c\x06system\x93", b"r\xff\xff\xff\x3f"],
+                         keep_first=True)
 
 
 def _fuzz_pickle(tmp, n, shrink=True):
