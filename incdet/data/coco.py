@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from incdet.data.cocofile import read_coco_json
 from incdet.data.images import load_rgb
 from incdet.data.safeload import short_repr
-from incdet.data.sample import Sample, load_records
+from incdet.data.sample import Sample, check_index, load_records
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -311,10 +311,7 @@ class COCODetection(Dataset):
         return self._sample(i, None, None)
 
     def __getitem__(self, i: int) -> Sample:
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = check_index(i, len(self))
         rec = self._records[i]
         image = self._load_image(self.ids[i], rec["size"])
         mask = self.semantic_mask(i) if self.keep_masks else None

@@ -77,6 +77,15 @@ class Sample:
         )
 
 
+def check_index(i: int, n: int) -> int:
+    """``i`` as a position in a sequence of ``n`` items (negative counts from the end); IndexError if out."""
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(i)
+    return i
+
+
 def load_records(ids: Sequence[Any], load: Callable[[Any], dict], on_error: str, where: str
                  ) -> Tuple[List[Any], List[dict], List[Tuple[str, str]]]:
     """``load(id)`` for every id: ``(kept ids, their records, [(id, message)] of skipped ids)``.

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from incdet.data.images import image_size, load_index_mask, load_rgb
 from incdet.data.safeload import short_repr
-from incdet.data.sample import Sample, load_records
+from incdet.data.sample import Sample, check_index, load_records
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -365,10 +365,7 @@ class VOCDetection(Dataset):
         return self._records[i]["mask_path"] is not None
 
     def __getitem__(self, i: int) -> Sample:
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = check_index(i, len(self))
         rec = self._records[i]
         image = self._load_image(self.ids[i], rec)
         mask = self._load_mask(rec["mask_path"], rec["size"]) if rec["mask_path"] else None
