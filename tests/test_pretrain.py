@@ -82,7 +82,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_bad_input(tmp_path):
-    with pytest.raises(ConfigError, match="--width must be in"):
+    with pytest.raises(ConfigError, match="--width must be >= 4 and <= 256, got 0"):
         pt.pretrain(_cfg(width=0), tmp_path / "r", None, torch.device("cpu"))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         pt.pretrain(_cfg(), tmp_path / "none", None, torch.device("cpu"), resume=True)

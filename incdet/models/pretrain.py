@@ -19,7 +19,6 @@ Metrics: top-1 accuracy (%) on ``--val-images`` held-out generated images (a dis
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -58,26 +57,17 @@ class PretrainConfig:
     seed: int = 0
 
     def validate(self) -> "PretrainConfig":
-        checks = [
-            ("depth", self.depth in (18, 34, 50, 101), "one of 18, 34, 50, 101"),
-            ("width", 4 <= self.width <= 256, "in [4, 256]"),
-            ("size", 32 <= self.size <= 512, "in [32, 512]"),
-            ("iterations", self.iterations >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 2, ">= 2"),
-            ("lr", 0 < self.lr <= 10, "in (0, 10]"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("warmup_iters", self.warmup_iters >= 0, ">= 0"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("val_images", self.val_images >= 30, ">= 30"),
-            ("eval_every", self.eval_every >= 1, ">= 1"),
-            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
-            ("num_workers", self.num_workers >= 0, ">= 0"),
-            ("seed", 0 <= self.seed < 2**63, "in [0, 2**63)"),
-        ]
-        for name, ok, rng in checks:
-            if not ok:
-                raise ConfigError(f"pretrain: --{name.replace('_', '-')} must be {rng}, got {getattr(self, name)!r}")
+        """Ranges of every option (:func:`~incdet.engine.config.check_range`, named as on the CLI)."""
+        from incdet.engine.config import check_choice, check_range
+
+        check_choice("", "--depth", self.depth, (18, 34, 50, 101))
+        bounds = {"width": (4, 256), "size": (32, 512), "iterations": (1, None), "batch_size": (2, None),
+                  "lr": (0, 10), "momentum": (0, 1), "weight_decay": (0, None), "warmup_iters": (0, None),
+                  "label_smoothing": (0, 1), "val_images": (30, None), "eval_every": (1, None),
+                  "checkpoint_every": (1, None), "num_workers": (0, None), "seed": (0, 2**63 - 1)}
+        for name, (lo, hi) in bounds.items():
+            check_range("", "--" + name.replace("_", "-"), getattr(self, name), lo, hi,
+                        lo_open=name == "lr", hi_open=name in ("momentum", "label_smoothing"))
         return self
 
 
