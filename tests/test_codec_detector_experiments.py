@@ -65,7 +65,7 @@ def test_doc_states_the_verdict_from_the_results(tool, tmp_path):
            "detectors": [], "rows": _rows(), "compatibility": [],
            "bd_rate": {k: de.bd_rate_table(rows, k) for k in ("incdet/mAP", "blitznet/mIoU")},
            "rate_at_accuracy": {k: de.rate_at_accuracy_table(rows, k) for k in ("incdet/mAP", "blitznet/mIoU")}}
-    (out / "eval" / "results.json").write_text(json.dumps(de._jsonable(res)))
+    (out / "eval" / "results.json").write_text(json.dumps(de.jsonable(res)))
     de.write_markdown(res, out / "eval" / "results.md")
     (out / "detector_timing.json").write_text(json.dumps({"eval_seconds": 120.0}))
     notes = tmp_path / "notes.md"
@@ -80,10 +80,10 @@ def test_doc_states_the_verdict_from_the_results(tool, tmp_path):
            "of the uncompressed accuracy 0.303 vs 0.606." in text
     assert "- incdet/mAP: CAwF vs source: BD-rate" in text and "vs n/a" in text  # source never reaches 36
     # CAwF's 0.4-bpp point (40 mAP) is below the source's highest rate (0.8) and above its best (30)
-    dom = tool._dominates(_rows(), "incdet/mAP", "CAwF", "source")
+    dom = tool.dominates(_rows(), "incdet/mAP", "CAwF", "source")
     assert dom == ("CAwF at 0.400 bpp (40.00) is more accurate than every source point "
                    "(best 30.00 at 0.800 bpp, highest rate 0.800 bpp)")
-    assert tool._dominates(_rows(), "incdet/mAP", "source", "CAwF") == ""
+    assert tool.dominates(_rows(), "incdet/mAP", "source", "CAwF") == ""
     assert "A hand-written note." in text and "![mAP / mIoU against bpp](cd/rate_accuracy.png)" in text
     assert (pics / "rate_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # no eval results: a clear message, no traceback

@@ -210,7 +210,7 @@ def test_incdet_proposals_from_a_file_of_original_image_proposals(chain, tmp_pat
     save_npz(npz, {i: sliding_window_proposals(im.shape[1], im.shape[2], 100) for i, im in zip(es.ids, es.images)})
     cached = de.IncdetDetector(ck, proposals=str(npz), max_proposals=100)
     a, b = live.predict(es.images, es.ids), cached.predict(es.images, es.ids)
-    assert all(de._same_prediction(x, y) for x, y in zip(a, b))
+    assert all(de.same_prediction(x, y) for x, y in zip(a, b))
     with pytest.raises(Exception, match="nowhere.npz"):
         de.IncdetDetector(ck, proposals=str(tmp_path / "nowhere.npz"))
 

@@ -64,18 +64,18 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     full = tmp_path / "full.pt"
     pt.pretrain(_cfg(), tmp_path / "a", full, torch.device("cpu"))
 
-    real = pt._lr
+    real = pt.lr_at
 
     def dying(step, c):
         if step == 3:
             raise KeyboardInterrupt
         return real(step, c)
 
-    monkeypatch.setattr(pt, "_lr", dying)
+    monkeypatch.setattr(pt, "lr_at", dying)
     with pytest.raises(KeyboardInterrupt):
         pt.pretrain(_cfg(), tmp_path / "b", tmp_path / "b.pt", torch.device("cpu"))
     assert not (tmp_path / "b.pt").exists()
-    monkeypatch.setattr(pt, "_lr", real)
+    monkeypatch.setattr(pt, "lr_at", real)
     pt.pretrain(_cfg(), tmp_path / "b", tmp_path / "b.pt", torch.device("cpu"), resume=True)
     a, b = torch.load(full, weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)

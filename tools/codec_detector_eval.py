@@ -380,7 +380,7 @@ def evaluate_point(point: Optional[RatePoint], es: EvalSet, detectors: Sequence)
     return row
 
 
-def _same_prediction(a: dict, b: dict) -> bool:
+def same_prediction(a: dict, b: dict) -> bool:
     for k in ("boxes", "labels", "scores", "mask"):
         x, y = a.get(k), b.get(k)
         if x is None and y is None:
@@ -430,7 +430,7 @@ def compatibility_check(source_ckpt, adapted_ckpt, es: EvalSet, detectors: Seque
         if not ids:
             continue
         pa, pb = _predict_all(det, ref_imgs, ids), _predict_all(det, new_imgs, ids)
-        r["same_detections"][det.name] = sum(_same_prediction(a, b) for a, b in zip(pa, pb))
+        r["same_detections"][det.name] = sum(same_prediction(a, b) for a, b in zip(pa, pb))
     r["ok"] = (r["decoded_identical"] == r["images"]
                and all(v == r["images"] for v in r["same_detections"].values()))
     return r
@@ -621,17 +621,17 @@ def run_eval_detector(es: EvalSet, points: Sequence[RatePoint], detectors: Seque
             log(f"compatibility {label}: {c['decoded_identical']}/{c['images']} bit-exact, "
                 f"same detections {c['same_detections']}, refused {c['refused']}")
     res["seconds"] = time.perf_counter() - t0
-    (out / "results.json").write_text(json.dumps(_jsonable(res), indent=1))
+    (out / "results.json").write_text(json.dumps(jsonable(res), indent=1))
     write_markdown(res, out / "results.md")
     plot(res, out / "rate_accuracy.png")
     return res
 
 
-def _jsonable(x):
+def jsonable(x):
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x

@@ -138,7 +138,7 @@ def _read_cmd(ckpt: str) -> str:
     return "?"
 
 
-def _dominates(rows, metric: str, a: str, b: str) -> str:
+def dominates(rows, metric: str, a: str, b: str) -> str:
     """A sentence when some point of codec ``a`` is at most the highest rate of codec ``b`` yet
     more accurate than every point of ``b`` ("" otherwise)."""
     pa = [r for r in rows if r["codec"] == a and r.get(metric) is not None and math.isfinite(r[metric])]
@@ -167,7 +167,7 @@ def verdict(res: dict, adapted=("CAwF", "adapters"), anchors=("source", "JPEG200
                     continue
                 bd = tab[t][an]
                 rt, ra = rat.get(t, {}).get(f"{fraction:g}"), rat.get(an, {}).get(f"{fraction:g}")
-                dom = _dominates(res["rows"], k, an, t)
+                dom = dominates(res["rows"], k, an, t)
                 if bd is None or not math.isfinite(bd):
                     word = "BD-rate undefined (curves too short or not overlapping)"
                     if dom:

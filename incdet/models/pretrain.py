@@ -93,7 +93,7 @@ class Classifier(nn.Module):
         return out
 
 
-def _lr(step: int, c: PretrainConfig) -> float:
+def lr_at(step: int, c: PretrainConfig) -> float:
     if step < c.warmup_iters:
         return c.lr * (step + 1) / c.warmup_iters
     t = (step - c.warmup_iters) / max(1, c.iterations - c.warmup_iters)
@@ -234,7 +234,7 @@ def pretrain(c: PretrainConfig, run_dir: Path, out: Optional[Path], device: torc
             if step >= c.iterations:
                 break
             for g in opt.param_groups:
-                g["lr"] = _lr(step, c)
+                g["lr"] = lr_at(step, c)
             x = _prep(x, device)
             g = torch.Generator().manual_seed(c.seed * 1_000_003 + step)  # flips: a function of the step
             flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(device)
@@ -249,7 +249,7 @@ def pretrain(c: PretrainConfig, run_dir: Path, out: Optional[Path], device: torc
             opt.step()
             step += 1
             if step % 50 == 0 or step == c.iterations:
-                rec = {"step": step, "loss": round(float(loss.detach()), 5), "lr": _lr(step - 1, c),
+                rec = {"step": step, "loss": round(float(loss.detach()), 5), "lr": lr_at(step - 1, c),
                        "wall_s": round(wall0 + time.time() - t0, 1)}
                 log.info("pretrain step %d/%d loss %.4f", step, c.iterations, rec["loss"])
                 log_f.write(json.dumps(rec) + "\n")
