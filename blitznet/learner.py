@@ -289,12 +289,12 @@ class BlitzNetLearner(Learner):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         try:
             # the state dict holds every weight: do not re-read a backbone weights file
-            cfg = BlitzNetConfig.from_dict(dict(state["model_config"], backbone_weights=None))
+            cfg = BlitzNetConfig.from_saved(dict(state["model_config"], backbone_weights=None))
             self.model = BlitzNet(cfg).to(self.device)
             self.model.load_state_dict(state["model"])
             self.teacher = None
             if state.get("teacher") is not None:
-                t = BlitzNet(BlitzNetConfig.from_dict(dict(state["teacher_config"], backbone_weights=None))).to(self.device)
+                t = BlitzNet(BlitzNetConfig.from_saved(dict(state["teacher_config"], backbone_weights=None))).to(self.device)
                 t.load_state_dict(state["teacher"])
                 self.teacher = t.eval().requires_grad_(False)
         except (KeyError, RuntimeError) as e:

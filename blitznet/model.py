@@ -48,6 +48,7 @@ _BACKBONES = {
     "resnet101": (torchvision.models.resnet101, (256, 512, 1024, 2048)),
 }
 FUSIONS = ("resskip", "plain", "hourglass")
+RESSKIP_PROJECTIONS = ("auto", "always")
 
 
 @dataclass
@@ -60,6 +61,14 @@ class BlitzNetConfig:
     ``input_size``). ``fusion`` picks the upscale block: ``resskip`` (the paper's),
     ``plain`` (ResSkip without the residual sum) or ``hourglass`` (Newell et al.: a residual
     block on the skip map added to the upsampled stream).
+
+    ``resskip_projection`` picks the residual branch of ResSkip: ``auto`` (the text, C.3.3:
+    the block's output is "summed with the upsampled input" itself; a 1x1 conv + BN
+    projection only where the channel counts differ, which never happens in this network:
+    the upscale stream has ``channels`` everywhere) or ``always`` (a 1x1 conv + BN projection
+    of the upsampled input, the behaviour before this key existed). A saved config without
+    the key means ``always``: use :meth:`from_saved` to rebuild a network from a weights file
+    or checkpoint.
     """
 
     num_classes: int = 20
@@ -78,6 +87,7 @@ class BlitzNetConfig:
     max_scale: float = 0.9
     first_scale: Optional[float] = 0.1
     clip_anchors: bool = True
+    resskip_projection: str = "auto"
 
     def __post_init__(self) -> None:
         """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
@@ -86,6 +96,7 @@ class BlitzNetConfig:
         check_choice(S, "backbone", self.backbone, tuple(_BACKBONES))
         check_choice(S, "final_stride", self.final_stride, (4, 8))
         check_choice(S, "fusion", self.fusion, tuple(FUSIONS))
+        check_choice(S, "resskip_projection", self.resskip_projection, RESSKIP_PROJECTIONS)
         if not (self.detection or self.segmentation):
             raise ConfigError(f"{S}: at least one of detection / segmentation must be enabled")
         check_range(S, "num_classes", self.num_classes, 1)
@@ -112,6 +123,15 @@ class BlitzNetConfig:
         if unknown:
             raise ConfigError(f"unknown model config keys {sorted(unknown)}; valid: {sorted(names)}")
         return cls(**d).validate()
+
+    @classmethod
+    def from_saved(cls, d: dict) -> "BlitzNetConfig":
+        """A config stored in a weights file / checkpoint. Keys added after the file was written
+        take the value that reproduces the network it was written from: a missing
+        ``resskip_projection`` means ``always`` (older files had the projection)."""
+        d = dict(d)
+        d.setdefault("resskip_projection", "always")
+        return cls.from_dict(d)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,27 +204,33 @@ def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
 
 
 class ResSkip(nn.Module):
-    """ResSkip fusion (figure C.3).
+    """ResSkip fusion (figure C.3, text C.3.3).
 
     ``up = bilinear(x, size(skip))``; ``y = conv1x1 -> conv3x3 -> conv1x1 (cat[up, skip])``;
-    output ``relu(y + proj1x1(up))``. With ``residual=False`` (the "no res" row of table C.8)
-    the output is ``relu(y)``.
+    output ``relu(y + up)`` (the text: "summed with the upsampled input through a residual
+    connection"). ``projection="always"``, or ``"auto"`` with ``c_in != c_out``, sums a
+    1x1 conv + BN projection instead: ``relu(y + proj1x1(up))`` (``self.proj`` is then a
+    module, else None). With ``residual=False`` (the "no res" row of table C.8) the output is
+    ``relu(y)``.
     """
 
-    def __init__(self, c_in: int, c_skip: int, c_out: int, residual: bool = True):
+    def __init__(self, c_in: int, c_skip: int, c_out: int, residual: bool = True, projection: str = "auto"):
         super().__init__()
+        if projection not in RESSKIP_PROJECTIONS:
+            raise ConfigError(f"resskip_projection: {projection!r} is not one of {', '.join(RESSKIP_PROJECTIONS)}")
         mid = max(c_out // 2, 8)
         self.residual = residual
         self.block = nn.Sequential(
             conv_bn(c_in + c_skip, mid, 1), conv_bn(mid, mid, 3), conv_bn(mid, c_out, 1, relu=False)
         )
-        self.proj = conv_bn(c_in, c_out, 1, relu=False) if residual else None
+        use_proj = residual and (projection == "always" or c_in != c_out)
+        self.proj = conv_bn(c_in, c_out, 1, relu=False) if use_proj else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = upsample_to(x, skip.shape[-2:])
         y = self.block(torch.cat([up, skip], 1))
         if self.residual:
-            y = y + self.proj(up)
+            y = y + (self.proj(up) if self.proj is not None else up)
         return F.relu(y)
 
 
@@ -225,9 +251,9 @@ class HourglassFusion(nn.Module):
         return F.relu(s + self.up_proj(upsample_to(x, skip.shape[-2:])))
 
 
-def make_fusion(kind: str, c_in: int, c_skip: int, c_out: int) -> nn.Module:
+def make_fusion(kind: str, c_in: int, c_skip: int, c_out: int, resskip_projection: str = "auto") -> nn.Module:
     if kind == "resskip":
-        return ResSkip(c_in, c_skip, c_out, residual=True)
+        return ResSkip(c_in, c_skip, c_out, residual=True, projection=resskip_projection)
     if kind == "plain":
         return ResSkip(c_in, c_skip, c_out, residual=False)
     if kind == "hourglass":
@@ -288,7 +314,7 @@ class BlitzNet(nn.Module):
         # top of the upscale stream: 1x1 projection of the coarsest map to `channels`
         self.top = conv_bn(down_ch[-1], C, 1)
         # fusion block k fuses upscale level k+1 with skip = downscale level k (k = L-2 .. 0)
-        self.fusions = nn.ModuleList([make_fusion(config.fusion, C, down_ch[k], C) for k in range(L - 1)])
+        self.fusions = nn.ModuleList([make_fusion(config.fusion, C, down_ch[k], C, config.resskip_projection) for k in range(L - 1)])
         nc = config.num_classes + 1
         self.num_anchors = anchors_per_location(config.aspect_ratios)
         A = self.num_anchors
@@ -401,37 +427,57 @@ class BlitzNet(nn.Module):
     # -- inference -----------------------------------------------------------------------------
     @torch.no_grad()
     def postprocess(self, out: Dict[str, torch.Tensor], input_size: Tuple[int, int],
-                    orig_sizes: Optional[Sequence[Tuple[int, int]]] = None, **nms_kw) -> List[dict]:
+                    orig_sizes: Optional[Sequence[Tuple[int, int]]] = None, per_image: bool = False,
+                    **nms_kw) -> List[dict]:
         """Decode detections (softmax, SSD decoding, capped fast NMS) and segmentation.
 
         Returns per image a dict with ``boxes`` ``[K, 4]`` xyxy in ``orig_sizes`` pixels (input
         pixels when not given), ``labels`` (1-based), ``scores``, and ``mask`` ``[H, W]`` uint8
         (argmax of the upsampled segmentation logits) when segmentation is enabled.
+
+        The whole batch goes through one capped NMS call (:func:`blitznet.nms.capped_nms_flat`)
+        and one rescale/clamp; the masks through one upsampling when all ``orig_sizes`` are
+        equal. ``per_image=True`` runs the former per-image loop instead (same results; kept
+        as the reference for tests and benchmarks).
         """
         from blitznet.losses import decode_boxes
-        from blitznet.nms import capped_nms
+        from blitznet.nms import capped_nms_flat, capped_nms_single, split_by_image
 
         B = (out.get("cls_logits") if "cls_logits" in out else out["seg_logits"]).shape[0]
         H, W = input_size
-        sizes = list(orig_sizes) if orig_sizes is not None else [(H, W)] * B
+        sizes = [tuple(s) for s in orig_sizes] if orig_sizes is not None else [(H, W)] * B
         results = [dict() for _ in range(B)]
         if "cls_logits" in out:
             anchors = self.anchors(out["feature_sizes"], input_size, out["cls_logits"].device)
             probs = out["cls_logits"].float().softmax(-1)[..., 1:]
             boxes = decode_boxes(out["box_deltas"].float(), anchors)
-            dets = capped_nms(boxes, probs, **nms_kw)
-            for i, (b, s, l) in enumerate(dets):
-                oh, ow = sizes[i]
-                sc = b.new_tensor([ow / W, oh / H, ow / W, oh / H])
-                b = b * sc
-                b[:, 0::2] = b[:, 0::2].clamp(0, ow - 1)
-                b[:, 1::2] = b[:, 1::2].clamp(0, oh - 1)
-                results[i].update(boxes=b, scores=s, labels=l + 1)
+            if per_image:
+                for i in range(B):
+                    b, s, l = capped_nms_single(boxes[i], probs[i], **nms_kw)
+                    oh, ow = sizes[i]
+                    sc = b.new_tensor([ow / W, oh / H, ow / W, oh / H])
+                    b = b * sc
+                    b[:, 0::2] = b[:, 0::2].clamp(0, ow - 1)
+                    b[:, 1::2] = b[:, 1::2].clamp(0, oh - 1)
+                    results[i].update(boxes=b, scores=s, labels=l + 1)
+            else:
+                b, s, l, im = capped_nms_flat(boxes, probs, **nms_kw)
+                hw = torch.tensor(sizes, dtype=torch.float64)  # [B, 2] (h, w)
+                sc = torch.stack([hw[:, 1] / W, hw[:, 0] / H], 1).repeat(1, 2).to(b)  # [B, 4]
+                hi = torch.stack([hw[:, 1] - 1, hw[:, 0] - 1], 1).repeat(1, 2).to(b)
+                b = torch.minimum((b * sc[im]).clamp(min=0), hi[im])
+                for i, (bi, si, li) in enumerate(split_by_image(im, B, b, s, l + 1)):
+                    results[i].update(boxes=bi, scores=si, labels=li)
         if "seg_logits" in out:
             seg = out["seg_logits"]
-            for i in range(B):
-                lg = F.interpolate(seg[i:i + 1].float(), size=tuple(sizes[i]), mode="bilinear", align_corners=False)
-                results[i]["mask"] = lg[0].argmax(0).to(torch.uint8)
+            if not per_image and len(set(sizes)) == 1:
+                lg = F.interpolate(seg.float(), size=sizes[0], mode="bilinear", align_corners=False)
+                for i, m in enumerate(lg.argmax(1).to(torch.uint8)):
+                    results[i]["mask"] = m
+            else:
+                for i in range(B):
+                    lg = F.interpolate(seg[i:i + 1].float(), size=sizes[i], mode="bilinear", align_corners=False)
+                    results[i]["mask"] = lg[0].argmax(0).to(torch.uint8)
         return results
 
 

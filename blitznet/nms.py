@@ -13,6 +13,14 @@ the per-class loop :func:`reference_capped_nms`):
   called directly: on CPU ``batched_nms`` switches to a Python loop over classes above 1,000
   boxes).
 
+Batches (issue 18): :func:`capped_nms` / :func:`capped_nms_flat` process the ``B`` images of a
+batch in one go -- one top-k over ``[B, C, N]``, then one Cluster-NMS over ``[B, C, k, k]`` or
+one ``torchvision.ops.nms`` call with boxes offset per (image, class) -- with no Python loop
+over images; :func:`capped_nms_per_image` is the per-image loop it replaces. Both give the same
+detections per image (same boxes, scores, labels, order; ties in score aside). The offset
+trick runs in float64 so that shifted widths stay exact and the IoUs do not depend on the
+offsets (in float32, coordinates offset by tens of thousands would round).
+
 :func:`uncapped_nms` is the baseline: ``torchvision.ops.batched_nms`` over every candidate
 above the score threshold, then the best ``max_det``.
 """
@@ -107,15 +115,83 @@ def capped_nms_single(boxes: Tensor, scores: Tensor, score_thresh: float = 0.01,
         b, s, c = cand[valid], vals[valid], cls[valid]
         if b.numel() == 0:
             return b.reshape(0, 4), s, c
-        offsets = c.to(b.dtype) * (b.max() - b.min() + 1)
-        keep = torchvision.ops.nms(b + (offsets - b.min()).unsqueeze(1), s, iou_thresh)  # sorted by score
+        keep = _offset_nms(b, s, c, iou_thresh)  # sorted by score
         keep = keep[_rank_within_group(c[keep]) < per_class][:max_det]
         return b[keep], s[keep], c[keep]
     raise ValueError(f"unknown NMS method {method!r}; known: auto, cluster, batched")
 
 
+def _offset_nms(b: Tensor, s: Tensor, group: Tensor, iou_thresh: float) -> Tensor:
+    """``torchvision.ops.nms`` within groups (``batched_nms``' coordinate-offset trick), in
+    float64: keep indices sorted by decreasing score."""
+    b64 = b.double()
+    lo, span = b64.min(), b64.max() - b64.min() + 1
+    return torchvision.ops.nms(b64 + (group.double() * span - lo).unsqueeze(1), s.double(), iou_thresh)
+
+
+def capped_nms_flat(boxes: Tensor, scores: Tensor, score_thresh: float = 0.01, pre_nms_top: int = 400,
+                    iou_thresh: float = 0.45, per_class: int = 50, max_det: int = 200,
+                    method: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Capped NMS for a whole batch, no loop over images. ``boxes`` ``[B, N, 4]`` (shared by
+    classes) or ``[B, N, C, 4]``, ``scores`` ``[B, N, C]``. Returns flat ``boxes [K, 4]``,
+    ``scores [K]``, ``labels [K]`` (0-based class) and ``image [K]`` (index in the batch),
+    grouped by image (ascending) and sorted by decreasing score within an image: per image,
+    exactly what :func:`capped_nms_single` returns."""
+    if method == "auto":
+        method = "cluster" if scores.is_cuda else "batched"
+    if method not in ("cluster", "batched"):
+        raise ValueError(f"unknown NMS method {method!r}; known: auto, cluster, batched")
+    B, N, C = scores.shape
+    k = min(pre_nms_top, N)
+    dev = scores.device
+    if B == 0 or k == 0 or C == 0:
+        e = scores.new_zeros((0,))
+        return boxes.new_zeros((0, 4)), e, e.long(), e.long()
+    vals, idx = scores.transpose(1, 2).topk(k, dim=2)  # [B, C, k], sorted descending
+    if boxes.dim() == 3:
+        cand = boxes.gather(1, idx.reshape(B, C * k, 1).expand(-1, -1, 4)).view(B, C, k, 4)
+    else:  # class-specific boxes [B, N, C, 4]
+        cand = boxes.permute(0, 2, 1, 3).gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, 4))
+    valid = vals > score_thresh
+    if method == "cluster":
+        keep = cluster_nms_keep(cand, iou_thresh) & valid
+        keep &= torch.cumsum(keep, dim=2) <= per_class
+        flat = torch.where(keep, vals, torch.full_like(vals, -1.0)).reshape(B, C * k)
+        top_s, top_i = flat.topk(min(max_det, C * k), dim=1)  # [B, n]
+        ok = keep.reshape(B, C * k).gather(1, top_i)  # the kept ones come first in every row
+        top_b = cand.reshape(B, C * k, 4).gather(1, top_i.unsqueeze(-1).expand(-1, -1, 4))
+        img = torch.arange(B, device=dev).unsqueeze(1).expand_as(top_i)
+        return top_b[ok], top_s[ok], (top_i // k)[ok], img[ok]
+    cls = torch.arange(C, device=dev).view(1, C, 1).expand(B, C, k)
+    img = torch.arange(B, device=dev).view(B, 1, 1).expand(B, C, k)
+    b, s, c, im = cand[valid], vals[valid], cls[valid], img[valid]
+    if b.numel() == 0:
+        return b.reshape(0, 4), s, c, im
+    keep = _offset_nms(b, s, im * C + c, iou_thresh)  # sorted by score over the whole batch
+    keep = keep[_rank_within_group((im * C + c)[keep]) < per_class]
+    keep = keep[_rank_within_group(im[keep]) < max_det]
+    keep = keep[torch.argsort(im[keep], stable=True)]  # group by image, score order kept within
+    return b[keep], s[keep], c[keep], im[keep]
+
+
+def split_by_image(image: Tensor, n_images: int, *tensors: Tensor) -> List[Tuple[Tensor, ...]]:
+    """Flat per-detection tensors grouped by ``image`` (ascending) -> one tuple per image."""
+    counts = torch.bincount(image, minlength=n_images).tolist() if image.numel() else [0] * n_images
+    parts = [t.split(counts) for t in tensors]
+    return [tuple(p[i] for p in parts) for i in range(n_images)]
+
+
 def capped_nms(boxes: Tensor, scores: Tensor, **kw) -> List[Detections]:
-    """Batched wrapper: ``boxes`` ``[B, N, 4]``, ``scores`` ``[B, N, C]`` -> list of detections."""
+    """Batched capped NMS (:func:`capped_nms_flat`, one call for the batch): ``boxes``
+    ``[B, N, 4]`` or ``[B, N, C, 4]``, ``scores`` ``[B, N, C]`` -> one detections tuple per
+    image, equal to :func:`capped_nms_per_image`'s."""
+    b, s, c, im = capped_nms_flat(boxes, scores, **kw)
+    return split_by_image(im, scores.shape[0], b, s, c)
+
+
+def capped_nms_per_image(boxes: Tensor, scores: Tensor, **kw) -> List[Detections]:
+    """The per-image loop (:func:`capped_nms_single` on each image): reference for tests and
+    benchmarks of :func:`capped_nms`."""
     return [capped_nms_single(boxes[i], scores[i], **kw) for i in range(scores.shape[0])]
 
 

@@ -77,7 +77,7 @@ def load_weights(path: Union[str, Path], device="cpu"):
     else:
         raise CheckpointError(f"{path}: not a blitznet weights file or blitznet run checkpoint "
                               f"(keys: {sorted(d)[:10]})")
-    cfg = BlitzNetConfig.from_dict(dict(cfg_d, backbone_weights=None))
+    cfg = BlitzNetConfig.from_saved(dict(cfg_d, backbone_weights=None))
     model = BlitzNet(cfg)
     try:
         model.load_state_dict(sd)
