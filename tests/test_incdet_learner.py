@@ -111,8 +111,9 @@ def test_freezing_variants(tmp_path, tasks, freeze):
     new = list(net.cls_score.chunks[1].parameters()) + list(net.bbox_pred.chunks[1].parameters())
     old_heads = list(net.cls_score.chunks[0].parameters()) + list(net.bbox_pred.chunks[0].parameters())
     assert all(p.requires_grad for p in new)
+    assert not any(p.requires_grad for p in res5)  # thesis: every convolutional layer fixed
     if freeze == "trunk":
-        assert all(p.requires_grad for p in res5 + old_heads)
+        assert all(p.requires_grad for p in old_heads)
     else:
         assert not any(p.requires_grad for p in res5 + old_heads)
         before = [p.detach().clone() for p in net.parameters()]

@@ -48,7 +48,10 @@ class DetectorConfig:
     the same in train and eval mode and trains from scratch on small batches), ``auto``
     (default): ``frozen_bn`` when ``weights`` is given, ``gn`` otherwise.
     ``freeze_at``: 0 trains everything, 1 freezes the stem, 2 the stem and res2; -1 (default)
-    means 2 with ``weights`` and 0 without.
+    means 0, with or without ``weights``: the thesis fine-tunes all layers of A and B ("All the
+    layers of A(C_A) and B(C_B) networks are finetuned unless stated otherwise", 3.4.2; with
+    ``frozen_bn`` only the normalisation layers stay fixed). Detectron's C4 recipe (2) must be
+    asked for explicitly.
     """
 
     depth: int = 50
@@ -131,9 +134,7 @@ class DetectorConfig:
 
     @property
     def resolved_freeze_at(self) -> int:
-        if self.freeze_at < 0:
-            return 2 if self.weights else 0
-        return self.freeze_at
+        return max(self.freeze_at, 0)
 
 
 def _norm_layer(kind: str):
@@ -347,6 +348,11 @@ class FastRCNN(nn.Module):
         """Everything before RoI pooling (stem, res2..res4)."""
         b = self.backbone
         return [b.conv1, b.bn1, b.layer1, b.layer2, b.layer3]
+
+    def conv_modules(self) -> List[nn.Module]:
+        """Every convolutional layer with its normalisation: the trunk and the per-RoI res5 blocks
+        (what the thesis' "frozen trunk" fixes; only the output layers remain)."""
+        return self.trunk_modules() + [self.backbone.layer4]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Like ``nn.Module.load_state_dict``; first grows the output chunks to match ``state_dict``."""

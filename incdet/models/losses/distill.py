@@ -9,9 +9,18 @@ L2 distillation (eq. 3.2), for the N selected RoIs and the teacher's ``1 + |C_A|
 
     ybar_A = y_A - mean_{c in {bg} + C_A} y_A[c]
     ybar_B = y_B[{bg} + C_A] - mean_{c in {bg} + C_A} y_B[c]          (center="old", default)
-    L_cls  = mean over N RoIs and the 1 + |C_A| columns of (ybar_A - ybar_B)^2
-    L_box  = mean over N RoIs, the |C_A| old classes and 4 coords of (t_A - t_B)^2
+    S_cls  = sum over N RoIs and the 1 + |C_A| columns of (ybar_A - ybar_B)^2
+    S_box  = sum over N RoIs, the |C_A| old classes and 4 coords of (t_A - t_B)^2
+    norm="thesis" (default; eq. 3.2 as written, 1/(N|C_A|) in front of the whole sum):
+        L_cls = S_cls / (N |C_A|)           L_box = S_box / (N |C_A|)
+    norm="released_code" (the released TF code's ``reduce_mean`` of each term):
+        L_cls = S_cls / (N (1 + |C_A|))     L_box = S_box / (N |C_A| 4)
     L_dist = L_cls + L_box
+
+So the thesis setting weighs the logit term (1 + |C_A|)/|C_A| times and the box term 4 times
+as much as the released code (with ``box_loss="smooth_l1"`` the same normalisers apply to the
+summed smooth-L1 terms). Every result documented before the switch existed was produced with
+``released_code``.
 
 Which classes enter the mean: the thesis says the logits of the new classes C_B "are not
 considered in this loss" and that the mean over the class dimension is subtracted "from these
@@ -21,8 +30,9 @@ B (``center="old"``), so B's new-class logits cannot shift the comparison of the
 mean). The released TensorFlow code (kshmelkov/incremental_detectors, ``network.py``) differs:
 it subtracts from B's old logits the mean over *all* of B's logits, new classes included, and
 from A's the mean over A's own outputs; ``center="all"`` reproduces that. Both include the
-background column in the squared error (the thesis divides by N|C_A|; the code averages over
-N(1+|C_A|)); since centred logits sum to zero over the same columns, the background term only
+background column in the squared error (the normaliser is the ``norm`` switch above: we read
+the thesis' "sum over all the RoIs for the old classes" as the teacher's whole output, background
+included, divided by N|C_A| as printed); since centred logits sum to zero over the same columns, the background term only
 reweights the old-class terms. Boxes use the plain squared error as in the thesis (the code's
 default was smooth-L1: ``box_loss="smooth_l1"``).
 
@@ -87,6 +97,9 @@ def _center(x: Tensor, ref: Tensor) -> Tensor:
     return x - ref.mean(dim=1, keepdim=True)
 
 
+NORMS = ("thesis", "released_code")
+
+
 def l2_distillation(
     s_logits: Tensor,
     s_deltas: Tensor,
@@ -95,8 +108,12 @@ def l2_distillation(
     center: str = "old",
     box: bool = True,
     box_loss: str = "l2",
+    norm: str = "thesis",
 ) -> Dict[str, Tensor]:
     """L2 distillation of centred logits and old-class box deltas (see module docstring).
+
+    ``norm``: ``"thesis"`` divides each summed term by ``N |C_A|`` (eq. 3.2); ``"released_code"``
+    takes the plain mean of each term (``N (1 + |C_A|)`` logits, ``4 N |C_A|`` box deltas).
 
     Args:
         s_logits: student logits ``[N, 1 + C]`` (C >= n_old); s_deltas: ``[N, 4 C]``.
@@ -113,20 +130,26 @@ def l2_distillation(
         s_bar = _center(s_old, s_logits)
     else:
         raise ValueError(f"center must be 'old' or 'all', got {center!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     t_bar = _center(t_logits, t_logits)
     if s_logits.shape[0] == 0:
         z = s_logits.sum() * 0.0 + s_deltas.sum() * 0.0
         return {"loss_distill_cls": z, "loss_distill_box": z}
-    cls = ((s_bar - t_bar) ** 2).mean()
+    n = s_logits.shape[0]
+    thesis = norm == "thesis"
+    cls_sq = (s_bar - t_bar) ** 2
+    cls = cls_sq.sum() / (n * n_old) if thesis else cls_sq.mean()
     if box:
         sd = s_deltas[:, : 4 * n_old].float()
         td = t_deltas.float()
         if box_loss == "l2":
-            bl = ((sd - td) ** 2).mean()
+            terms = (sd - td) ** 2
         elif box_loss == "smooth_l1":
-            bl = F.smooth_l1_loss(sd, td, beta=1.0)
+            terms = F.smooth_l1_loss(sd, td, beta=1.0, reduction="none")
         else:
             raise ValueError(f"box_loss must be 'l2' or 'smooth_l1', got {box_loss!r}")
+        bl = terms.sum() / (n * n_old) if thesis else terms.mean()
     else:
         bl = s_deltas.sum() * 0.0
     return {"loss_distill_cls": cls, "loss_distill_box": bl}
@@ -152,9 +175,12 @@ def distillation_loss(
     center: str = "old",
     box: bool = True,
     box_loss: str = "l2",
+    norm: str = "thesis",
 ) -> Dict[str, Tensor]:
-    """``kind="l2"`` (eq. 3.2) or ``"ce"`` (cross-entropy on the classes, box term as for l2)."""
-    out = l2_distillation(s_logits, s_deltas, t_logits, t_deltas, center=center, box=box, box_loss=box_loss)
+    """``kind="l2"`` (eq. 3.2) or ``"ce"`` (cross-entropy on the classes, averaged over RoIs;
+    box term as for l2, with the same ``norm``)."""
+    out = l2_distillation(s_logits, s_deltas, t_logits, t_deltas, center=center, box=box, box_loss=box_loss,
+                          norm=norm)
     if kind == "ce":
         out["loss_distill_cls"] = ce_distillation(s_logits, t_logits)
     elif kind != "l2":
