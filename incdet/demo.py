@@ -51,7 +51,7 @@ BASE_CONFIG: dict = {
         },
         "proposals": "selective_search", "max_proposals": 2000, "proposal_nms": 0.7,
         "proposal_max_side": 500, "flip_prob": 0.5,
-        "distill": "l2", "distill_weight": 1.0, "distill_box": True, "distill_sampling": "biased",
+        "distill": "l2", "distill_weight": 1.0, "distill_box": True, "distill_norm": "released_code", "distill_sampling": "biased",
         "distill_rois": 64, "distill_pool": 128, "teacher_cache": True, "freeze": "none", "ewc_weight": 0.0,
     },
     "train": {
