@@ -60,3 +60,86 @@ def test_steps_table_and_markdown(tool, tmp_path):
     md = tmp_path / "incdet.md"
     text = tool.write_markdown(out, md)
     assert md.read_text() == text and "test cpu" in text and "## 15+5" in text and "Not run yet." in text
+
+
+VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+       "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+
+
+def test_thesis_registry_has_every_row(tool):
+    names = {e.name for e in tool.THESIS_EXPERIMENTS}
+    want = {"voc07_19+1_distill", "voc07_19+1_naive", "voc07_19+1_frozen_trunk", "voc07_19+1_all_frozen",
+            "voc07_19+1_frozen_trunk_distill", "voc07_19+1_ce", "voc07_19+1_nobox", "voc07_10+10_distill",
+            "voc07_10+10_naive", "voc07_10+10_ce", "voc07_10+10_nobox", "voc07_10+10_ewc", "voc07_15+5_distill",
+            "voc07_15+1x5_distill", "voc07_15+1x5_unbiased", "voc07_joint"}
+    assert names == want and set(tool.THESIS_ORDER) == want
+    by = tool.BY_NAME
+    assert by["voc07_19+1_frozen_trunk"].sets == ["learner.freeze=trunk", "learner.distill=none"]
+    assert by["voc07_19+1_frozen_trunk_distill"].sets == ["learner.freeze=trunk"]
+    assert by["voc07_19+1_all_frozen"].sets == ["learner.freeze=all_but_new", "learner.distill=none"]
+    assert by["voc07_15+1x5_unbiased"].init_from == "voc07_15+5_distill"
+    order = tool.THESIS_ORDER
+    for e in tool.THESIS_EXPERIMENTS:  # an A-training run comes before the variants that start from it
+        if e.init_from:
+            assert order.index(e.init_from) < order.index(e.name)
+    # the existing shapes-voc order is unchanged (the thesis runs need a GPU and VOC 2007)
+    assert not set(tool.RUN_ORDER) & want
+
+
+@pytest.mark.parametrize("name", sorted(n for n in load_tool("incdet_experiments").BY_NAME))
+def test_every_experiment_config_loads(tool, name):
+    """Each run's config with its --set overrides is a valid run config (as `incdet train` reads it)."""
+    from incdet.engine.config import load_config
+
+    e = tool.BY_NAME[name]
+    load_config(tool.ROOT / e.config, list(e.sets) + ["tasks.init_from=null"])
+
+
+def _write_cfg(run: Path, norm):
+    (run / "config.yaml").write_text("learner:\n  name: incdet.fastrcnn\n" +
+                                     (f"  distill_norm: {norm}\n" if norm else ""))
+
+
+def test_thesis_table_layout_and_norms(tool, tmp_path):
+    out = tmp_path / "exp"
+    a = {c: 60.0 for c in VOC[:19]}
+    a["aeroplane"] = 79.0  # A(1-19) = 61.0
+    after = {**{c: 50.0 for c in VOC[:19]}, "tvmonitor": 40.0}
+    _write(out / "voc07_19+1_distill", [[a, None], [a, after]])
+    _write_cfg(out / "voc07_19+1_distill", "thesis")
+    _write(out / "voc07_19+1_frozen_trunk", [[a, None], [a, {**after, "tvmonitor": 10.0}]])
+    _write_cfg(out / "voc07_19+1_frozen_trunk", None)  # predates the switch: released code
+    t = tool.thesis_table(tool.THESIS_TABLES[0], out).splitlines()
+    assert t[0] == "| method | old | new | all | thesis: old | new | all |"
+    assert t[2] == "| A(1-19) | 61.0 | - | - | 68.4 | - | - |"
+    assert "| +B(20) w distillation | 50.0 | 40.0 | 49.5 | 68.3 | 58.3 | 67.8 |" in t
+    assert "| +B(20) w frozen trunk | 50.0 | 10.0 | 48.0 | 53.5 | 43.1 | 52.9 |" in t
+    assert "| +B(20) w all layers frozen | not run yet | |  | 69.1 | 41.6 | 66.6 |" in t
+    assert "| A(1-20) | not run yet | |  | 69.6 | 73.9 | 69.8 |" in t
+    names = [r.name for r in tool.THESIS_TABLES[0].rows]
+    line = tool.norm_line(names, out)
+    assert "`voc07_19+1_frozen_trunk`: `released_code`" in line and "`voc07_19+1_distill`: `thesis`" in line
+    assert tool.norm_line(["voc07_19+1_distill"], out).endswith("`thesis` in every finished run of this table.")
+    t3 = tool.thesis_table(tool.THESIS_TABLES[2], out)
+    assert "| +A(16)+...+A(20) (separate networks; not supported by this tool) | not supported | |  | 70.5 | 37.8 | 62.4 |" in t3
+
+
+def test_thesis_steps_table_and_markdown(tool, tmp_path):
+    out = tmp_path / "exp"
+    a = {c: 60.0 for c in VOC[:15]}
+    rows = []
+    seen = dict(a)
+    for i in range(6):
+        if i:
+            seen = {**{c: 50.0 for c in VOC[:15]}, **{c: 10.0 * i for c in VOC[15:15 + i]}}
+        rows.append([None] * i + [dict(seen)] + [None] * (5 - i))
+    _write(out / "voc07_15+1x5_distill", rows)
+    st = tool.thesis_steps_table(out).splitlines()
+    assert st[2] == "| A(1-15) | 60.0 | - | - | - | - | - | 60.0 | 70.5 | - | - | - | - | - | 70.5 |"
+    # after +B(16)(17): classes 16, 17 at 20.0; all seen = (15 x 50 + 2 x 20) / 17
+    assert st[4] == "| +B(16)(17) | 50.0 | 20.0 | 20.0 | - | - | - | 46.5 | 67.4 | 27.9 | 46.8 | - | - | - | 63.9 |"
+    md = tmp_path / "incdet.md"
+    text = tool.write_markdown(out, md)
+    assert "## Thesis tables 3.1-3.3 and 3.9 on VOC 2007" in text and "### Table 3.9" in text
+    assert "| A(1-19) | not run yet | - | - | 68.4 | - | - |" in text
+    assert "Distillation normalisation (`learner.distill_norm`): no finished run." in text

@@ -1,7 +1,7 @@
 """The incdet experiments of thesis chapter 3 on shapes-voc (and a VOC2012-100 smoke run), and
 the tables of ``docs/results/incdet.md``.
 
-    python tools/incdet_experiments.py run   [--out runs/incdet_exp] [--only NAME ...] [--threads 1]
+    python tools/incdet_experiments.py run   [--out runs/incdet_exp] [--only NAME ...] [--thesis] [--threads 1]
     python tools/incdet_experiments.py table [--out runs/incdet_exp] [--md docs/results/incdet.md]
     python tools/incdet_experiments.py list
 
@@ -15,7 +15,12 @@ written to ``OUT/NAME/command.txt``). ``table`` reads the finished runs and writ
   for A, every variant and joint training (thesis tables 3.1-3.3);
 - for 15+1x5, the per-step table (thesis table 3.9): mAP over the old classes, the new class of
   each step, and all classes seen so far, after every step;
-- the wall time of each run and the machine it ran on.
+- the wall time of each run and the machine it ran on, and which distillation normalisation
+  (``learner.distill_norm``) each table's runs used;
+- thesis tables 3.1 (19+1), 3.2 (10+10), 3.3 (15+5, 15+1x5) and 3.9 (per step) laid out as in
+  the thesis, our VOC 2007 runs (:data:`THESIS_TABLES`, paper-setting configs, ``run --thesis``;
+  they need a GPU, VOC 2007 and ImageNet ResNet-50 weights) beside the thesis' numbers; a missing
+  run reads "not run yet".
 
 "old" = the first task's classes, "new" = the classes added afterwards, "all" = all classes of the
 split; all are means of per-class VOC all-point AP (%) on the full shapes-voc test split.
@@ -81,12 +86,118 @@ def _exps() -> List[Experiment]:
     return out
 
 
-EXPERIMENTS: List[Experiment] = _exps()
+# ------------------------------------------------------------- thesis tables on VOC 2007
+@dataclass
+class ThesisRow:
+    """One row of a thesis table: our run (``name``; None: not reproducible with this tool) and
+    the thesis' VOC 2007 (old, new, all) mAP (None: the thesis has no such row)."""
+
+    label: str
+    name: Optional[str]
+    thesis: Optional[Sequence[Optional[float]]]
+    sets: List[str] = field(default_factory=list)
+    init_from: Optional[str] = None
+
+
+@dataclass
+class ThesisTable:
+    key: str  # split key of its experiments
+    title: str
+    config: str
+    a_label: str
+    a_thesis: float  # the thesis' mAP of A on the old classes
+    n_old: int  # classes of the first task (the first n_old of the 20, in VOC order)
+    rows: List[ThesisRow]
+
+
+V = "voc07_"
+_JOINT = ['tasks.split="20"']  # one task with all 20 classes, trained with A's schedule (first_task)
+#: Thesis tables 3.1-3.3 (section 3.4, VOC 2007 test, copied from the thesis text) and the runs
+#: that reproduce them with the paper-setting configs ``configs/incdet/voc07_*.yaml`` (GPU, VOC
+#: 2007 and ImageNet ResNet-50 weights needed; ``run --thesis``). These use the learner's default
+#: distillation normalisation (``thesis``, eq. 3.2).
+THESIS_TABLES: List[ThesisTable] = [
+    ThesisTable("voc07_19+1", "Table 3.1: addition of one class (tvmonitor), 19+1", "configs/incdet/voc07_19+1.yaml",
+                "A(1-19)", 68.4, 19, [
+                    ThesisRow("+B(20) w/o distillation", V + "19+1_naive", (25.0, 52.1, 26.4), ["learner.distill=none"]),
+                    ThesisRow("+B(20) w frozen trunk", V + "19+1_frozen_trunk", (53.5, 43.1, 52.9),
+                              ["learner.freeze=trunk", "learner.distill=none"]),
+                    ThesisRow("+B(20) w all layers frozen", V + "19+1_all_frozen", (69.1, 41.6, 66.6),
+                              ["learner.freeze=all_but_new", "learner.distill=none"]),
+                    ThesisRow("+B(20) w frozen trunk and distill.", V + "19+1_frozen_trunk_distill", (68.7, 43.2, 67.4),
+                              ["learner.freeze=trunk"]),
+                    ThesisRow("+B(20) w distillation", V + "19+1_distill", (68.3, 58.3, 67.8)),
+                    ThesisRow("+B(20) w cross-entropy distill.", V + "19+1_ce", (68.1, 52.0, 67.3), ["learner.distill=ce"]),
+                    ThesisRow("+B(20) w/o bbox distillation", V + "19+1_nobox", (68.5, 62.7, 68.3),
+                              ["learner.distill_box=false"]),
+                    ThesisRow("A(1-20)", V + "joint", (69.6, 73.9, 69.8)),
+                ]),
+    ThesisTable("voc07_10+10", "Table 3.2: addition of 10 classes at once, 10+10", "configs/incdet/voc07_10+10.yaml",
+                "A(1-10)", 65.8, 10, [
+                    ThesisRow("+B(11-20) w/o distillation", V + "10+10_naive", (12.8, 64.5, 38.7), ["learner.distill=none"]),
+                    ThesisRow("+B(11-20) w distillation", V + "10+10_distill", (63.2, 63.1, 63.1)),
+                    ThesisRow("+B(11-20) w cross-entropy distill. (not in the thesis' table)", V + "10+10_ce", None,
+                              ["learner.distill=ce"]),
+                    ThesisRow("+B(11-20) w/o bbox distillation", V + "10+10_nobox", (58.7, 63.1, 60.9),
+                              ["learner.distill_box=false"]),
+                    ThesisRow("+B(11-20) w EWC", V + "10+10_ewc", (31.6, 61.0, 46.3),
+                              ["learner.distill=none", "learner.ewc_weight=1000"]),
+                    ThesisRow("A(1-20)", V + "joint", (68.4, 71.3, 69.8)),
+                ]),
+    ThesisTable("voc07_15+5", "Table 3.3: addition of 5 classes, at once (15+5) and one by one (15+1x5)",
+                "configs/incdet/voc07_15+5.yaml", "A(1-15)", 70.5, 15, [
+                    ThesisRow("+B(16-20) w distill.", V + "15+5_distill", (68.4, 58.4, 65.9)),
+                    ThesisRow("+B(16)(17)...(20) w distill.", V + "15+1x5_distill", (66.0, 51.6, 62.4)),
+                    ThesisRow("+B(16)(17)...(20) w unbiased distill.", V + "15+1x5_unbiased", (45.8, 46.5, 46.0),
+                              ["learner.distill_sampling=unbiased"]),
+                    ThesisRow("+A(16)+...+A(20) (separate networks; not supported by this tool)", None, (70.5, 37.8, 62.4)),
+                    ThesisRow("A(1-20)", V + "joint", (70.9, 66.7, 69.8)),
+                ]),
+]
+
+#: Thesis table 3.9 (B(16)(17)...(20) w distill., after each step): mAP over classes 1-15 (mean of
+#: the table's 15 per-class APs), the AP of each added class (pottedplant, sheep, sofa, train,
+#: tvmonitor; None before it is added) and the mAP over all classes seen so far.
+THESIS_STEPS = [
+    ("A(1-15)", 70.5, [None] * 5, 70.5),
+    ("+B(16)", 69.7, [26.3, None, None, None, None], 67.0),
+    ("+B(16)(17)", 67.4, [27.9, 46.8, None, None, None], 63.9),
+    ("+B(16)(17)(18)", 66.5, [26.1, 56.2, 45.3, None, None], 62.5),
+    ("+B(16)(17)(18)(19)", 66.0, [25.9, 56.1, 48.2, 65.0, None], 62.4),
+    ("+B(16)(17)(18)(19)(20)", 66.0, [25.6, 57.1, 46.5, 70.7, 58.2], 62.4),
+]
+THESIS_STEPS_RUN = V + "15+1x5_distill"
+
+
+def _thesis_exps() -> List[Experiment]:
+    E = Experiment
+    cfg = {t.key: t.config for t in THESIS_TABLES}
+    out = [E(V + "joint", "configs/incdet/voc07_19+1.yaml", list(_JOINT), split="voc07_joint",
+             label="joint training A(1-20)")]
+    base = {"voc07_19+1": V + "19+1_distill", "voc07_10+10": V + "10+10_distill", "voc07_15+5": V + "15+5_distill"}
+    for t in THESIS_TABLES:
+        for r in t.rows:
+            if r.name is None or r.name == V + "joint" or r.name.startswith(V + "15+1x5"):
+                continue
+            out.append(E(r.name, t.config, list(r.sets), init_from=None if r.name == base[t.key] else base[t.key],
+                         split=t.key, label=r.label))
+    for r in THESIS_TABLES[2].rows:  # one class at a time, from the 15+5 run's A(1-15)
+        if r.name is not None and r.name.startswith(V + "15+1x5"):
+            out.append(E(r.name, "configs/incdet/voc07_15+1x5.yaml", list(r.sets), init_from=V + "15+5_distill",
+                         split="voc07_15+5", label=r.label))
+    # the distillation runs (which train A) first
+    return sorted(out, key=lambda e: (e.init_from is not None, e.name != V + "joint"))
+
+
+THESIS_EXPERIMENTS: List[Experiment] = _thesis_exps()
+EXPERIMENTS: List[Experiment] = _exps() + THESIS_EXPERIMENTS
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: ``run`` order: the 15+5 table first (the main result), joint training and VOC last
 RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] +
                         [e.name for e in EXPERIMENTS if e.split == "15+1x5"] +
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] + ["joint", "voc100_10+10"])
+#: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
+THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
 
 _finished = run_finished
@@ -219,6 +330,115 @@ def steps_table(name: str, out: Path) -> Optional[str]:
     return "\n".join(lines)
 
 
+NORM_NOTE = ("Distillation normalisation: each table says which `learner.distill_norm` its runs used. Runs "
+             "made before the switch existed (no `distill_norm` in their `config.yaml`) used the released "
+             "code's plain means (`released_code`); the shapes-voc configs, the VOC2012-100 config and the demo "
+             "pin `released_code`, so these tables are reproduced as they were. The learner's default is "
+             "`thesis` (eq. 3.2 as printed: the logit term x (1 + |C_A|)/|C_A| and the box term x 4 "
+             "compared with `released_code`).")
+
+
+def run_norm(run: Path) -> Optional[str]:
+    """``learner.distill_norm`` of a finished run (from its resolved ``config.yaml``): a run whose
+    config predates the switch used the released code's normalisation. None: not finished."""
+    if _load(run) is None:
+        return None
+    cfg = run / "config.yaml"
+    if not cfg.is_file():
+        return "released_code (no config.yaml; assumed)"
+    import yaml
+
+    learner = (yaml.safe_load(cfg.read_text()) or {}).get("learner") or {}
+    return str(learner.get("distill_norm", "released_code"))
+
+
+def norm_line(names: Sequence[str], out: Path) -> str:
+    """Which distillation normalisation the finished runs ``names`` used (``learner.distill_norm``)."""
+    norms = {n: run_norm(out / n) for n in names}
+    done = {n: v for n, v in norms.items() if v is not None}
+    if not done:
+        return "Distillation normalisation (`learner.distill_norm`): no finished run."
+    kinds = sorted(set(done.values()))
+    if len(kinds) == 1:
+        return f"Distillation normalisation (`learner.distill_norm`): `{kinds[0]}` in every finished run of this table."
+    return ("Distillation normalisation (`learner.distill_norm`): " +
+            ", ".join(f"`{n}`: `{v}`" for n, v in done.items()) + ".")
+
+
+def _last_aps(d: Optional[dict]) -> Optional[Dict[str, float]]:
+    if d is None or not d.get("matrix") or d["matrix"][-1][-1] is None:
+        return None
+    return class_aps(d["all_metrics"][-1][-1])
+
+
+def thesis_table(t: ThesisTable, out: Path) -> str:
+    """A thesis table laid out as in the thesis (method | old | new | all), with the thesis'
+    VOC 2007 numbers beside ours; "not run yet" where our run is missing. Old / new = the first
+    ``t.n_old`` classes / the rest, in the run's class order (VOC order)."""
+    lines = ["| method | old | new | all | thesis: old | new | all |", "|---|---:|---:|---:|---:|---:|---:|"]
+    base = next((r.name for r in t.rows if r.name and not r.sets and r.name != V + "joint"
+                 and BY_NAME[r.name].init_from is None), None)
+    b = _load(out / base) if base else None
+    a = None
+    if b is not None and b.get("all_metrics") and b["all_metrics"][0][0]:
+        a = _mean(list(class_aps(b["all_metrics"][0][0]).values()))
+    lines.append(f"| {t.a_label} | {'not run yet' if a is None else _f(a)} | - | - | {_f(t.a_thesis)} | - | - |")
+    for r in t.rows:
+        th = " | ".join(_f(x) for x in r.thesis) if r.thesis else "- | - | -"
+        if r.name is None:
+            ours = "not supported | | "
+        else:
+            aps = _last_aps(_load(out / r.name))
+            if aps is None:
+                ours = "not run yet | | "
+            else:
+                names = list(aps)
+                s = old_new_all(aps, names[: t.n_old], names[t.n_old:])
+                ours = f"{_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])}"
+        lines.append(f"| {r.label} | {ours} | {th} |")
+    return "\n".join(lines)
+
+
+def thesis_steps_table(out: Path) -> str:
+    """Thesis table 3.9 beside ours: after each step of B(16)(17)...(20), the mAP over classes
+    1-15, the AP of each added class and the mAP over the classes seen so far."""
+    added = ["plant", "sheep", "sofa", "train", "tv"]
+    lines = ["| after | old (1-15) | " + " | ".join(added) + " | all seen | thesis: old (1-15) | " +
+             " | ".join(added) + " | all seen |", "|---" + "|---:" * 14 + "|"]
+    d = _load(out / THESIS_STEPS_RUN)
+    for i, (label, t_old, t_new, t_all) in enumerate(THESIS_STEPS):
+        th = f"{_f(t_old)} | " + " | ".join(_f(x) for x in t_new) + f" | {_f(t_all)}"
+        m = None
+        if d is not None and i < len(d.get("all_metrics") or []) and i < len(d["all_metrics"][i]):
+            m = d["all_metrics"][i][i]
+        if m is None:
+            ours = "not run yet" + " | " * 6
+        else:
+            aps = class_aps(m)
+            names = list(aps)
+            old, new = names[:15], names[15:]
+            cells = [_f(aps[new[k]]) if k < len(new) else "-" for k in range(5)]
+            ours = f"{_f(_mean([aps[c] for c in old]))} | " + " | ".join(cells) + f" | {_f(_mean(list(aps.values())))}"
+        lines.append(f"| {label} | {ours} | {th} |")
+    return "\n".join(lines)
+
+
+def thesis_section(out: Path) -> List[str]:
+    parts = ["## Thesis tables 3.1-3.3 and 3.9 on VOC 2007 (paper settings)", "",
+             "The runs of `python tools/incdet_experiments.py run --thesis` (the paper-setting configs "
+             "`configs/incdet/voc07_*.yaml`: ResNet-50-C4 from ImageNet weights, all layers fine-tuned, "
+             "needs a GPU and VOC 2007), beside the thesis' VOC 2007 test numbers (copied from the "
+             "thesis). mAP: VOC 2007 11-point AP (%) on VOC 2007 test; old / new / all as in the thesis. "
+             "These use the learner's default distillation normalisation `thesis` (eq. 3.2).", ""]
+    for t in THESIS_TABLES:
+        names = [r.name for r in t.rows if r.name]
+        parts += [f"### {t.title}", "", thesis_table(t, out), "", norm_line(names, out), "", "Commands:", "",
+                  "```\n" + "\n".join(shlex.join(command_of(BY_NAME[n], out)) for n in dict.fromkeys(names)) + "\n```", ""]
+    parts += ["### Table 3.9: B(16)(17)...(20) w distill., after each step", "", thesis_steps_table(out), "",
+              f"Our row: the run `{THESIS_STEPS_RUN}` (command under table 3.3).", ""]
+    return parts
+
+
 def commands_block(split: str, out: Path) -> str:
     cmds = [shlex.join(command_of(e, out)) for e in EXPERIMENTS if e.split in (split,)]
     return "```\n" + "\n".join(cmds) + "\n```"
@@ -246,7 +466,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               "mAP: mean of per-class VOC all-point AP (%) on the full shapes-voc test split "
               "(250 images); old = classes of the first task, new = classes added afterwards, "
               "all = both. Joint training A(1-20) is one model trained on all classes at once, split "
-              "the same way.", ""]
+              "the same way.", "", NORM_NOTE, ""]
     titles = {"15+5": "## 15+5: classes 16-20 added at once (table 3.3 analogue)",
               "10+10": "## 10+10: classes 11-20 added at once (table 3.2 analogue)",
               "15+1x5": "## 15+1x5: classes 16, 17, ..., 20 added one at a time (tables 3.3 and 3.9 analogue)"}
@@ -256,7 +476,8 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
         if t is None:
             parts += ["Not run yet.", ""]
             continue
-        parts += [t, "", "Commands:", "", commands_block(split, out), ""]
+        parts += [t, "", norm_line([e.name for e in EXPERIMENTS if e.split == split], out), "",
+                  "Commands:", "", commands_block(split, out), ""]
         if split == "15+1x5":
             for e in EXPERIMENTS:
                 if e.split == "15+1x5":
@@ -273,9 +494,11 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
         parts += ["| A(1-10) mAP | +B(11-20) old | new | all | wall time |", "|---:|---:|---:|---:|---:|",
                   f"| {_f(a)} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
                   f"{_wt(v)} |", "",
-                  "Command: `" + shlex.join(command_of(BY_NAME["voc100_10+10"], out)) + "`", ""]
+                  "Command: `" + shlex.join(command_of(BY_NAME["voc100_10+10"], out)) + "`", "",
+                  norm_line(["voc100_10+10"], out), ""]
     else:
         parts += ["Not run yet.", ""]
+    parts += thesis_section(out)
     return save_markdown(md, parts, extra_notes)
 
 
@@ -285,6 +508,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="train the experiments that are not finished yet")
     r.add_argument("--out", default="runs/incdet_exp")
     r.add_argument("--only", nargs="*", default=[], choices=sorted(BY_NAME), metavar="NAME")
+    r.add_argument("--thesis", action="store_true",
+                   help="the VOC 2007 runs of the thesis tables (GPU, VOC 2007, ResNet-50 weights) instead of shapes-voc")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--device", default="auto")
     t = sub.add_parser("table", help="write docs/results/incdet.md from finished runs")
@@ -298,7 +523,7 @@ def main(argv=None) -> int:
             print(f"{e.name:18s} {shlex.join(command_of(e, Path('runs/incdet_exp')))}")
         return 0
     if a.cmd == "run":
-        return run(a.only, Path(a.out), a.threads, a.device)
+        return run(a.only or (THESIS_ORDER if a.thesis else []), Path(a.out), a.threads, a.device)
     notes = Path(a.notes).read_text() if a.notes else ""
     print(write_markdown(Path(a.out), Path(a.md), notes, a.notes or ""))
     return 0
