@@ -61,6 +61,12 @@ A class with gt but no detections has AP 0 and counts.
 
 ``use_difficult=True`` treats difficult boxes as ordinary ones (py-faster-rcnn's ``use_diff``;
 rafaelpadilla has no difficult flag).
+
+**Crowd regions.** A ground-truth box flagged ``ignore`` (COCO ``iscrowd``, the Sample's
+``ignore`` field) is a "don't care" box like a difficult one, whatever ``use_difficult`` says:
+it is not counted in ``npos`` and a detection whose best match it is counts neither as TP nor
+as FP. (Unlike COCOeval, a crowd box is matched with the ordinary IoU and can absorb only the
+detections that pick it as their best match.)
 """
 from __future__ import annotations
 
@@ -320,21 +326,23 @@ class VOCResult:
         }
 
 
-def _gt_items(ground_truth) -> Iterable[Tuple[Hashable, np.ndarray, np.ndarray, np.ndarray]]:
-    """(image_id, boxes, labels, difficult) from Samples or a mapping of dicts."""
+def _flags(v, n: int) -> np.ndarray:
+    return np.zeros(n, bool) if v is None else as_numpy(v, bool).ravel()
+
+
+def _gt_items(ground_truth) -> Iterable[Tuple[Hashable, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(image_id, boxes, labels, difficult, ignore) from Samples or a mapping of dicts."""
     if isinstance(ground_truth, Mapping):
-        for img, g in ground_truth.items():
-            if isinstance(g, Mapping):
-                b, l, d = g["boxes"], g["labels"], g.get("difficult")
-            else:
-                b, l, d = g.boxes, g.labels, getattr(g, "difficult", None)
-            b = as_numpy(b, np.float64).reshape(-1, 4)
-            yield img, b, as_numpy(l, np.int64).ravel(), (np.zeros(len(b), bool) if d is None else as_numpy(d, bool).ravel())
+        items = ground_truth.items()
     else:
-        for s in ground_truth:
-            b = as_numpy(s.boxes, np.float64).reshape(-1, 4)
-            d = getattr(s, "difficult", None)
-            yield s.image_id, b, as_numpy(s.labels, np.int64).ravel(), (np.zeros(len(b), bool) if d is None else as_numpy(d, bool).ravel())
+        items = ((s.image_id, s) for s in ground_truth)
+    for img, g in items:
+        if isinstance(g, Mapping):
+            b, l, d, ig = g["boxes"], g["labels"], g.get("difficult"), g.get("ignore")
+        else:
+            b, l, d, ig = g.boxes, g.labels, getattr(g, "difficult", None), getattr(g, "ignore", None)
+        b = as_numpy(b, np.float64).reshape(-1, 4)
+        yield img, b, as_numpy(l, np.int64).ravel(), _flags(d, len(b)), _flags(ig, len(b))
 
 
 def _det_records(detections) -> Tuple[List[Hashable], np.ndarray, np.ndarray, np.ndarray]:
@@ -383,8 +391,9 @@ def voc_evaluate(
             records ``{"image_id", "label", "score", "box"}`` (xyxy). Ties in score keep this
             input order (mapping: image order, then the order within the image).
         ground_truth: an iterable of :class:`incdet.data.Sample` (``image_id``, ``boxes``,
-            ``labels``, ``difficult``), or a mapping ``image_id -> {"boxes", "labels",
-            "difficult"}``. Every evaluated image must appear (possibly with no objects).
+            ``labels``, ``difficult``, ``ignore``), or a mapping ``image_id -> {"boxes",
+            "labels", "difficult", "ignore"}`` (flags optional). Every evaluated image must
+            appear (possibly with no objects). ``ignore`` (crowd) boxes are always "don't care".
         classes: class names; label ``k`` is ``classes[k - 1]``.
         unknown_image: ``"error"`` (a detection on an image absent from the ground truth
             raises :class:`DataError`) or ``"fp"`` (counted as a false positive).
@@ -399,18 +408,21 @@ def voc_evaluate(
     nc = len(classes)
     gt_per_class: List[Dict[Hashable, Tuple[np.ndarray, np.ndarray]]] = [dict() for _ in range(nc)]
     images = set()
-    for img, b, l, d in _gt_items(ground_truth):
+    for img, b, l, d, ig in _gt_items(ground_truth):
         if img in images:
             raise DataError(f"ground truth lists image {img!r} twice")
         images.add(img)
-        if len(l) != len(b) or len(d) != len(b):
-            raise DataError(f"image {img!r}: {len(b)} gt boxes, {len(l)} labels, {len(d)} difficult flags")
+        if len(l) != len(b) or len(d) != len(b) or len(ig) != len(b):
+            raise DataError(f"image {img!r}: {len(b)} gt boxes, {len(l)} labels, {len(d)} difficult flags, "
+                            f"{len(ig)} ignore flags")
         bad = l[(l < 1) | (l > nc)]
         if bad.size:
             raise DataError(f"image {img!r}: gt labels {sorted(set(bad.tolist()))} outside 1..{nc}")
+        # "don't care" boxes: difficult ones (unless use_difficult) and crowd (ignore) ones always
+        dont_care = (d & (not use_difficult)) | ig
         for c in np.unique(l):
             m = l == c
-            gt_per_class[c - 1][img] = (b[m], d[m])
+            gt_per_class[c - 1][img] = (b[m], dont_care[m])
 
     ids, labels, scores, boxes = _det_records(detections)
     if len(ids):
@@ -436,7 +448,7 @@ def voc_evaluate(
         r = evaluate_class(
             [ids[i] for i in sel], scores[sel], boxes[sel], gt_per_class[c],
             iou_thresh=iou_thresh, use_07_metric=use_07_metric, iou_rule=iou_rule,
-            plus_one=plus_one, use_difficult=use_difficult,
+            plus_one=plus_one, use_difficult=False,  # already folded into the don't-care flags
         )
         per_class[classes[c]] = r
         ap[classes[c]] = r.ap
