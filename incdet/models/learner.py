@@ -12,15 +12,23 @@ Per task (docs/design.md, learner protocol):
     * ``training_step(batch)``: Fast R-CNN loss on the new classes + ``distill_weight`` x
       distillation on 64 of the 128 proposals the teacher finds least background-like
       (+ EWC penalty when enabled). Returns named losses including ``loss``.
-    * ``evaluate(task)``: VOC AP (in %) on ``task.eval_set`` for the classes seen up to that
-      task. ``mAP`` (primary) is the mean over the task's own class group; ``mAP_old`` /
-      ``mAP_new`` / ``mAP_all`` are over the classes seen before it / its group / both, and
-      ``AP/<class>`` per class. Detections are cached per image for the current weights, so
-      evaluating every task after a step costs one pass over the test images.
+    * ``evaluate(task)``: AP (in %) on ``task.eval_set`` for the classes seen up to that task,
+      with the metric of ``eval_metric`` (``auto``: ``coco`` for a COCO task, else ``voc``).
+      ``mAP`` (primary, the results matrix) is the mean over the task's own class group;
+      ``mAP_old`` / ``mAP_new`` / ``mAP_all`` are over the classes seen before it / its group /
+      both, ``AP/<class>`` per class. With ``voc`` these are VOC AP at IoU 0.5
+      (:func:`incdet.eval.voc.voc_evaluate`; ``use_07_metric``: 11-point; difficult and crowd
+      boxes are "don't care"). With ``coco`` they are pycocotools' AP@[.5:.95] (COCO-style,
+      thesis table 3.4's right column; crowd regions ignored as COCOeval does) and ``AP50`` /
+      ``AP50_old`` / ``AP50_new`` / ``AP50_all`` / ``AP50/<class>`` are its AP at IoU 0.5
+      (PASCAL-style, table 3.4's left column); ``eval.metric: AP50`` puts those in the matrix.
+      Detections are those of the evaluation protocol (``protocol``: ``eval_score_thresh``,
+      ``eval_nms_iou``, ``eval_detections_per_img``, see :data:`EVAL_PROTOCOLS`). They are cached
+      per image for the current weights, so evaluating every task after a step costs one pass
+      over the test images.
 
 Variants (thesis tables 3.1-3.3) are config switches: ``distill`` (``l2`` | ``ce`` | ``none``
-= naive fine-tuning), ``distill_box``, ``distill_norm`` (``thesis`` = eq. 3.2's 1/(N|C_A|), default |
-``released_code`` = the released code's plain means), ``distill_sampling`` (``biased`` | ``unbiased``),
+= naive fine-tuning), ``distill_box``, ``distill_sampling`` (``biased`` | ``unbiased``),
 ``freeze`` (``none`` | ``trunk`` | ``all_but_new``), ``ewc_weight``; joint training is a
 single task holding all classes.
 
@@ -35,6 +43,7 @@ bytes. Set ``flip_prob: 0`` to halve it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -79,25 +88,26 @@ class FastRCNNLearnerConfig:
     distill_box: bool = True
     distill_box_loss: str = "l2"  # l2 | smooth_l1
     distill_center: str = "old"  # old (bg + old classes) | all (released code: all student logits)
-    # normaliser of the distillation sums: thesis (eq. 3.2, 1/(N|C_A|)) | released_code (plain means:
-    # logits 1/(N(1+|C_A|)), boxes 1/(4N|C_A|)); the results documented before this switch used released_code
-    distill_norm: str = "thesis"
     distill_sampling: str = "biased"  # biased | unbiased
     distill_rois: int = 64
     distill_pool: int = 128
     teacher_cache: bool = False
     teacher_max_proposals: Optional[int] = None  # teacher scores only the first N proposals
-    # none | trunk (every convolutional layer, res5 included, and its BatchNorm statistics fixed: only
-    # the output layers train; thesis "frozen trunk") | all_but_new (also the old outputs: only the new
-    # classes' outputs train; thesis "all layers frozen"); applies to tasks after the first
-    freeze: str = "none"
+    freeze: str = "none"  # none | trunk | all_but_new (applies to tasks after the first)
     ewc_weight: float = 0.0
     # BatchNorm running statistics in steps after the first: "update" (plain train mode) or
     # "frozen" (kept at the end-of-A values: new-class-only batches do not shift them)
     bn_stats: str = "update"
     ewc_batches: int = 50
     eval_batch_size: int = 2
-    use_07_metric: bool = False  # VOC2007 11-point AP instead of the all-point AP
+    # evaluation protocol (see EVAL_PROTOCOLS and docs/results/incdet.md): the preset fills the keys
+    # below that are left null; a value set in the config wins over the preset
+    protocol: str = "standard"  # standard | thesis
+    eval_metric: str = "auto"  # auto (coco for a COCO task, else voc) | voc | coco (pycocotools)
+    eval_score_thresh: Optional[float] = None  # detections kept when score > this
+    eval_nms_iou: Optional[float] = None  # per-class NMS IoU of the detections
+    eval_detections_per_img: Optional[int] = None
+    use_07_metric: Optional[bool] = None  # VOC2007 11-point AP instead of the all-point AP (voc metric only)
 
     def __post_init__(self) -> None:
         """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
@@ -115,7 +125,6 @@ class FastRCNNLearnerConfig:
         check_range(S, "distill_weight", self.distill_weight, 0)
         check_choice(S, "distill_box_loss", self.distill_box_loss, ("l2", "smooth_l1"))
         check_choice(S, "distill_center", self.distill_center, ("old", "all"))
-        check_choice(S, "distill_norm", self.distill_norm, ("thesis", "released_code"))
         check_choice(S, "distill_sampling", self.distill_sampling, ("biased", "unbiased"))
         check_range(S, "distill_pool", self.distill_pool, 1)
         # biased sampling draws distill_rois of the distill_pool candidates
@@ -127,11 +136,66 @@ class FastRCNNLearnerConfig:
         check_choice(S, "bn_stats", self.bn_stats, ("update", "frozen"))
         check_range(S, "ewc_batches", self.ewc_batches, 1)
         check_range(S, "eval_batch_size", self.eval_batch_size, 1)
+        check_choice(S, "protocol", self.protocol, tuple(EVAL_PROTOCOLS))
+        check_choice(S, "eval_metric", self.eval_metric, ("auto", "voc", "coco"))
+        self._resolve_protocol()
+        check_range(S, "eval_score_thresh", self.eval_score_thresh, 0, 1, hi_open=True)
+        check_range(S, "eval_nms_iou", self.eval_nms_iou, 0, 1, lo_open=True)
+        check_range(S, "eval_detections_per_img", self.eval_detections_per_img, 1)
+
+    def _resolve_protocol(self) -> None:
+        """Fill the evaluation keys left null from the ``protocol`` preset (``standard``: the
+        model's own inference settings ``model.score_thresh`` / ``nms_iou`` /
+        ``detections_per_img`` and all-point AP; ``thesis``: :data:`EVAL_PROTOCOLS`)."""
+        preset = EVAL_PROTOCOLS[self.protocol]
+        m = self.model
+        for key, model_key in (("eval_score_thresh", "score_thresh"), ("eval_nms_iou", "nms_iou"),
+                               ("eval_detections_per_img", "detections_per_img")):
+            if getattr(self, key) is None:
+                v = preset.get(key)
+                setattr(self, key, getattr(m, model_key) if v is None else v)
+        if self.use_07_metric is None:
+            self.use_07_metric = bool(preset["use_07_metric"])
 
     def validate(self) -> None:
         """The value checks of construction (and of the model config, with its weights file)."""
         self.__post_init__()
         self.model.validate()
+
+
+#: Evaluation presets (``learner.protocol``): values for the evaluation keys a config leaves
+#: null (``None`` here: the model's own ``model.score_thresh`` / ``nms_iou`` /
+#: ``detections_per_img``). ``standard`` keeps the configs' settings of the documented runs (score
+#: 0.05, NMS 0.3, 100 per image, all-point AP unless ``use_07_metric`` is set). ``thesis`` is
+#: section 3.4.2 ("RoIs are considered as detections if they have a score more than 0.5 for any
+#: of the classes. We apply per-class NMS with an IoU threshold of 0.3") with the VOC2007 11-point
+#: AP of the released code's VOC07 evaluation; the thesis names no cap per image (the released
+#: code has none; 100 is rarely reached above score 0.5). COCO tasks use pycocotools under both.
+EVAL_PROTOCOLS: Dict[str, Dict[str, object]] = {
+    "standard": {"eval_score_thresh": None, "eval_nms_iou": None, "eval_detections_per_img": None,
+                 "use_07_metric": False},
+    "thesis": {"eval_score_thresh": 0.5, "eval_nms_iou": 0.3, "eval_detections_per_img": 100,
+               "use_07_metric": True},
+}
+
+
+def is_coco_task(task: Task) -> bool:
+    """Whether ``task`` evaluates on COCO data: the ``classes`` builder's ``meta["data"]``, else a
+    :class:`incdet.data.coco.COCODetection` found under the eval set's ``base`` / ``dataset`` chain."""
+    meta = getattr(task, "meta", None) or {}
+    if meta.get("data") is not None:
+        return meta.get("data") == "coco"
+    from incdet.data.coco import COCODetection
+
+    ds = task.eval_set
+    for _ in range(16):
+        if isinstance(ds, COCODetection):
+            return True
+        attrs = getattr(ds, "__dict__", {})
+        ds = attrs.get("base", attrs.get("dataset"))
+        if ds is None:
+            return False
+    return False
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -144,7 +208,8 @@ class FastRCNNLearner(Learner):
 
     Config = FastRCNNLearnerConfig
     primary_metric = "mAP"
-    metrics = {"mAP": True, "mAP_old": True, "mAP_new": True, "mAP_all": True}
+    metrics = {"mAP": True, "mAP_old": True, "mAP_new": True, "mAP_all": True,
+               "AP50": True, "AP50_old": True, "AP50_new": True, "AP50_all": True}  # AP50*: coco only
 
     def __init__(self, config: Optional[FastRCNNLearnerConfig] = None, device="cpu"):
         super().__init__(config or FastRCNNLearnerConfig(), device)
@@ -191,7 +256,7 @@ class FastRCNNLearner(Learner):
         if not incremental or self.config.freeze == "none":
             return
         if self.config.freeze == "trunk":
-            for m in net.conv_modules():
+            for m in net.trunk_modules():
                 m.requires_grad_(False)
         elif self.config.freeze == "all_but_new":
             net.requires_grad_(False)
@@ -302,8 +367,7 @@ class FastRCNNLearner(Learner):
     def training_step(self, batch) -> Dict[str, Tensor]:
         if self.net.training is False:
             self.model.train()
-        fixed_bn = self.config.bn_stats == "frozen" or self.config.freeze != "none"  # frozen layers: statistics too
-        if fixed_bn and getattr(self, "task", None) is not None and self._incremental(self.task):
+        if self.config.bn_stats == "frozen" and getattr(self, "task", None) is not None and self._incremental(self.task):
             for m in self.net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
                     m.eval()
@@ -315,7 +379,7 @@ class FastRCNNLearner(Learner):
             t_logits = torch.cat([d.logits for d in dts])
             t_deltas = torch.cat([d.deltas for d in dts])
             dl = distillation_loss(outs[0], outs[1], t_logits, t_deltas, kind=c.distill, center=c.distill_center,
-                                   box=c.distill_box, box_loss=c.distill_box_loss, norm=c.distill_norm)
+                                   box=c.distill_box, box_loss=c.distill_box_loss)
             out.update(dl)
             total = total + c.distill_weight * (dl["loss_distill_cls"] + dl["loss_distill_box"])
         if self.ewc.active:
@@ -392,7 +456,7 @@ class FastRCNNLearner(Learner):
                 nonempty = [k for k, p in enumerate(props) if p.shape[0] > 0]
                 res = {}
                 if nonempty:
-                    with torch.no_grad():
+                    with torch.no_grad(), self._eval_settings(net):
                         dets = net.detect([samples[k].image.to(self.device) for k in nonempty], [props[k] for k in nonempty])
                     res = dict(zip(nonempty, dets))
                 for k, s in enumerate(samples):
@@ -404,6 +468,23 @@ class FastRCNNLearner(Learner):
         finally:
             net.train(was)
         return self._det_cache
+
+    @contextlib.contextmanager
+    def _eval_settings(self, net: FastRCNN):
+        """The protocol's score threshold, NMS IoU and cap per image on ``net`` while detecting."""
+        c, cfg = self.config, net.cfg
+        saved = (cfg.score_thresh, cfg.nms_iou, cfg.detections_per_img)
+        cfg.score_thresh, cfg.nms_iou, cfg.detections_per_img = (
+            c.eval_score_thresh, c.eval_nms_iou, c.eval_detections_per_img)
+        try:
+            yield
+        finally:
+            cfg.score_thresh, cfg.nms_iou, cfg.detections_per_img = saved
+
+    def eval_metric(self, task: Task) -> str:
+        """``voc`` or ``coco``: ``learner.eval_metric``, with ``auto`` resolved by :func:`is_coco_task`."""
+        m = self.config.eval_metric
+        return m if m != "auto" else ("coco" if is_coco_task(task) else "voc")
 
     def evaluate(self, task: Task) -> Dict[str, float]:
         from incdet.eval.groups import group_map, to_percent
@@ -422,6 +503,8 @@ class FastRCNNLearner(Learner):
             preds[s.image_id] = {k: v[keep] for k, v in d.items()}
             gts.append(s)
         names = list(task.seen_classes)
+        if self.eval_metric(task) == "coco":
+            return self._coco_metrics(task, preds, gts, names)
         res = voc_evaluate(preds, gts, names, use_07_metric=self.config.use_07_metric)
         out: Dict[str, float] = {f"AP/{n}": to_percent(res.ap[n]) for n in names}
         out["mAP_new"] = group_map(res.ap, names[task.n_old: n_seen])
@@ -429,6 +512,28 @@ class FastRCNNLearner(Learner):
             out["mAP_old"] = group_map(res.ap, names[: task.n_old])
         out["mAP_all"] = group_map(res.ap, names)
         out["mAP"] = out["mAP_new"]
+        return out
+
+    @staticmethod
+    def _coco_metrics(task: Task, preds, gts, names: List[str]) -> Dict[str, float]:
+        """pycocotools metrics of :meth:`evaluate` (``AP*``: AP@[.5:.95], ``AP50*``: AP at IoU 0.5).
+        ``ignore`` (crowd) and ``difficult`` boxes become ``iscrowd`` regions
+        (:func:`incdet.eval.coco.build_coco_gt`); a class without ground truth is NaN and left
+        out of the means, as in the VOC path."""
+        from incdet.eval.coco import coco_evaluate
+        from incdet.eval.groups import group_map, to_percent
+
+        res = coco_evaluate(gts, preds, classes=names)
+        ap, ap50 = res.per_class, res.per_class_ap50
+        out: Dict[str, float] = {f"AP/{n}": to_percent(ap[n]) for n in names}
+        out.update({f"AP50/{n}": to_percent(ap50[n]) for n in names})
+        groups = {"new": names[task.n_old: task.n_seen], "all": names}
+        if task.n_old:  # left out for the first task (no old classes)
+            groups["old"] = names[: task.n_old]
+        for g, keys in groups.items():
+            out[f"mAP_{g}"] = group_map(ap, keys)
+            out[f"AP50_{g}"] = group_map(ap50, keys)
+        out["mAP"], out["AP50"] = out["mAP_new"], out["AP50_new"]
         return out
 
     # ------------------------------------------------------------------ checkpoints
