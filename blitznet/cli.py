@@ -35,7 +35,8 @@ def _predict(args) -> int:
     for path in args.images:
         check_writable_size(path, image_size(str(path)))
     p = BlitzNetPredictor(args.weights, device=args.device, score_thresh=args.score_thresh,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, channels_last=args.channels_last,
+                          amp=None if args.amp == "none" else args.amp, compile_model=args.compile)
     lines = []
     with StagedOutputs(args.out) as st:  # all files or none
         for k in range(0, len(args.images), args.batch_size):
@@ -136,6 +137,9 @@ def register(sub) -> None:
     p.add_argument("--score-thresh", type=float, default=0.01, help="detections kept in the JSON")
     p.add_argument("--vis-thresh", type=float, default=0.3, help="detections drawn on the overlay")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--channels-last", action="store_true", help="NHWC network and inputs")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.set_defaults(func=_predict)
 
     names = ["eval-weights"] + ([] if "eval" in sub.choices else ["eval"])

@@ -16,7 +16,8 @@ the per-class loop :func:`reference_capped_nms`):
 Batches (issue 18): :func:`capped_nms` / :func:`capped_nms_flat` process the ``B`` images of a
 batch in one go -- one top-k over ``[B, C, N]``, then one Cluster-NMS over ``[B, C, k, k]`` or
 one ``torchvision.ops.nms`` call with boxes offset per (image, class) -- with no Python loop
-over images; :func:`capped_nms_per_image` is the per-image loop it replaces. Both give the same
+over images (except the ``batched`` method on CPU, where torchvision's NMS kernel is quadratic
+in the boxes of one call: there it runs one call per image, everything around it batched); :func:`capped_nms_per_image` is the per-image loop it replaces. Both give the same
 detections per image (same boxes, scores, labels, order; ties in score aside). The offset
 trick runs in float64 so that shifted widths stay exact and the IoUs do not depend on the
 offsets (in float32, coordinates offset by tens of thousands would round).
@@ -31,6 +32,10 @@ from typing import List, Tuple
 import torch
 import torchvision
 from torch import Tensor
+
+#: ``method="batched"`` on CPU: one NMS call per image (True) or one for the batch (False, what
+#: CUDA does; same results, slower on CPU).
+CPU_NMS_PER_IMAGE = True
 
 Detections = Tuple[Tensor, Tensor, Tensor]  # boxes [K, 4], scores [K], labels [K] (0-based class)
 
@@ -167,7 +172,20 @@ def capped_nms_flat(boxes: Tensor, scores: Tensor, score_thresh: float = 0.01, p
     b, s, c, im = cand[valid], vals[valid], cls[valid], img[valid]
     if b.numel() == 0:
         return b.reshape(0, 4), s, c, im
-    keep = _offset_nms(b, s, im * C + c, iou_thresh)  # sorted by score over the whole batch
+    if b.is_cuda or B == 1 or not CPU_NMS_PER_IMAGE:
+        keep = _offset_nms(b, s, im * C + c, iou_thresh)  # sorted by score over the whole batch
+    else:
+        # CPU: torchvision's CPU NMS compares every kept box with every later box, offsets or
+        # not, so one call over B images costs ~B times the B per-image calls; candidates are
+        # image-major here: one call per image's slice (sorted by score within each image).
+        counts = torch.bincount(im, minlength=B).tolist()
+        keeps, start = [], 0
+        for n_i in counts:
+            if n_i:
+                sl = slice(start, start + n_i)
+                keeps.append(_offset_nms(b[sl], s[sl], c[sl], iou_thresh) + start)
+            start += n_i
+        keep = torch.cat(keeps)
     keep = keep[_rank_within_group((im * C + c)[keep]) < per_class]
     keep = keep[_rank_within_group(im[keep]) < max_det]
     keep = keep[torch.argsort(im[keep], stable=True)]  # group by image, score order kept within

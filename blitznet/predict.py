@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from incdet.errors import CheckpointError
+from incdet.errors import CheckpointError, ConfigError
 from incdet.vis import coco_results, palette, to_chw_uint8, write_outputs  # noqa: F401 (re-exported)
 
 from blitznet.model import BlitzNet, BlitzNetConfig
@@ -94,14 +94,31 @@ class BlitzNetPredictor:
     size (resized to the network input). Boxes are xyxy in the image's pixels, labels
     1-based into ``self.classes``, ``mask`` a uint8 ``[H, W]`` label map (None without a
     segmentation head).
+
+    Inference options (results as in fp32 up to the precision used):
+    ``channels_last`` (NHWC network and inputs; any device), ``amp`` (``"bf16"`` or ``"fp16"``
+    autocast of the network; CUDA only -- on another device it raises :class:`ConfigError`),
+    ``compile_model`` (``torch.compile`` of the network; the first batch of every new shape
+    pays the compilation). Post-processing always runs in fp32, batched over the batch.
     """
 
+    AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
     def __init__(self, weights: Union[str, Path], device: str = "auto", score_thresh: float = 0.01,
-                 nms_method: str = "auto", batch_size: int = 8, **nms_kw):
+                 nms_method: str = "auto", batch_size: int = 8, channels_last: bool = False,
+                 amp: Optional[str] = None, compile_model: bool = False, **nms_kw):
         from incdet.engine.distributed import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        if amp is not None and amp not in self.AMP:
+            raise ConfigError(f"amp: {amp!r} is not one of bf16, fp16 (or none)")
+        if amp is not None and self.device.type != "cuda":
+            raise ConfigError(f"amp={amp}: mixed-precision inference needs a CUDA device, got {self.device}")
+        self.amp, self.channels_last = amp, bool(channels_last)
         self.model, self.classes = load_weights(weights, self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model) if compile_model else self.model
         self.nms_kw = dict(score_thresh=score_thresh, method=nms_method, **nms_kw)
         self.batch_size = batch_size
         from blitznet.augment import ResizeOnly
@@ -117,7 +134,14 @@ class BlitzNetPredictor:
         for k in range(0, len(imgs), self.batch_size):
             chunk = imgs[k:k + self.batch_size]
             x = torch.stack([self._resize({"image": i})[0] for i in chunk]).to(self.device)
-            raw = m(m.normalize(x))
+            x = m.normalize(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.amp:
+                with torch.autocast("cuda", dtype=self.AMP[self.amp]):
+                    raw = self._forward(x)
+            else:
+                raw = self._forward(x)
             res = m.postprocess(raw, (S, S), [tuple(i.shape[-2:]) for i in chunk], **self.nms_kw)
             for r in res:
                 r.setdefault("mask", None)

@@ -111,9 +111,9 @@ def test_postprocess_raw_random_model_scores_equal():
 
 def _bug(name: str, C: int):
     """Reintroduced bugs the checker must catch (patching the batched path only)."""
-    if name == "no_image_offset":  # classes offset, images not: images suppress each other
+    if name == "no_image_offset":  # one call for the batch, classes offset, images not
         real = nms._offset_nms
-        return mock.patch.object(nms, "_offset_nms", lambda b, s, g, t: real(b, s, g % C, t))
+        return mock.patch.multiple(nms, _offset_nms=lambda b, s, g, t: real(b, s, g % C, t), CPU_NMS_PER_IMAGE=False)
     if name == "max_det_per_batch":  # the per-image cap applied to the whole batch
         real = nms._rank_within_group
 
@@ -129,14 +129,16 @@ def _fuzz(bug, max_examples):
     @given(seed=st.integers(0, 2**31 - 1), B=st.integers(1, 4), N=st.integers(1, 80), C=st.integers(1, 4),
            integer=st.booleans(), class_boxes=st.booleans(), method=st.sampled_from(METHODS),
            pre=st.integers(1, 100), per_class=st.integers(1, 30), max_det=st.integers(1, 60),
-           iou=st.sampled_from([0.3, 0.45, 0.5, 0.7]), thresh=st.sampled_from([0.0, 0.01, 0.2]))
-    def check(seed, B, N, C, integer, class_boxes, method, pre, per_class, max_det, iou, thresh):
+           iou=st.sampled_from([0.3, 0.45, 0.5, 0.7]), thresh=st.sampled_from([0.0, 0.01, 0.2]),
+           one_call=st.booleans())
+    def check(seed, B, N, C, integer, class_boxes, method, pre, per_class, max_det, iou, thresh, one_call):
         boxes, scores = random_batch(seed, B, N, C, integer=integer, class_boxes=class_boxes)
         kw = dict(method=method, pre_nms_top=pre, per_class=per_class, max_det=max_det, iou_thresh=iou,
                   score_thresh=thresh)
         ref = capped_nms_per_image(boxes, scores, **kw)
-        if bug is None:
-            out = capped_nms(boxes, scores, **kw)
+        if bug is None:  # one_call: the single NMS call CUDA makes, on CPU
+            with mock.patch.object(nms, "CPU_NMS_PER_IMAGE", not one_call):
+                out = capped_nms(boxes, scores, **kw)
         else:
             with _bug(bug, C):
                 out = capped_nms(boxes, scores, **{**kw, "method": "batched"})
@@ -158,3 +160,90 @@ def test_fuzz_batched_equals_per_image(bug):
 @pytest.mark.slow
 def test_fuzz_batched_equals_per_image_long():
     _fuzz(None, 2000)
+
+
+# -- predictor inference options -------------------------------------------------------------
+
+def _weights(tmp_path):
+    from blitznet.predict import save_weights
+
+    torch.manual_seed(0)
+    p = tmp_path / "w.pt"
+    save_weights(BlitzNet(BlitzNetConfig(**TINY)).eval(), p)
+    return p
+
+
+def _images():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(3, h, w, generator=g) * 255).to(torch.uint8) for h, w in ((80, 60), (64, 64), (50, 90))]
+
+
+def test_predictor_channels_last_matches_default(tmp_path):
+    from blitznet.predict import BlitzNetPredictor
+
+    w = _weights(tmp_path)
+    base = BlitzNetPredictor(w, device="cpu", batch_size=2)
+    cl = BlitzNetPredictor(w, device="cpu", batch_size=2, channels_last=True)
+    assert cl.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        a = base.model(base.model.normalize(x))
+        b = cl.model(cl.model.normalize(x).contiguous(memory_format=torch.channels_last))
+    for k in ("cls_logits", "box_deltas", "seg_logits"):
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+    pa, pb = base.predict(_images()), cl.predict(_images())
+    assert [r["mask"].shape for r in pa] == [r["mask"].shape for r in pb] == [(80, 60), (64, 64), (50, 90)]
+    for ra, rb in zip(pa, pb):
+        assert torch.allclose(ra["scores"][:5], rb["scores"][:5], atol=1e-4)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_needs_cuda_one_clear_error(tmp_path, amp):
+    from blitznet.predict import BlitzNetPredictor
+    from incdet.errors import ConfigError
+
+    w = _weights(tmp_path)
+    with pytest.raises(ConfigError, match=f"amp={amp}: mixed-precision inference needs a CUDA device"):
+        BlitzNetPredictor(w, device="cpu", amp=amp)
+    with pytest.raises(ConfigError, match="amp: 'fp8'"):
+        BlitzNetPredictor(w, device="cpu", amp="fp8")
+
+
+def test_cli_amp_on_cpu_exits_2_without_output(tmp_path, capsys):
+    from PIL import Image
+
+    from blitznet.cli import main
+
+    w = _weights(tmp_path)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (40, 30)).save(img)
+    out = tmp_path / "out"
+    rc = main(["predict", str(img), "--weights", str(w), "--out", str(out), "--device", "cpu", "--amp", "fp16"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a CUDA device" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-only option (autocast on the GPU)")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_cuda_close_to_fp32(tmp_path, amp):
+    from blitznet.predict import BlitzNetPredictor
+
+    w = _weights(tmp_path)
+    ref = BlitzNetPredictor(w, device="cuda").predict(_images())
+    out = BlitzNetPredictor(w, device="cuda", amp=amp, channels_last=True).predict(_images())
+    for a, b in zip(ref, out):
+        assert a["mask"].shape == b["mask"].shape
+        n = min(5, len(a["scores"]), len(b["scores"]))
+        assert torch.allclose(a["scores"][:n], b["scores"][:n], atol=2e-2)
+
+
+@pytest.mark.slow
+def test_predictor_compile_matches_eager(tmp_path):
+    from blitznet.predict import BlitzNetPredictor
+
+    w = _weights(tmp_path)
+    a = BlitzNetPredictor(w, device="cpu").predict(_images()[:1])
+    b = BlitzNetPredictor(w, device="cpu", compile_model=True).predict(_images()[:1])
+    assert torch.allclose(a[0]["scores"][:5], b[0]["scores"][:5], atol=1e-4)

@@ -12,10 +12,18 @@
 2. BlitzNet300 (ResNet-50, s4, 512 channels, random init) images/s versus torchvision's
    ``ssd300_vgg16(weights=None, weights_backbone=None)`` at batch 1 and 8, end to end (network +
    post-processing), as a ratio; plus the share of BlitzNet's time spent in NMS (decoding +
-   capped NMS) and in the segmentation head (head + mask upsampling/argmax).
+   capped NMS) and in the segmentation head (head + mask upsampling/argmax). The detection
+   post-processing is timed both ways: batched (one capped NMS call for the batch, what
+   ``BlitzNet.postprocess`` does) and the former per-image loop (``per_image=True``); the
+   ratio and NMS share are given for both. ``--channels-last``, ``--amp bf16|fp16`` (CUDA
+   only) and ``--compile`` apply to BlitzNet's network (SSD300 stays fp32, eager).
+3. Post-processing alone, batched vs per-image loop, on random BlitzNet300-sized outputs
+   (45,390 anchors x 20 classes, peaked scores) at each ``--batches`` size; checks that both
+   give the same detections.
 
     python tools/bench_blitznet.py [--device auto] [--out bench_blitznet.json] [--quick]
         [--weights W --images IMG... | --data-root ROOT --split test --max-images N]
+        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile]
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from blitznet.losses import decode_boxes  # noqa: E402
 from blitznet.model import BlitzNet, blitznet300  # noqa: E402
-from blitznet.nms import capped_nms_single, uncapped_nms  # noqa: E402
+from blitznet.nms import capped_nms, capped_nms_per_image, capped_nms_single, uncapped_nms  # noqa: E402
 
 
 def _sync(device):
@@ -168,12 +176,47 @@ def map_with_both(args, model, classes, device) -> Dict:
             "uncapped_ms_per_img": 1000 * t_u / max(n, 1)}
 
 
+def bench_post(args, device) -> List[Dict]:
+    """Capped NMS for a batch: one batched call vs the per-image loop (same detections)."""
+    model = BlitzNet(blitznet300(backbone="resnet18", channels=16, seg_channels=4))  # anchors only
+    anchors = model.anchors(model.feature_sizes((300, 300)), (300, 300))
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for bs in args.batches:
+        pairs = [random_scores(anchors, 20, "peaked", gen, device) for _ in range(bs)]
+        boxes, probs = torch.stack([b for b, _ in pairs]), torch.stack([p for _, p in pairs])
+        row = {"batch": bs}
+        for method in ("cluster", "batched"):
+            row[f"per_image_{method}_ms"] = 1000 * timeit(lambda: capped_nms_per_image(boxes, probs, method=method), device, args.reps_nms)
+            row[f"batched_{method}_ms"] = 1000 * timeit(lambda: capped_nms(boxes, probs, method=method), device, args.reps_nms)
+            row[f"speedup_{method}"] = row[f"per_image_{method}_ms"] / row[f"batched_{method}_ms"]
+            a, r = capped_nms(boxes, probs, method=method), capped_nms_per_image(boxes, probs, method=method)
+            row[f"same_{method}"] = all(torch.equal(x, y) for da, dr in zip(a, r) for x, y in zip(da, dr))
+        rows.append(row)
+    return rows
+
+
 def bench_speed(args, device) -> List[Dict]:
     from torchvision.models.detection import ssd300_vgg16
 
     torch.manual_seed(0)
     blitz = BlitzNet(blitznet300(num_classes=20)).to(device).eval()
     ssd = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
+    net = blitz
+    if args.channels_last:
+        blitz = blitz.to(memory_format=torch.channels_last)
+    if args.compile:
+        net = torch.compile(blitz)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+
+    def fwd(x):
+        x = blitz.normalize(x)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if amp_dtype is not None:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                return net(x)
+        return net(x)
 
     def clock(fn):
         _sync(device)
@@ -187,36 +230,42 @@ def bench_speed(args, device) -> List[Dict]:
         x = torch.rand(bs, 3, 300, 300, device=device) * 255
         xs = [im / 255 for im in x]
         reps = args.reps_speed
-        parts = {"fwd": [], "det_post": [], "seg_post": [], "fwd_noseg": [], "ssd": []}
+        parts = {"fwd": [], "det_post": [], "det_post_per_image": [], "seg_post": [], "fwd_noseg": [], "ssd": []}
         with torch.no_grad():
             for _ in range(2):  # warm-up at every batch size (cuDNN picks kernels per shape)
-                blitz.postprocess(blitz(blitz.normalize(x)), (300, 300))
+                blitz.postprocess(fwd(x), (300, 300))
                 blitz.config.segmentation = False
                 try:
-                    blitz(blitz.normalize(x))
+                    fwd(x)
                 finally:
                     blitz.config.segmentation = True
                 ssd(xs)
             for _ in range(reps):
-                t, out = clock(lambda: blitz(blitz.normalize(x)))
+                t, out = clock(lambda: fwd(x))
                 parts["fwd"].append(t)
                 det_only = {k: v for k, v in out.items() if k != "seg_logits"}
                 seg_only = {k: v for k, v in out.items() if k in ("seg_logits", "feature_sizes")}
                 parts["det_post"].append(clock(lambda: blitz.postprocess(det_only, (300, 300)))[0])
+                parts["det_post_per_image"].append(
+                    clock(lambda: blitz.postprocess(det_only, (300, 300), per_image=True))[0])
                 parts["seg_post"].append(clock(lambda: blitz.postprocess(seg_only, (300, 300)))[0])
                 blitz.config.segmentation = False  # same network without the segmentation head
                 try:
-                    parts["fwd_noseg"].append(clock(lambda: blitz(blitz.normalize(x)))[0])
+                    parts["fwd_noseg"].append(clock(lambda: fwd(x))[0])
                 finally:
                     blitz.config.segmentation = True
                 parts["ssd"].append(clock(lambda: ssd(xs))[0])
         med = {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
         t_blitz = med["fwd"] + med["det_post"] + med["seg_post"]
+        t_old = med["fwd"] + med["det_post_per_image"] + med["seg_post"]
         seg_time = max(med["fwd"] - med["fwd_noseg"], 0.0) + med["seg_post"]
         rows.append({
             "batch": bs, "reps": reps, "blitznet300_img_s": bs / t_blitz, "ssd300_img_s": bs / med["ssd"],
-            "ratio_blitz_over_ssd": med["ssd"] / t_blitz, "blitz_forward_ms": 1000 * med["fwd"],
-            "blitz_nms_share": med["det_post"] / t_blitz, "blitz_seg_share": seg_time / t_blitz,
+            "ratio_blitz_over_ssd": med["ssd"] / t_blitz, "ratio_per_image_post": med["ssd"] / t_old,
+            "blitz_forward_ms": 1000 * med["fwd"], "det_post_ms": 1000 * med["det_post"],
+            "det_post_per_image_ms": 1000 * med["det_post_per_image"],
+            "blitz_nms_share": med["det_post"] / t_blitz, "nms_share_per_image": med["det_post_per_image"] / t_old,
+            "blitz_seg_share": seg_time / t_blitz,
             "blitz_total_ms": 1000 * t_blitz, "ssd_total_ms": 1000 * med["ssd"],
         })
     return rows
@@ -248,6 +297,11 @@ def main(argv=None) -> int:
     ap.add_argument("--reps-nms", type=int, default=3)
     ap.add_argument("--reps-speed", type=int, default=5)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-nms", action="store_true", help="skip the capped-vs-uncapped NMS section")
+    ap.add_argument("--skip-post", action="store_true", help="skip the batched-vs-per-image post-processing section")
+    ap.add_argument("--channels-last", action="store_true", help="BlitzNet in NHWC (inputs too)")
+    ap.add_argument("--amp", choices=["bf16", "fp16"], help="autocast BlitzNet's network (CUDA only)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile BlitzNet's network")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 1 repetition")
     args = ap.parse_args(argv)
     if args.quick:
@@ -260,15 +314,23 @@ def main(argv=None) -> int:
     except IncdetError as e:
         print(f"bench_blitznet: error: {e}", file=sys.stderr)
         return 2
+    if args.amp and dev.type != "cuda":
+        print(f"bench_blitznet: error: --amp {args.amp}: mixed-precision inference needs a CUDA device, got {dev}",
+              file=sys.stderr)
+        return 2
     desc = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"device: {desc}; torch {torch.__version__}")
     t0 = time.perf_counter()
-    nms_rows = bench_nms(args, dev)
+    nms_rows = [] if args.skip_nms else bench_nms(args, dev)
     print(table(nms_rows, "\nCapped fast NMS vs uncapped torchvision batched_nms (per image)"))
+    post_rows = [] if args.skip_post else bench_post(args, dev)
+    print(table(post_rows, "\nCapped NMS for a batch: one batched call vs the per-image loop"))
     speed_rows = [] if args.skip_speed else bench_speed(args, dev)
-    print(table(speed_rows, "\nBlitzNet300 (ResNet-50, s4) vs torchvision ssd300_vgg16, end to end"))
-    res = {"device": desc, "torch": torch.__version__, "nms": nms_rows, "speed": speed_rows,
-           "wall_s": time.perf_counter() - t0}
+    opts = ", ".join(o for o, on in (("channels_last", args.channels_last), (f"amp {args.amp}", args.amp),
+                                     ("compile", args.compile)) if on) or "fp32, eager"
+    print(table(speed_rows, f"\nBlitzNet300 (ResNet-50, s4; {opts}) vs torchvision ssd300_vgg16, end to end"))
+    res = {"device": desc, "torch": torch.__version__, "options": opts, "nms": nms_rows, "post": post_rows,
+           "speed": speed_rows, "wall_s": time.perf_counter() - t0}
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"\nwrote {args.out} ({res['wall_s']:.0f} s)")
     return 0
