@@ -198,3 +198,29 @@ def test_fuzz_crowd_boxes_change_no_ap(evaluate, ok):
 @pytest.mark.slow
 def test_fuzz_crowd_boxes_change_no_ap_long():
     _run(_honest, int(os.environ.get("INCDET_FUZZ_SLOW", 3000)))
+
+
+def test_coco_path_ignores_crowd_regions():
+    """The learner's pycocotools metrics: a crowd box (and a detection on it) changes no AP; the
+    same box as an ordinary object is a miss."""
+    from types import SimpleNamespace
+
+    from incdet.data.sample import Sample
+
+    def sample(boxes, ignore):
+        n = len(boxes)
+        return Sample(image=None, boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.ones(n, dtype=torch.long),
+                      difficult=torch.zeros(n, dtype=torch.bool), ignore=torch.tensor(ignore, dtype=torch.bool),
+                      image_id=7, orig_size=(100, 100))
+
+    task = SimpleNamespace(n_old=0, n_seen=1)
+    obj, crowd = [0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 90.0, 90.0]
+    det = lambda boxes, scores: {7: {"boxes": torch.tensor(boxes), "scores": torch.tensor(scores),  # noqa: E731
+                                     "labels": torch.ones(len(boxes), dtype=torch.long)}}
+    base = FastRCNNLearner._coco_metrics(task, det([obj], [0.9]), [sample([obj], [False])], ["a"])
+    with_crowd = FastRCNNLearner._coco_metrics(task, det([crowd, obj], [0.95, 0.9]),
+                                               [sample([obj, crowd], [False, True])], ["a"])
+    as_object = FastRCNNLearner._coco_metrics(task, det([obj], [0.9]), [sample([obj, crowd], [False, False])], ["a"])
+    assert base["mAP"] == pytest.approx(100.0) and base["AP50"] == pytest.approx(100.0)
+    assert with_crowd == pytest.approx(base)
+    assert as_object["AP50"] < 60.0
