@@ -57,7 +57,10 @@ class FastRCNNPredictor:
     as in training (``max_proposals``, proposal NMS). Returns per image ``boxes`` (float ``[N, 4]``
     xyxy, image pixels), ``labels`` (int64, 1-based into :attr:`classes`) and ``scores``, at most
     the model's ``detections_per_img``, after per-class NMS and the score threshold
-    (``score_thresh`` overrides the trained model's).
+    (``score_thresh`` overrides the trained model's). These are the model's inference settings
+    (``learner.model.*``); the run's evaluation protocol (``learner.protocol`` and the
+    ``learner.eval_*`` keys, e.g. the thesis' score > 0.5) applies to evaluation only: pass
+    ``score_thresh=0.5`` for the thesis' threshold.
     """
 
     def __init__(self, checkpoint: Union[str, Path], device: str = "auto", proposals: str = "selective_search",
