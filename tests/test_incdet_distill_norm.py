@@ -90,7 +90,7 @@ def test_learner_passes_the_switch_to_the_loss(tmp_path):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
         torch.manual_seed(1)
         out = L.training_step(_batch(L, tasks[1]))
-        vals[norm] = (float(out["loss_distill_cls"]), float(out["loss_distill_box"]))
+        vals[norm] = (out["loss_distill_cls"].detach().item(), out["loss_distill_box"].detach().item())
     assert vals["released_code"][0] > 0 and vals["released_code"][1] > 0
     assert vals["thesis"][0] == pytest.approx(vals["released_code"][0] * 3 / 2, rel=1e-4)
     assert vals["thesis"][1] == pytest.approx(vals["released_code"][1] * 4, rel=1e-4)
