@@ -283,3 +283,20 @@ def test_resume_from_a_damaged_checkpoint(finished, tmp_path, capsys, key, value
     mid.update({"phase": "train", "task_index": 2, "step": 5, key: value})  # a mid-task checkpoint
     torch.save(mid, run / "checkpoint.pt")
     _fails(capsys, ["train", "--resume", str(run), "--quiet"], "checkpoint.pt", *words)
+
+
+def test_declared_metric_the_learner_does_not_give_is_one_line(tmp_path, capsys):
+    """``eval.metric`` names a metric the learner declares but does not return for a task (e.g.
+    incdet's COCO-only ``AP50`` on a VOC task): one line naming the metric and the task, exit 2."""
+    from incdet.engine import LEARNERS
+    from incdet.engine.toy import ToyLearner
+
+    class Partial(ToyLearner):
+        metrics = {**ToyLearner.metrics, "extra": True}
+
+    LEARNERS.register("test.partial")(Partial)
+    try:
+        _fails(capsys, ["train", TOY, "--out", str(tmp_path / "r"), *QUICK, "--set", "learner.name=test.partial",
+                        "--set", "eval.metric=extra"], "eval.metric 'extra'", "gave no such value on task")
+    finally:
+        LEARNERS.unregister("test.partial")

@@ -401,6 +401,10 @@ class Trainer:
             with torch.no_grad():
                 m = learner.evaluate(tasks[j])
             m = {k: float(v) for k, v in m.items()}
+            if results.metric not in m:
+                raise ConfigError(f"{self.cfg.source}: eval.metric {results.metric!r}: learner "
+                                  f"{self.cfg.learner.name!r} gave no such value on task {tasks[j].name!r} "
+                                  f"(it gave: {', '.join(sorted(m))})")
             results.set(t, j, m)
             self._log_json({"event": "eval", "after_task": t, "task": j, "task_name": tasks[j].name,
                             "seconds": round(time.perf_counter() - t0, 3), **m})
