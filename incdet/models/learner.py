@@ -28,7 +28,8 @@ Per task (docs/design.md, learner protocol):
       over the test images.
 
 Variants (thesis tables 3.1-3.3) are config switches: ``distill`` (``l2`` | ``ce`` | ``none``
-= naive fine-tuning), ``distill_box``, ``distill_sampling`` (``biased`` | ``unbiased``),
+= naive fine-tuning), ``distill_box``, ``distill_norm`` (``thesis`` = eq. 3.2's 1/(N|C_A|), default |
+``released_code`` = the released code's plain means), ``distill_sampling`` (``biased`` | ``unbiased``),
 ``freeze`` (``none`` | ``trunk`` | ``all_but_new``), ``ewc_weight``; joint training is a
 single task holding all classes.
 
@@ -88,12 +89,18 @@ class FastRCNNLearnerConfig:
     distill_box: bool = True
     distill_box_loss: str = "l2"  # l2 | smooth_l1
     distill_center: str = "old"  # old (bg + old classes) | all (released code: all student logits)
+    # normaliser of the distillation sums: thesis (eq. 3.2, 1/(N|C_A|)) | released_code (plain means:
+    # logits 1/(N(1+|C_A|)), boxes 1/(4N|C_A|)); the results documented before this switch used released_code
+    distill_norm: str = "thesis"
     distill_sampling: str = "biased"  # biased | unbiased
     distill_rois: int = 64
     distill_pool: int = 128
     teacher_cache: bool = False
     teacher_max_proposals: Optional[int] = None  # teacher scores only the first N proposals
-    freeze: str = "none"  # none | trunk | all_but_new (applies to tasks after the first)
+    # none | trunk (every convolutional layer, res5 included, and its BatchNorm statistics fixed: only
+    # the output layers train; thesis "frozen trunk") | all_but_new (also the old outputs: only the new
+    # classes' outputs train; thesis "all layers frozen"); applies to tasks after the first
+    freeze: str = "none"
     ewc_weight: float = 0.0
     # BatchNorm running statistics in steps after the first: "update" (plain train mode) or
     # "frozen" (kept at the end-of-A values: new-class-only batches do not shift them)
@@ -125,6 +132,7 @@ class FastRCNNLearnerConfig:
         check_range(S, "distill_weight", self.distill_weight, 0)
         check_choice(S, "distill_box_loss", self.distill_box_loss, ("l2", "smooth_l1"))
         check_choice(S, "distill_center", self.distill_center, ("old", "all"))
+        check_choice(S, "distill_norm", self.distill_norm, ("thesis", "released_code"))
         check_choice(S, "distill_sampling", self.distill_sampling, ("biased", "unbiased"))
         check_range(S, "distill_pool", self.distill_pool, 1)
         # biased sampling draws distill_rois of the distill_pool candidates
@@ -256,7 +264,7 @@ class FastRCNNLearner(Learner):
         if not incremental or self.config.freeze == "none":
             return
         if self.config.freeze == "trunk":
-            for m in net.trunk_modules():
+            for m in net.conv_modules():
                 m.requires_grad_(False)
         elif self.config.freeze == "all_but_new":
             net.requires_grad_(False)
@@ -367,7 +375,8 @@ class FastRCNNLearner(Learner):
     def training_step(self, batch) -> Dict[str, Tensor]:
         if self.net.training is False:
             self.model.train()
-        if self.config.bn_stats == "frozen" and getattr(self, "task", None) is not None and self._incremental(self.task):
+        fixed_bn = self.config.bn_stats == "frozen" or self.config.freeze != "none"  # frozen layers: statistics too
+        if fixed_bn and getattr(self, "task", None) is not None and self._incremental(self.task):
             for m in self.net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
                     m.eval()
@@ -379,7 +388,7 @@ class FastRCNNLearner(Learner):
             t_logits = torch.cat([d.logits for d in dts])
             t_deltas = torch.cat([d.deltas for d in dts])
             dl = distillation_loss(outs[0], outs[1], t_logits, t_deltas, kind=c.distill, center=c.distill_center,
-                                   box=c.distill_box, box_loss=c.distill_box_loss)
+                                   box=c.distill_box, box_loss=c.distill_box_loss, norm=c.distill_norm)
             out.update(dl)
             total = total + c.distill_weight * (dl["loss_distill_cls"] + dl["loss_distill_box"])
         if self.ewc.active:
