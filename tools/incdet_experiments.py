@@ -171,7 +171,6 @@ THESIS_STEPS_RUN = V + "15+1x5_distill"
 
 def _thesis_exps() -> List[Experiment]:
     E = Experiment
-    cfg = {t.key: t.config for t in THESIS_TABLES}
     out = [E(V + "joint", "configs/incdet/voc07_19+1.yaml", list(_JOINT), split="voc07_joint",
              label="joint training A(1-20)")]
     base = {"voc07_19+1": V + "19+1_distill", "voc07_10+10": V + "10+10_distill", "voc07_15+5": V + "15+5_distill"}
@@ -338,6 +337,18 @@ NORM_NOTE = ("Distillation normalisation: each table says which `learner.distill
              "compared with `released_code`).")
 
 
+PROTOCOL_NOTE = ('Evaluation protocol: every table here used the `standard` preset (`learner.protocol: standard`, '
+                 "the configs' values: detections with score > 0.05, per-class NMS at IoU 0.3, at most 100 per "
+                 "image; VOC AP at IoU 0.5, all-point except the VOC 2007 configs' 11-point `use_07_metric: "
+                 'true`). The `thesis` preset (`--set learner.protocol=thesis`) evaluates as thesis 3.4.2 states: '
+                 'score > 0.5, NMS 0.3, 100 per image (the thesis names no cap), VOC 2007 11-point AP; a key set '
+                 'explicitly (`learner.eval_score_thresh`, `eval_nms_iou`, `eval_detections_per_img`, '
+                 '`use_07_metric`) wins over the preset. COCO tasks (`learner.eval_metric: auto`) are evaluated by'
+                 ' pycocotools: `mAP` in the results matrix is AP@[.5:.95] (COCO-style), `AP50` beside it is AP at'
+                 ' IoU 0.5 (PASCAL-style; the two columns of table 3.4); crowd regions are ignored (also in the '
+                 'VOC evaluator).')
+
+
 def run_norm(run: Path) -> Optional[str]:
     """``learner.distill_norm`` of a finished run (from its resolved ``config.yaml``): a run whose
     config predates the switch used the released code's normalisation. None: not finished."""
@@ -466,7 +477,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               "mAP: mean of per-class VOC all-point AP (%) on the full shapes-voc test split "
               "(250 images); old = classes of the first task, new = classes added afterwards, "
               "all = both. Joint training A(1-20) is one model trained on all classes at once, split "
-              "the same way.", "", NORM_NOTE, ""]
+              "the same way.", "", NORM_NOTE, "", PROTOCOL_NOTE, ""]
     titles = {"15+5": "## 15+5: classes 16-20 added at once (table 3.3 analogue)",
               "10+10": "## 10+10: classes 11-20 added at once (table 3.2 analogue)",
               "15+1x5": "## 15+1x5: classes 16, 17, ..., 20 added one at a time (tables 3.3 and 3.9 analogue)"}
