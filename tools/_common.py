@@ -103,12 +103,13 @@ def run_queue(runs: Sequence[QueuedRun], out: Path, train: Callable[..., Any], *
             failed.append(r.name)
             continue
         dt = time.perf_counter() - t0 + (prev if resume else 0.0)
-        cuda = torch.cuda.is_available() and device != "cpu"
+        dev = resolve_device(device)
+        cuda = dev.type == "cuda"
         rd.mkdir(parents=True, exist_ok=True)
         (rd / "command.txt").write_text(shlex.join(r.command) + "\n")
         (rd / "wall.json").write_text(json.dumps({
             "seconds": round(dt, 1), "threads": threads,
-            "device": device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"),
+            "device": dev.type,
             "cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if cuda else None, "resumed": resume,
             "torch": torch.__version__, **(extra_wall or {})}))
         print(f"[{tag}] {r.name}: done in {dt:.0f} s", flush=True)
