@@ -5,7 +5,9 @@
 What it does (thesis table 3.3, first rows, on the synthetic shapes-voc data):
     1. builds shapes-voc in ``--data`` on first use (re-used afterwards; no download) and
        computes selective-search proposals once (cached next to the data);
-    2. trains A(1-15) on the first 15 classes, then adds classes 16-20 *with distillation*
+    2. trains A(1-15) on the first 15 classes, starting from the zoo's pretrained trunk
+       (``--backbone``, default ``zoo:resnet18w16_shapes-pretrain``; ``none``: random init),
+       then adds classes 16-20 *with distillation*
        (run ``OUT/distill``, which holds A's checkpoint ``checkpoints/task0.pt``);
     3. adds classes 16-20 to the same A *without distillation* (naive fine-tuning; run
        ``OUT/naive``, started from ``OUT/distill/checkpoints/task0.pt`` via ``tasks.init_from``);
@@ -69,11 +71,19 @@ QUICK_TRAIN = {"iterations": 10, "lr_steps": [], "warmup_iters": 2, "log_every":
                "first_task": {"iterations": 20, "lr": 0.002, "lr_steps": [], "warmup_iters": 2}}
 
 
+#: the trunk the demo starts from (``--backbone``): the zoo's shapes-pretrain ResNet-18 (width 16)
+DEMO_BACKBONE = "zoo:resnet18w16_shapes-pretrain"
+
+
 def demo_config(data: Path, run_dir: Path, quick: bool, device: str = "auto",
-                iters_a: Optional[int] = None, iters_b: Optional[int] = None) -> dict:
+                iters_a: Optional[int] = None, iters_b: Optional[int] = None,
+                backbone: Optional[str] = DEMO_BACKBONE) -> dict:
     """The distillation run's config as a plain dict (the naive run differs in ``learner.distill``
-    and ``tasks.init_from``)."""
+    and ``tasks.init_from``). ``backbone``: initial trunk weights (a path or ``zoo:NAME``; None or
+    ``"none"``: random initialisation), fine-tuned in every layer."""
     cfg = copy.deepcopy(BASE_CONFIG)
+    if backbone and backbone != "none":
+        cfg["learner"]["model"].update({"weights": backbone, "freeze_at": 0})
     cfg["experiment"]["out"] = str(run_dir)
     cfg["experiment"]["device"] = device
     cfg["tasks"]["root"] = str(data)
@@ -106,7 +116,7 @@ def make_table(rows: List[dict]) -> str:
 def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool = False, device: str = "auto",
              threads: Optional[int] = 1, iters_a: Optional[int] = None, iters_b: Optional[int] = None,
              overwrite: bool = True, proposals: Optional[str] = None, max_proposals: Optional[int] = None,
-             echo=print) -> dict:
+             echo=print, backbone: Optional[str] = DEMO_BACKBONE) -> dict:
     """Run the demo; returns the ``table.json`` content (also written to ``out``).
 
     ``proposals``: another proposal method (``sliding_window``: instant, for tests) instead of
@@ -130,7 +140,7 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     out_p = Path(out)
     if out_p.exists() and not out_p.is_dir():
         raise ConfigError(f"--out {out_p}: exists and is not a directory")
-    cfg = demo_config(data_p, out_p, quick, device, iters_a, iters_b)
+    cfg = demo_config(data_p, out_p, quick, device, iters_a, iters_b, backbone)
     if proposals:
         cfg["learner"]["proposals"] = proposals
         cfg["learner"]["proposal_cache"] = None
@@ -209,7 +219,7 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
 
 def main_demo(args: argparse.Namespace) -> int:
     run_demo(data=args.data, out=args.out, quick=args.quick, device=args.device, threads=args.threads,
-             iters_a=args.iters_a, iters_b=args.iters_b)
+             iters_a=args.iters_a, iters_b=args.iters_b, backbone=args.backbone)
     return 0
 
 
@@ -228,7 +238,9 @@ def register(sub) -> None:
                         "many times slower; 0 leaves torch's default)")
     p.add_argument("--iters-a", type=int, default=None, help="iterations of A(1-15) (default: the demo's schedule)")
     p.add_argument("--iters-b", type=int, default=None, help="iterations of each +B(16-20) run")
+    p.add_argument("--backbone", default=DEMO_BACKBONE,
+                   help="initial trunk weights: a path, zoo:NAME (default %(default)s) or none (random init)")
     p.set_defaults(func=main_demo)
 
 
-__all__ = ["register", "main_demo", "run_demo", "demo_config", "make_table", "BASE_CONFIG"]
+__all__ = ["register", "main_demo", "run_demo", "demo_config", "make_table", "BASE_CONFIG", "DEMO_BACKBONE"]
