@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -107,17 +106,11 @@ def read_manifest(root: Optional[Path] = None) -> Dict[str, ZooEntry]:
 
 
 def _write_manifest(entries: Dict[str, ZooEntry], root: Path) -> None:
+    from incdet.engine.checkpoint import write_atomic
+
     doc = {"format": FORMAT, "entries": {k: asdict(v) for k, v in sorted(entries.items())}}
     root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, root / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(root / MANIFEST, lambda f: f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n"))
 
 
 def verify(name: str, root: Optional[Path] = None, entries: Optional[Dict[str, ZooEntry]] = None) -> Path:

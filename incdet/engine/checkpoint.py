@@ -44,6 +44,20 @@ def save_atomic(obj: Any, path: Union[str, Path]) -> None:
             tmp.unlink()
 
 
+def write_atomic(path: Union[str, Path], write, binary: bool = False) -> None:
+    """Call ``write(f)`` on a temp file in ``path``'s folder, then ``os.replace`` it onto ``path``:
+    readers see the old file or the new one; on an error the temp file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
     """Load a run checkpoint with ``weights_only=True``; bad file -> CheckpointError."""
     path = Path(path)

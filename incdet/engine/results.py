@@ -12,11 +12,12 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from incdet.engine.checkpoint import write_atomic
 
 Matrix = Union[Sequence[Sequence[float]], np.ndarray]
 
@@ -202,24 +203,16 @@ class ResultsMatrix:
                     ax.text(j, i, f"{self.R[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        _atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+        write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
         plt.close(fig)
 
     def write(self, run_dir: Union[str, Path]) -> None:
         """Write results.json, results.csv, results.md and results.png into ``run_dir``."""
         run_dir = Path(run_dir)
-        _atomic_write(run_dir / "results.json", lambda f: f.write(json.dumps(self.to_dict(), indent=2)))
-        _atomic_write(run_dir / "results.csv", lambda f: f.write(self.to_csv()))
-        _atomic_write(run_dir / "results.md", lambda f: f.write(self.to_markdown()))
+        write_atomic(run_dir / "results.json", lambda f: f.write(json.dumps(self.to_dict(), indent=2)))
+        write_atomic(run_dir / "results.csv", lambda f: f.write(self.to_csv()))
+        write_atomic(run_dir / "results.md", lambda f: f.write(self.to_markdown()))
         self.plot(run_dir / "results.png")
-
-
-def _atomic_write(path, write, binary: bool = False) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb" if binary else "w") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def load_results(path: Union[str, Path]) -> ResultsMatrix:

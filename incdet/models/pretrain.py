@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,19 +158,6 @@ def _load_run_checkpoint(path: Path) -> dict:
     return ck
 
 
-def _save_weights(state: Dict[str, torch.Tensor], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pretrain(c: PretrainConfig, run_dir: Path, out: Optional[Path], device: torch.device, resume: bool = False,
              init: Optional[str] = None, half: bool = False) -> Dict[str, float]:
     """Train (or continue) the classifier; write ``out`` (torchvision state dict); return metrics."""
@@ -268,7 +253,7 @@ def pretrain(c: PretrainConfig, run_dir: Path, out: Optional[Path], device: torc
     metrics = {"top1": acc, "steps": step, "wall_s": wall0 + time.time() - t0, "init_sha256": init_sha}
     (run_dir / "result.json").write_text(json.dumps({"metrics": metrics, "history": history}, indent=2) + "\n")
     if out is not None:
-        _save_weights(model.torchvision_state_dict(half=half), Path(out))
+        save_atomic(model.torchvision_state_dict(half=half), Path(out))
         log.info("pretrain: wrote %s (val top-1 %.2f %%)", out, acc)
     return metrics
 
