@@ -513,10 +513,11 @@ def _source_row(spec: RunSpec, learner_cfg: CodecConfig, results: dict):
     if learner_cfg.train_source or not learner_cfg.source_checkpoint:
         raise ConfigError("run.source_results needs learner.train_source=false and learner.source_checkpoint")
     p = Path(spec.source_results)
-    try:
-        prev = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"run.source_results {p}: cannot read ({e})") from None
+    from incdet.data.safeload import load_json
+
+    prev = load_json(p, "run.source_results")
+    if not isinstance(prev, dict):
+        raise ConfigError(f"run.source_results {p}: not a results file (a JSON object)")
     ck = Path(learner_cfg.source_checkpoint).resolve()
     prev_out = Path(prev.get("config", {}).get("run", {}).get("out", ""))
     if not prev.get("matrix") or (prev_out / "codec_task0.pt").resolve() != ck and (p.parent / "codec_task0.pt").resolve() != ck:

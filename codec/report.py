@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from codec.metrics import baseline_curve, bd_rate
+from incdet.data.safeload import load_json
 from incdet.errors import DataError
 
 Curve = List[Dict[str, float]]
@@ -38,11 +39,8 @@ def load_runs(run_dirs: Sequence) -> List[dict]:
         f = p / "results.json" if p.is_dir() else p
         if not f.is_file():
             raise DataError(f"{p}: no results.json (not a `codec run` directory)")
-        try:
-            r = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{f}: not valid JSON ({e})") from None
-        if "matrix" not in r or "tasks" not in r:
+        r = load_json(f, "codec results")
+        if not isinstance(r, dict) or "matrix" not in r or "tasks" not in r:
             raise DataError(f"{f}: not a codec results file (no 'matrix' / 'tasks')")
         r["_path"] = str(f)
         runs.append(r)
@@ -126,7 +124,7 @@ def baseline_curves(runs: List[dict], domains: List[str], cache: Optional[Path] 
 
     out = {"JPEG2000": {}, "JPEG": {}}
     if cache is not None and cache.is_file():
-        out = json.loads(cache.read_text())
+        out = load_json(cache, "baseline cache")
     want = {"JPEG2000": ("jpeg2000", JPEG2000_RATIOS), "JPEG": ("jpeg", JPEG_QUALITIES)}
     missing = {(key, d): [q for q in params if q not in {p.get("param") for p in out.get(key, {}).get(d, [])}]
                for key, (_, params) in want.items() for d in domains}
