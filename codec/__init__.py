@@ -9,5 +9,6 @@
   and the ``domains`` task builder in :mod:`incdet.engine`), :mod:`codec.report`, :mod:`codec.cli`.
 """
 from codec.model import FactorizedCodec, LAMBDAS, import_compressai, load_codec, save_checkpoint  # noqa: F401
+from codec import hyperprior  # noqa: F401,E402  (registers the hyperprior codec kinds)
 from codec import strategies  # noqa: F401,E402  (registers the codec kinds and strategies)
 from codec import learner  # noqa: F401,E402  (registers learners / the "domains" task builder with the driver)

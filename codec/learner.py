@@ -38,8 +38,8 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from codec import data as cdata
 from codec.metrics import evaluate_codec
-from codec.model import FactorizedCodec, load_codec, load_state_into, rd_loss, save_checkpoint
-from codec.registry import STRATEGIES, build_codec, get_strategy
+from codec.model import load_codec, load_state_into, rd_loss, save_checkpoint
+from codec.registry import CODECS, STRATEGIES, build_codec, get_strategy
 from codec.strategies.adapters import AdapterCodec
 from codec.strategies.naive import setup_naive
 from codec.strategies.selective import trainable_fraction
@@ -137,6 +137,7 @@ class CodecConfig:
     """Options of the codec learner."""
 
     strategy: str = "cawf"             #: naive | selective | cawf | adapters
+    arch: str = "factorized"           #: source codec kind: factorized | scale-hyperprior | mean-scale-hyperprior
     N: int = 64                        #: channels (DANICE 64; compressai zoo 128 / 192)
     M: Optional[int] = None            #: latent channels (default N)
     lmbda: float = 0.008               #: R + lmbda * 255^2 * MSE; DANICE: 0.002, 0.008, 0.016, 0.032
@@ -153,6 +154,8 @@ class CodecConfig:
 
         _check("learner", self, {
             "strategy": (lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES.names())}"),
+            "arch": (lambda v: v in CODECS and getattr(CODECS.get(v), "base_codec", False),
+                     f"one of {', '.join(k for k in CODECS.names() if getattr(CODECS.get(k), 'base_codec', False))}"),
             "N": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
             "M": (lambda v: v is None or (_int_at_least(1)(v) and v <= 4096), "null or an integer in 1..4096"),
             "lmbda": (_positive_float, "a finite number > 0"),
@@ -187,14 +190,15 @@ class CodecLearner(Learner):
         m = self.model
         return m.module if isinstance(m, torch.nn.parallel.DistributedDataParallel) else m
 
-    def _source_model(self) -> FactorizedCodec:
+    def _source_model(self) -> torch.nn.Module:
         c = self.config
         if c.source_checkpoint:
             m, _ = load_codec(c.source_checkpoint)
-            if not isinstance(m, FactorizedCodec):
-                raise ConfigError(f"learner.source_checkpoint {c.source_checkpoint}: not a factorized source codec")
+            if not getattr(m, "base_codec", False):
+                raise ConfigError(f"learner.source_checkpoint {c.source_checkpoint}: not a source codec "
+                                  f"(a {m.arch().get('kind')!r} codec, an adapted one)")
             return m
-        return FactorizedCodec(c.N, c.M)
+        return build_codec({"kind": c.arch, "N": c.N, "M": c.M if c.M is not None else c.N})
 
     def domain_id(self, task: Task) -> int:
         return int(task.meta.get("domain_id", task.index)) if task is not None else 0
@@ -215,7 +219,7 @@ class CodecLearner(Learner):
         t = task.index
         c = self.config
         if t == 0 or task.meta.get("joint"):
-            if isinstance(m, FactorizedCodec):
+            if getattr(m, "base_codec", False):
                 setup_naive(m)
             if not c.train_source and t == 0:
                 m.requires_grad_(False)
@@ -299,7 +303,7 @@ class CodecLearner(Learner):
             else:
                 out = m(x, t)
             return um.adapter_loss(out, x, labels, self.config.gamma)
-        dom = 0 if isinstance(um, FactorizedCodec) else self.domain_id(self.task)
+        dom = 0 if getattr(um, "base_codec", False) else self.domain_id(self.task)
         out = m(x, dom)
         return rd_loss(out, x, self.config.lmbda)
 
@@ -314,7 +318,7 @@ class CodecLearner(Learner):
         was = m.training
         m.eval()
         dom = self.domain_id(task)
-        if isinstance(m, FactorizedCodec):
+        if getattr(m, "base_codec", False):
             dom_enc = min(dom, 255)
         else:
             dom_enc = dom if dom < m.n_domains() else 0

@@ -87,6 +87,8 @@ class FactorizedCodec(nn.Module):
     """
 
     kind = "factorized"
+    base_codec = True     #: a source codec (not a wrapper of one)
+    two_stream = False    #: one entropy-coded stream (``y``)
 
     def __init__(self, N: int = 64, M: Optional[int] = None, affine: bool = False):
         super().__init__()

@@ -1,0 +1,132 @@
+"""The hyperprior family: compressai's own models with the codec's domain interface.
+
+- ``scale-hyperprior``: Balle et al. 2018 (compressai ``bmshj2018-hyperprior``): a hyper-encoder
+  ``h_a`` turns the latent ``y`` into side latents ``z`` (coded with an ``EntropyBottleneck``),
+  the hyper-decoder ``h_s`` predicts the scale of a zero-mean Gaussian for each element of ``y``
+  (coded with a ``GaussianConditional``).
+- ``mean-scale-hyperprior``: Minnen et al. 2018 without the context model (compressai
+  ``mbt2018-mean``): ``h_s`` predicts a mean and a scale.
+
+The classes subclass ``compressai.models.ScaleHyperprior`` / ``MeanScaleHyperprior``, so the
+layers, the training forward pass and the state_dict names are compressai's (its pretrained
+state_dicts load as they are, :func:`codec.model.import_compressai`). What is added is the
+domain codec interface of :mod:`codec.model` (``analysis``, ``synthesis``, ``arch``,
+``decoder_tensors``, ``codec_id``); the two-stream bitstream (``z`` then ``y``) is written by
+:mod:`codec.bitstream`. One model for every domain: ``domain`` arguments are accepted and ignored.
+
+Input sizes: ``g_a`` divides by 16 and ``h_a`` by 4 more, so images are padded to multiples of
+64 (:attr:`downsampling_factor`).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from compressai.models import MeanScaleHyperprior as _CaiMeanScale
+from compressai.models import ScaleHyperprior as _CaiScale
+from torch import Tensor
+
+from codec.entropy import cached_digest, entropy_model_tensors
+from codec.registry import register_codec
+
+__all__ = ["ScaleHyperpriorCodec", "MeanScaleHyperpriorCodec", "HYPERPRIOR_KINDS"]
+
+
+class _HyperpriorInterface:
+    """The domain codec interface on top of a compressai hyperprior model."""
+
+    kind = ""
+    base_codec = True      #: a source codec (not a wrapper of one)
+    two_stream = True      #: side latents ``z`` + latents ``y`` (see :mod:`codec.bitstream`)
+    compressai_name = ""   #: the compressai zoo architecture with the same layers
+
+    def arch(self) -> dict:
+        return {"kind": self.kind, "N": self.N, "M": self.M}
+
+    @classmethod
+    def from_arch(cls, arch: dict):
+        return cls(int(arch["N"]), int(arch["M"]))
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 64
+
+    def latent_channels(self, domain: int = 0) -> int:
+        return self.M
+
+    def hyper_channels(self, domain: int = 0) -> int:
+        return self.N
+
+    def analysis(self, x: Tensor, domain: int = 0) -> Tensor:
+        return self.g_a(x)
+
+    def synthesis(self, y_hat: Tensor, domain: int = 0, side=None) -> Tensor:
+        return self.g_s(y_hat)
+
+    def gaussian_params(self, z_hat: Tensor, domain: int = 0) -> Tuple[Tensor, Tensor]:
+        """``(scales_hat, means_hat)`` of ``y`` from the decoded side latents (means may be None)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, domain: int = 0) -> Dict:
+        """``x`` ``[B, 3, H, W]`` in ``[0, 1]``, H and W multiples of 64. Returns ``{"x_hat",
+        "likelihoods": {"y", "z"}}`` (compressai's forward: noise proxy in train mode)."""
+        return super().forward(x)
+
+    def side_info(self, y: Tensor, domain: int = 0) -> bytes:
+        return b""
+
+    def parse_side(self, data: bytes, domain: int = 0):
+        if data:
+            raise ValueError(f"this codec writes no side information, got {len(data)} bytes")
+        return None
+
+    def decoder_tensors(self, domain: int = 0) -> List[Tuple[str, Tensor]]:
+        out = entropy_model_tensors(self.entropy_bottleneck, "entropy_bottleneck.")
+        out += [("gaussian_conditional." + k, v) for k, v in self.gaussian_conditional.state_dict().items()]
+        out += [("h_s." + k, v) for k, v in self.h_s.state_dict().items()]
+        out += [("g_s." + k, v) for k, v in self.g_s.state_dict().items()]
+        return out
+
+    def codec_id(self, domain: int = 0, side: bytes = b"") -> bytes:
+        """8-byte digest of what decoding reads (see :func:`codec.entropy.tensors_digest`)."""
+        return cached_digest(self, 0, self.decoder_tensors(domain))
+
+    def update(self, force: bool = True, scale_table=None) -> bool:
+        """CDF tables of the entropy bottleneck and the Gaussian conditional (compressai's)."""
+        return super().update(scale_table=scale_table, force=force)
+
+    def n_domains(self):
+        return None  # any domain id
+
+
+@register_codec("scale-hyperprior")
+class ScaleHyperpriorCodec(_HyperpriorInterface, _CaiScale):
+    """Balle et al. 2018 scale hyperprior (compressai ``bmshj2018-hyperprior``; N=128, M=192
+    at its qualities 1-5, N=192, M=320 at 6-8)."""
+
+    kind = "scale-hyperprior"
+    compressai_name = "bmshj2018-hyperprior"
+
+    def __init__(self, N: int = 128, M: int = 192):
+        super().__init__(N, M)
+
+    def gaussian_params(self, z_hat: Tensor, domain: int = 0):
+        return self.h_s(z_hat), None
+
+
+@register_codec("mean-scale-hyperprior")
+class MeanScaleHyperpriorCodec(_HyperpriorInterface, _CaiMeanScale):
+    """Minnen et al. 2018 mean-scale hyperprior without context model (compressai
+    ``mbt2018-mean``; N=128, M=192 at qualities 1-4, N=192, M=320 at 5-8)."""
+
+    kind = "mean-scale-hyperprior"
+    compressai_name = "mbt2018-mean"
+
+    def __init__(self, N: int = 128, M: int = 192):
+        super().__init__(N, M)
+
+    def gaussian_params(self, z_hat: Tensor, domain: int = 0):
+        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        return scales_hat, means_hat
+
+
+HYPERPRIOR_KINDS = ("scale-hyperprior", "mean-scale-hyperprior")
