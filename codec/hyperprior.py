@@ -66,6 +66,15 @@ class _HyperpriorInterface:
         """``(scales_hat, means_hat)`` of ``y`` from the decoded side latents (means may be None)."""
         raise NotImplementedError
 
+    def latents(self, y: Tensor, domain: int = 0) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(y_hat, {"y", "z"} likelihoods)`` of the latent ``y`` through the hyperprior (noise
+        in train mode, rounding in eval mode), as compressai's forward does it."""
+        z = self.h_a(y)
+        z_hat, z_lk = self.entropy_bottleneck(z)
+        scales_hat, means_hat = self.gaussian_params(z_hat, domain)
+        y_hat, y_lk = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        return y_hat, {"y": y_lk, "z": z_lk}
+
     def forward(self, x: Tensor, domain: int = 0) -> Dict:
         """``x`` ``[B, 3, H, W]`` in ``[0, 1]``, H and W multiples of 64. Returns ``{"x_hat",
         "likelihoods": {"y", "z"}}`` (compressai's forward: noise proxy in train mode)."""

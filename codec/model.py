@@ -158,11 +158,16 @@ class FactorizedCodec(nn.Module):
             raise ValueError(f"this codec writes no side information, got {len(data)} bytes")
         return None
 
+    def latents(self, y: Tensor, domain: int = 0) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """``(y_hat, likelihoods)`` of the latent ``y`` (noise in train mode, rounding in eval)."""
+        y_hat, y_lk = self.entropy_model(domain)(y)
+        return y_hat, {"y": y_lk}
+
     def forward(self, x: Tensor, domain: int = 0) -> Dict:
         y = self.analysis(x, domain)
-        y_hat, y_lk = self.entropy_model(domain)(y)
+        y_hat, lk = self.latents(y, domain)
         x_hat = self.synthesis(y_hat, domain)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_lk}}
+        return {"x_hat": x_hat, "likelihoods": lk}
 
     def decoder_tensors(self, domain: int = 0) -> List[Tuple[str, Tensor]]:
         out = entropy_model_tensors(self.entropy_bottleneck, "entropy_bottleneck.")
@@ -267,7 +272,12 @@ def save_checkpoint(path, model: nn.Module, extra: Optional[dict] = None) -> Non
 
 def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:
     """Load a codec checkpoint written by :func:`save_checkpoint` (or a plain compressai
-    factorized state_dict). Returns ``(model in eval mode, checkpoint dict without weights)``."""
+    factorized state_dict), or a zoo entry ``zoo:NAME`` (sha256 checked). Returns ``(model in
+    eval mode, checkpoint dict without weights)``."""
+    from incdet import zoo
+
+    if zoo.is_zoo_ref(str(path)):
+        path = zoo.resolve(str(path))
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such codec checkpoint")
