@@ -17,19 +17,14 @@ file bytes (header included), ``bpp_est`` (entropy estimate), ``psnr``, ``ms_ssi
 (8-bit) and ``rd = bpp + lambda * mse`` (the training objective in 8-bit units; the primary
 metric, lower is better).
 
-The learner is registered with the shared driver (``incdet.engine``); :func:`run_sequence` is a
-plain loop used by ``codec run``. Strategies are :class:`codec.registry.Strategy` objects looked
+The learner is registered with the shared driver (``incdet.engine``). Strategies are :class:`codec.registry.Strategy` objects looked
 up by name in :data:`codec.registry.STRATEGIES`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -38,7 +33,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from codec import data as cdata
 from codec.metrics import evaluate_codec
-from codec.model import load_codec, load_state_into, rd_loss, save_checkpoint
+from codec.model import load_codec, load_state_into, rd_loss
 from codec.registry import CODECS, STRATEGIES, build_codec, get_strategy
 from codec.strategies.adapters import AdapterCodec
 from codec.strategies.naive import setup_naive
@@ -382,157 +377,3 @@ def _strategy_class(strategy: str):
 
 
 _register()
-
-
-# ---------------------------------------------------------------------------------------
-# a plain sequential loop (``codec run``), independent of the shared driver
-# ---------------------------------------------------------------------------------------
-@dataclass
-class RunSpec:
-    """What ``codec run`` needs: tasks + learner options + a simple schedule."""
-
-    out: str = "runs/codec"
-    iterations: int = 1000             #: optimizer steps per task (0: no training)
-    source_iterations: Optional[int] = None  #: steps for task 0 (default: iterations)
-    batch_size: int = 8
-    lr: float = 1e-4
-    source_lr: Optional[float] = None  #: learning rate for task 0 (default: lr)
-    lr_drop: Optional[float] = None    #: after this fraction of a task's steps, learning rate x 0.1
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    max_tasks: Optional[int] = None    #: stop after this many tasks (1: only the source / joint model)
-    source_results: Optional[str] = None  #: results.json of the run that trained ``learner.source_checkpoint``:
-    #: with ``learner.train_source=false`` its row 0 (the same source model on the same eval sets)
-    #: is copied instead of evaluated again
-
-    def __post_init__(self):
-        _check("run", self, {
-            "iterations": (_int_at_least(0), "an integer >= 0"),
-            "source_iterations": (_int_at_least(0, True), "null or an integer >= 0"),
-            "batch_size": (_int_at_least(1), "an integer >= 1"),
-            "lr": (_positive_float, "a finite number > 0"),
-            "source_lr": (lambda v: v is None or _positive_float(v), "null or a finite number > 0"),
-            "lr_drop": (lambda v: v is None or (_positive_float(v) and v <= 1), "null or a number in (0, 1]"),
-            "log_every": (_int_at_least(1), "an integer >= 1"),
-            "max_tasks": (_int_at_least(1, True), "null or an integer >= 1"),
-        })
-
-
-def _device(name: str) -> torch.device:
-    from incdet.engine.distributed import resolve_device
-
-    return resolve_device(name)
-
-
-def run_sequence(tasks_cfg: DomainTasksConfig, learner_cfg: CodecConfig, spec: RunSpec) -> dict:
-    """Train the domain sequence one task after another, evaluating every seen task after each
-    task (``R[i][j]``), saving ``codec_task{i}.pt`` checkpoints and ``results.json`` in ``spec.out``.
-    Stops with an error on a non-finite loss."""
-    random.seed(spec.seed)
-    torch.manual_seed(spec.seed)
-    out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = _device(spec.device)
-    tasks = build_domain_tasks(tasks_cfg)
-    learner = CodecLearner(learner_cfg, dev)
-    results = {"config": {"tasks": asdict(tasks_cfg), "learner": asdict(learner_cfg), "run": asdict(spec)},
-               "tasks": [t.name for t in tasks], "eval_names": [t.meta.get("eval_name", t.name) for t in tasks],
-               "matrix": [], "params": []}
-    src_row = _source_row(spec, learner_cfg, results)
-    for t in tasks:
-        if spec.max_tasks is not None and t.index >= spec.max_tasks:
-            break
-        learner.begin_task(t)
-        iters = spec.source_iterations if (t.index == 0 and spec.source_iterations is not None) else spec.iterations
-        if t.index == 0 and not learner_cfg.train_source:
-            iters = 0
-        ds = learner.train_dataset(t)
-        groups = learner.parameter_groups()
-        groups = [g for g in groups if g["params"]]
-        if iters and groups and len(ds):
-            lr = spec.source_lr if (t.index == 0 and spec.source_lr is not None) else spec.lr
-            for g in groups:
-                g["lr"] = lr * g.pop("lr_mult", 1.0)
-            opt = torch.optim.Adam(groups, lr=lr)
-            gen = torch.Generator().manual_seed(spec.seed * 1000 + t.index)
-            step, t0 = 0, time.time()
-            while step < iters:
-                order = torch.randperm(len(ds), generator=gen).tolist()
-                for b in range(0, len(order) - spec.batch_size + 1 if len(order) >= spec.batch_size else 1, spec.batch_size):
-                    batch = learner.collate([ds[i] for i in order[b:b + spec.batch_size]])
-                    losses = learner.training_step(batch)
-                    if not torch.isfinite(losses["loss"]):
-                        raise RuntimeError(f"task {t.name} step {step}: non-finite loss {losses}")
-                    opt.zero_grad()
-                    losses["loss"].backward()
-                    # the trainable parameters of the task
-                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-                    opt.step()
-                    step += 1
-                    if spec.lr_drop is not None and step == max(1, int(round(spec.lr_drop * iters))):
-                        for g in opt.param_groups:
-                            g["lr"] *= 0.1
-                        log.info("task %d %s step %d: learning rate x 0.1", t.index, t.name, step)
-                    if step % spec.log_every == 0 or step == iters:
-                        log.info("task %d %s step %d/%d %s (%.1fs)", t.index, t.name, step, iters,
-                                 " ".join(f"{k}={float(v.detach()):.4f}" for k, v in losses.items()), time.time() - t0)
-                    if step >= iters:
-                        break
-        learner.end_task(t)
-        m = learner.codec_model()
-        results["params"].append({"total": sum(p.numel() for p in m.parameters()),
-                                  "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad),
-                                  "fraction": trainable_fraction(m)})
-        save_checkpoint(out / f"codec_task{t.index}.pt", m, {"task": t.index, "domains": [x.name for x in tasks[: t.index + 1]],
-                                                            "strategy": learner_cfg.strategy, "lmbda": learner_cfg.lmbda})
-        if t.index == 0 and src_row is not None:
-            log.info("task 0: row 0 copied from %s (same source checkpoint, not trained here)", spec.source_results)
-            results["matrix"].append(src_row)
-            _write_results(out, results)
-            continue
-        row = []
-        # every task, also the future ones (the model before adapting to them: "t=1 on the
-        # target" in the DANICE table); R[i][j] for j <= i is the usual results matrix
-        for j in range(len(tasks)):
-            r = learner.evaluate(tasks[j])
-            log.info("after %s, eval %s: %s", t.name, tasks[j].name, {k: round(v, 4) for k, v in r.items()})
-            row.append(r)
-        results["matrix"].append(row)
-        _write_results(out, results)
-    return results
-
-
-def _write_results(out: Path, results: dict) -> None:
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out / "results.json")
-
-
-def _source_row(spec: RunSpec, learner_cfg: CodecConfig, results: dict):
-    """Row 0 of ``spec.source_results`` when it may replace evaluating the untrained-here source
-    model: ``train_source`` off, the same checkpoint, the same tasks and eval sets."""
-    if not spec.source_results:
-        return None
-    if learner_cfg.train_source or not learner_cfg.source_checkpoint:
-        raise ConfigError("run.source_results needs learner.train_source=false and learner.source_checkpoint")
-    p = Path(spec.source_results)
-    from incdet.data.safeload import load_json
-
-    prev = load_json(p, "run.source_results")
-    if not isinstance(prev, dict):
-        raise ConfigError(f"run.source_results {p}: not a results file (a JSON object)")
-    ck = Path(learner_cfg.source_checkpoint).resolve()
-    prev_out = Path(prev.get("config", {}).get("run", {}).get("out", ""))
-    if not prev.get("matrix") or (prev_out / "codec_task0.pt").resolve() != ck and (p.parent / "codec_task0.pt").resolve() != ck:
-        raise ConfigError(f"run.source_results {p}: not the run that wrote {ck}")
-    if prev.get("tasks") != results["tasks"] or prev.get("eval_names") != results["eval_names"] \
-            or len(prev["matrix"][0]) != len(results["tasks"]):
-        raise ConfigError(f"run.source_results {p}: other tasks / eval sets ({prev.get('tasks')}) than this run ({results['tasks']})")
-    pc, rc = prev["config"]["tasks"], results["config"]["tasks"]
-    for k in ("eval_every", "max_eval_images", "data_root", "eval_sets"):
-        if pc.get(k) != rc.get(k):
-            raise ConfigError(f"run.source_results {p}: tasks.{k} differs ({pc.get(k)} vs {rc.get(k)})")
-    if prev["config"]["learner"].get("lmbda") != learner_cfg.lmbda:
-        raise ConfigError(f"run.source_results {p}: other lambda")
-    return prev["matrix"][0]
