@@ -7,6 +7,7 @@ adds the driver's verbs (any registered learner, found by name: :mod:`incdet.eng
     incdet train CONFIG [--set k=v ...] [--out RUN_DIR] [--device auto|cpu|cuda] [--quiet]
     incdet train --resume RUN_DIR [--device ...]
     incdet eval RUN_DIR [--checkpoint PATH]       # re-evaluate saved weights on the seen tasks
+                                                  # (all tasks with eval.future_tasks)
     incdet report RUN_DIR                         # print R and the summary, write csv/md/png
 
 Multi-process: ``torchrun --nproc_per_node N -m incdet train CONFIG ...``.
@@ -123,7 +124,7 @@ def _eval(args) -> int:
                               f"{cfg.learner.name!r} of {cpath}: {e}") from None
     learner.resume_task(tasks[k])
     out = {"checkpoint": str(ckpt_path), "task_index": k, "phase": ckpt["phase"], "step": ckpt["step"], "tasks": []}
-    for j in range(k + 1):
+    for j in range(len(tasks) if cfg.eval.future_tasks else k + 1):
         with torch.no_grad():
             m = {key: float(v) for key, v in learner.evaluate(tasks[j]).items()}
         out["tasks"].append({"task": j, "name": tasks[j].name, **m})

@@ -3,10 +3,10 @@
 A run config has five sections::
 
     experiment: {name, seed, out, device, deterministic}
-    tasks:      {builder: NAME, init_from: PATH|null, ...options of that task builder}
+    tasks:      {builder: NAME, init_from: PATH|null, stop_after: N|null, ...options of that task builder}
     learner:    {name: NAME, ...fields of that learner's ``Config`` dataclass}
     train:      {iterations|epochs, batch_size, optimizer, lr, ..., first_task: {...}}
-    eval:       {every_task, metric}
+    eval:       {every_task, future_tasks, init_rows, metric}
 
 Unknown keys raise :class:`ConfigError` listing the valid ones; values are checked against
 the dataclass annotations (``int`` is accepted where ``float`` is expected, nothing else is
@@ -163,7 +163,29 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every_task: bool = True         #: evaluate all seen tasks after each task (else after the last only)
+    """When and what the driver evaluates.
+
+    ``future_tasks``: after task ``i`` also evaluate the tasks not trained yet (``R[i][j]`` for
+    ``j > i``: e.g. the source model on the target domains, DANICE's "t=1" row); the summary
+    and forgetting metrics use ``j <= i`` only.
+
+    ``init_rows`` (runs started from ``tasks.init_from`` = another run's ``taskK.pt``): what
+    happens to the rows ``0..K`` of the results matrix, which this run does not train.
+    ``auto``: copied from the checkpoint's results (the other run's ``results.json`` at the end
+    of task K) when they were measured the same way - the same ``tasks`` section (every
+    task-builder option, ``init_from`` / ``stop_after`` aside), the same ``experiment.seed``
+    when the task builder takes a seed, and the same values of the learner options that its
+    evaluation depends on (``Learner.eval_keys``; all options when the learner does not say);
+    otherwise row K is evaluated again with the loaded weights and rows ``< K`` are left empty
+    (their weights are not at hand), with a warning naming the differences. ``copy``: the same,
+    but a difference is a ConfigError. ``evaluate``: row K is always evaluated again (rows
+    ``< K`` copied only when they match). In every mode the cells of row K that the other run
+    did not measure (e.g. ``future_tasks`` off there) are evaluated.
+    """
+
+    every_task: bool = True         #: evaluate all seen tasks after each task (else after the last trained only)
+    future_tasks: bool = False      #: also evaluate the tasks not trained yet after each task
+    init_rows: Literal["auto", "copy", "evaluate"] = "auto"  #: rows of the tasks skipped by tasks.init_from
     metric: Optional[str] = None    #: metric that fills the results matrix (default: learner.primary_metric)
 
 
@@ -171,6 +193,7 @@ class EvalConfig:
 class TasksSection:
     builder: str = "classes"
     init_from: Optional[str] = None  #: a task-end checkpoint (RUN/checkpoints/taskK.pt) to start after
+    stop_after: Optional[int] = None  #: train only the first N tasks (the others may still be evaluated: eval.future_tasks)
     options: Any = None              #: instance of TASK_BUILDERS.get(builder).Config
 
 
@@ -195,7 +218,7 @@ class RunConfig:
         return _plain({
             "experiment": dataclasses.asdict(self.experiment),
             "tasks": {"builder": self.tasks.builder, "init_from": self.tasks.init_from,
-                      **_asdict(self.tasks.options)},
+                      "stop_after": self.tasks.stop_after, **_asdict(self.tasks.options)},
             "learner": {"name": self.learner.name, **_asdict(self.learner.options)},
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
@@ -418,12 +441,16 @@ def config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
         raise ConfigError(f"{source}: tasks.builder must be str, got {builder!r}")
     if init_from is not None and not isinstance(init_from, str):
         raise ConfigError(f"{source}: tasks.init_from must be a path string, got {init_from!r}")
+    stop_after = tasks_raw.pop("stop_after", None)
+    if stop_after is not None:
+        if isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1:
+            raise ConfigError(f"{source}: tasks.stop_after must be an integer >= 1 or null, got {stop_after!r}")
     ensure_task_builder(builder)
     try:
         fn = TASK_BUILDERS.get(builder)
     except KeyError as e:
         raise ConfigError(f"{source}: tasks.builder: {e.args[0]}") from None
-    tasks_cfg = build_dataclass(fn.Config, tasks_raw, "tasks", source, ("builder", "init_from"))
+    tasks_cfg = build_dataclass(fn.Config, tasks_raw, "tasks", source, ("builder", "init_from", "stop_after"))
 
     learner_raw = dict(data.get("learner") or {})
     name = learner_raw.pop("name", None)
@@ -441,7 +468,7 @@ def config_from_dict(data: dict, source: str = "<config>") -> RunConfig:
 
     return RunConfig(
         experiment=exp,
-        tasks=TasksSection(builder=builder, init_from=init_from, options=tasks_cfg),
+        tasks=TasksSection(builder=builder, init_from=init_from, stop_after=stop_after, options=tasks_cfg),
         learner=LearnerSection(name=name, options=learner_cfg),
         train=train,
         eval=ev,

@@ -8,8 +8,10 @@ The driver (:mod:`incdet.engine.trainer`) calls, for each task ``t`` of the sequ
     for batch in loader:                     # learner.model is wrapped in DDP when distributed
         losses = learner.training_step(batch)   # dict of named scalar losses incl. "loss"
         losses["loss"].backward(); optimizer.step()
+    summary = learner.task_summary(task)     # recorded in results.json ("task_summaries")
     learner.end_task(task)
     for j <= t: R[t][j] = learner.evaluate(tasks[j])[primary_metric]   # rank 0 only
+                                             # (every j with eval.future_tasks)
 
 Resuming: ``learner.load_state_dict(state)`` must restore the learner exactly as it was when
 ``state_dict()`` was taken, *structure included* (heads grown to the seen classes, the teacher),
@@ -20,7 +22,7 @@ teacher from half-trained weights).
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +40,11 @@ class Learner:
         metrics: metric name -> higher_is_better, for every metric ``evaluate`` returns that can
             fill the results matrix.
         primary_metric: the metric put in the results matrix by default.
+        eval_keys: names of the ``Config`` options that ``evaluate`` depends on (besides the
+            weights and the task), e.g. a rate-distortion weight that enters the metric; the
+            driver copies the results rows of another run's tasks (``tasks.init_from``) only
+            when these options are equal (``eval.init_rows``). None (default): every option
+            counts; ``()``: none does.
         model: the trainable ``nn.Module`` (the driver wraps it in DDP while training when
             distributed: use :attr:`unwrapped` for attribute access, ``self.model(...)`` for the
             forward pass so that gradients are synchronised).
@@ -49,6 +56,7 @@ class Learner:
     Config: Any = None
     metrics: Dict[str, bool] = {}
     primary_metric: str = ""
+    eval_keys: Optional[Sequence[str]] = None
 
     def __init__(self, config: Any, device: torch.device):
         self.config = config
@@ -86,6 +94,20 @@ class Learner:
         checkpoint of ``task`` (``tasks.init_from``): redo end-of-task work that this run's
         config needs and the other run's did not do (e.g. EWC's Fisher information when only
         this run uses EWC). Must not change weights. Default: nothing."""
+
+    def task_summary(self, task: Task) -> Optional[Dict[str, Any]]:
+        """Facts about the task just trained, recorded per task in ``results.json``
+        (``task_summaries[t]``; JSON numbers, strings, booleans). Called after the last training
+        step of ``task``, before ``end_task``. Default: the parameter counts of ``model``
+        (``params``, ``trainable_params``: those requiring grad, ``trainable_fraction``);
+        None when there is no model."""
+        m = self.unwrapped
+        if m is None:
+            return None
+        total = sum(p.numel() for p in m.parameters())
+        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        return {"params": total, "trainable_params": trainable,
+                "trainable_fraction": trainable / total if total else 0.0}
 
     # -- data ---------------------------------------------------------------------------
     def train_dataset(self, task: Task):

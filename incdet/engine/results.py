@@ -1,7 +1,8 @@
 """The results matrix and forgetting metrics.
 
 ``R[i][j]`` is the metric on task ``j`` measured right after training task ``i`` (NaN until
-measured; only ``j <= i`` is measured). "Accuracy" below stands for whichever metric fills the
+measured; ``j <= i`` is measured, and ``j > i`` too with ``eval.future_tasks``: the model on
+tasks it has not been trained on yet). The summary metrics below use ``j <= i`` only. "Accuracy" below stands for whichever metric fills the
 matrix (accuracy, mAP, PSNR, ...). For a metric where lower is better (bpp, BD-rate, loss) the
 functions flip signs so that *forgetting is positive when the old task got worse* and *backward
 transfer is positive when it got better*, whatever the metric's direction.
@@ -113,7 +114,9 @@ def _num(v) -> float:
 
 class ResultsMatrix:
     """``R[i][j]`` of one metric over a task sequence, plus every metric dict returned by
-    ``evaluate`` (``all_metrics[i][j]``)."""
+    ``evaluate`` (``all_metrics[i][j]``) and what the learner reported about each trained task
+    (``task_summaries[i]``: ``Learner.task_summary``, e.g. its trainable parameters; None when
+    not recorded)."""
 
     def __init__(self, tasks: Sequence[str], metric: str, higher_is_better: bool = True):
         self.tasks = list(tasks)
@@ -122,6 +125,7 @@ class ResultsMatrix:
         T = len(self.tasks)
         self.R = np.full((T, T), np.nan)
         self.all_metrics: List[List[Optional[dict]]] = [[None] * T for _ in range(T)]
+        self.task_summaries: List[Optional[dict]] = [None] * T
 
     def __getitem__(self, ij):
         return self.R[ij]
@@ -146,6 +150,7 @@ class ResultsMatrix:
             "matrix": self.R.tolist(),
             "summary": self.summary(),
             "all_metrics": self.all_metrics,
+            "task_summaries": self.task_summaries,
         })
 
     @classmethod
@@ -155,7 +160,34 @@ class ResultsMatrix:
         am = d.get("all_metrics")
         if am:
             r.all_metrics = [list(row) for row in am]
+        ts = d.get("task_summaries")
+        if isinstance(ts, list) and len(ts) == len(r.tasks):
+            r.task_summaries = [x if isinstance(x, dict) else None for x in ts]
         return r
+
+    def has(self, i: int, j: int) -> bool:
+        """Whether ``R[i][j]`` was measured (an ``evaluate`` output is recorded)."""
+        return self.all_metrics[i][j] is not None
+
+    def set_task_summary(self, i: int, info: Optional[dict]) -> None:
+        """Record ``Learner.task_summary`` of task ``i`` (values kept when JSON scalars;
+        anything else is written as its ``str``)."""
+        if info is None:
+            self.task_summaries[i] = None
+            return
+        if not isinstance(info, dict):
+            raise TypeError(f"task_summary() must return a dict or None, got {type(info).__name__}")
+        out = {}
+        for k, v in info.items():
+            if isinstance(v, bool) or v is None or isinstance(v, str):
+                out[str(k)] = v
+            elif isinstance(v, int):
+                out[str(k)] = int(v)
+            elif isinstance(v, float) or hasattr(v, "__float__"):
+                out[str(k)] = float(v)
+            else:
+                out[str(k)] = str(v)
+        self.task_summaries[i] = out
 
     def to_markdown(self, digits: int = 2) -> str:
         head = "| after \\ on | " + " | ".join(self.tasks) + " |"

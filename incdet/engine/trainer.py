@@ -1,8 +1,11 @@
 """The task-incremental training loop.
 
 For each task ``t``: ``begin_task`` -> a fixed number of optimizer steps over
-``learner.train_dataset(task)`` -> ``end_task`` -> evaluate every task ``j <= t`` (rank 0) ->
-``R[t][j]`` -> task-end checkpoint. See :mod:`incdet.engine.learner` for the learner's side.
+``learner.train_dataset(task)`` -> ``task_summary`` -> ``end_task`` -> evaluate every task
+``j <= t`` (every ``j`` with ``eval.future_tasks``; rank 0) -> ``R[t][j]`` -> task-end
+checkpoint. ``tasks.stop_after: N`` trains the first N tasks only; ``tasks.init_from`` starts
+after another run's task K (its results rows: ``eval.init_rows``). See
+:mod:`incdet.engine.learner` for the learner's side.
 
 Data order is a pure function of ``(seed, task, epoch)`` (:class:`ResumableSampler`), so a run
 resumed from a mid-task checkpoint skips exactly the batches already done and, on CPU with
@@ -285,16 +288,25 @@ class Trainer:
         self._setup()
         start_task, start_step, mid = self._load_start()
         self._prepare_dir()
-        for t in range(start_task, len(self.tasks)):
+        if self._init_eval is not None and self.main:  # row K of a tasks.init_from run, measured here
+            k, cols = self._init_eval
+            self.learner.resume_task(self.tasks[k])  # as `eval` does: the learner at the end of task K
+            self._evaluate(k, only=cols)
+            self.results.write(self.run_dir)
+        for t in range(start_task, self.n_train):
             task = self.tasks[t]
             resumed = mid is not None and t == start_task
             self._begin_task(task, resumed)
             self._train_task(task, start_step if resumed else 0, mid if resumed else None)
+            summary = getattr(self.learner, "task_summary", None)
+            if summary is not None:
+                with self._unwrapped():
+                    self.results.set_task_summary(t, summary(task))
             self.learner.end_task(task)
             self._finish_task(t)
             D.barrier()
-        if start_task >= len(self.tasks) and self.main:
-            log.info("all %d tasks already done in %s", len(self.tasks), self.run_dir)
+        if start_task >= self.n_train and self.main:
+            log.info("all %d tasks to train already done in %s", self.n_train, self.run_dir)
             self.results.write(self.run_dir)
         D.barrier()
         return self.results
@@ -322,6 +334,12 @@ class Trainer:
             raise ConfigError(f"{cfg.source}: eval.metric {metric!r} is not a metric of learner "
                               f"{cfg.learner.name!r}; known: {', '.join(self.learner.metrics)}")
         self.results = ResultsMatrix([t.name for t in self.tasks], metric, self.learner.metrics[metric])
+        stop = cfg.tasks.stop_after
+        if stop is not None and stop > len(self.tasks):
+            raise ConfigError(f"{cfg.source}: tasks.stop_after {stop} is more than the {len(self.tasks)} tasks "
+                              f"of the sequence ({', '.join(t.name for t in self.tasks)})")
+        self.n_train = len(self.tasks) if stop is None else stop  #: tasks trained by this run
+        self._init_eval = None  #: (task K, columns) to evaluate before training (tasks.init_from)
 
     def _load_start(self):
         """Where the run starts: ``(task, steps already done in it, mid-task checkpoint or None)``.
@@ -354,12 +372,19 @@ class Trainer:
                                   f"{cfg.learner.name!r} with this config: {e}") from None
         try:
             old = ResultsMatrix.from_dict(ckpt["results"])
-            for i in range(min(k + 1, len(old.tasks))):
-                for j in range(i + 1):
-                    if old.all_metrics[i][j] is not None and self.results.metric in old.all_metrics[i][j]:
-                        self.results.set(i, j, old.all_metrics[i][j])
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise CheckpointError(f"{src}: damaged checkpoint: its results cannot be read ({type(e).__name__}: {e})") from None
+        if from_init:
+            rows = self._init_rows(src, ckpt, k)
+        else:  # this run's own checkpoint: every row measured so far
+            rows = list(range(k + 1))
+        for i in rows:
+            self._copy_row(old, i)
+        if from_init and self.cfg.eval.every_task:
+            want = range(len(names)) if self.cfg.eval.future_tasks else range(k + 1)
+            missing = [j for j in want if not self.results.has(k, j)]
+            if missing:
+                self._init_eval = (k, missing)
         self.global_step = ckpt["global_step"]
         self.last_ckpt = f"{src} (task {k}, step {ckpt['step']})"
         if from_init:  # another run's task-end state, maybe another config
@@ -374,6 +399,67 @@ class Trainer:
                  src, start[0], names[min(start[0], len(names) - 1)], start[1])
         return start
 
+    def _copy_row(self, old: ResultsMatrix, i: int) -> None:
+        """Row ``i`` (and the task summary) of ``old`` into this run's results: the cells of the
+        columns whose task has the same name at the same position."""
+        if i >= len(old.tasks):
+            return
+        for j in range(min(len(old.tasks), len(self.tasks))):
+            cell = old.all_metrics[i][j] if i < len(old.all_metrics) and j < len(old.all_metrics[i]) else None
+            if old.tasks[j] == self.tasks[j].name and isinstance(cell, dict) and self.results.metric in cell:
+                self.results.set(i, j, cell)
+        if i < len(old.task_summaries):
+            self.results.task_summaries[i] = old.task_summaries[i]
+
+    def _init_differences(self, ckpt: dict) -> List[str]:
+        """What makes the results stored in another run's checkpoint not comparable with this
+        run's: ``tasks.KEY`` / ``experiment.seed`` / ``learner.KEY`` values that differ
+        (``init_from`` and ``stop_after`` aside; learner options: ``Learner.eval_keys``)."""
+        from incdet.engine import TASK_BUILDERS
+        import inspect
+
+        old = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        new = self.cfg.to_dict()
+        diffs = []
+        skip = {"init_from", "stop_after"}
+        ot, nt = old.get("tasks") or {}, new["tasks"]
+        for key in sorted((set(ot) | set(nt)) - skip):
+            if ot.get(key) != nt.get(key):
+                diffs.append(f"tasks.{key} ({ot.get(key)!r} there, {nt.get(key)!r} here)")
+        fn = TASK_BUILDERS.get(self.cfg.tasks.builder)
+        if "seed" in inspect.signature(fn).parameters:
+            os_, ns = (old.get("experiment") or {}).get("seed"), new["experiment"]["seed"]
+            if os_ != ns:
+                diffs.append(f"experiment.seed ({os_!r} there, {ns!r} here; the task builder takes the seed)")
+        ol, nl = old.get("learner") or {}, new["learner"]
+        keys = getattr(type(self.learner), "eval_keys", None)
+        keys = sorted((set(ol) | set(nl)) - {"name"}) if keys is None else list(keys)
+        for key in keys:
+            if ol.get(key) != nl.get(key):
+                diffs.append(f"learner.{key} ({ol.get(key)!r} there, {nl.get(key)!r} here)")
+        return diffs
+
+    def _init_rows(self, src: Path, ckpt: dict, k: int) -> List[int]:
+        """Rows of the other run's results kept by a run started from its task-end checkpoint of
+        task ``k`` (``eval.init_rows``, see :class:`~incdet.engine.config.EvalConfig`)."""
+        mode = self.cfg.eval.init_rows
+        diffs = self._init_differences(ckpt)
+        if not diffs:
+            if mode == "evaluate":
+                log.info("tasks.init_from %s: rows 0..%d copied, row %d evaluated again (eval.init_rows=evaluate)",
+                         src, k - 1, k)
+                return list(range(k))
+            log.info("tasks.init_from %s: results rows 0..%d copied from it (measured the same way)", src, k)
+            return list(range(k + 1))
+        what = "; ".join(diffs)
+        if mode == "copy":
+            raise ConfigError(f"{self.cfg.source}: eval.init_rows=copy: the results of tasks.init_from {src} were "
+                              f"measured differently: {what}. Use eval.init_rows=auto (or evaluate) to measure "
+                              f"row {k} again")
+        log.warning("tasks.init_from %s: its results were measured differently (%s): row %d is evaluated "
+                    "again%s", src, what, k, f", rows 0..{k - 1} are left empty" if k else "")
+        return []
+
     def _begin_task(self, task: Task, resumed: bool) -> None:
         if resumed:
             self.learner.resume_task(task)
@@ -386,7 +472,7 @@ class Trainer:
         write the results files."""
         if not self.main:
             return
-        if self.cfg.eval.every_task or t == len(self.tasks) - 1:
+        if self.cfg.eval.every_task or t == self.n_train - 1:
             self._evaluate(t)
         self._save(t, self._steps_of_task, "done", None, None)
         save_atomic(self._checkpoint_dict(t, self._steps_of_task, "done", None, None),
@@ -394,9 +480,12 @@ class Trainer:
         self.results.write(self.run_dir)
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, t: int) -> None:
+    def _evaluate(self, t: int, only: Optional[List[int]] = None) -> None:
+        """``R[t][j]`` for the tasks seen (``j <= t``), all tasks with ``eval.future_tasks``, or
+        the columns ``only``."""
         learner, tasks, results = self.learner, self.tasks, self.results
-        for j in range(t + 1):
+        cols = only if only is not None else range(len(tasks) if self.cfg.eval.future_tasks else t + 1)
+        for j in cols:
             t0 = time.perf_counter()
             with torch.no_grad():
                 m = learner.evaluate(tasks[j])
