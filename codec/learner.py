@@ -7,10 +7,19 @@ later task adapts it to a new domain with one strategy:
 - ``selective``: GDN + entropy model + per-channel affines only (DANICE, about 5%).
 - ``cawf``: frozen source + K custom filters per layer and an entropy model per domain; domain
   ``t`` is encoded with branch ``t`` (domain 0 with the source codec).
-- ``adapters``: frozen source + decoder adapters and a gate (Presta et al.); trains the gate and
-  the new domain's adapter, with ``gamma * MSE + CE``. The gate needs negatives: with
-  ``replay_source`` (default) half of each batch are source-domain crops labelled 0 (the
-  source data, natural images, being public); old target domains are not replayed.
+- ``adapters``: frozen source + ``K + 1`` decoder adapters (the source one included) and a gate
+  (Presta et al., :mod:`codec.strategies.adapters`), loss ``gamma * mse_scale * MSE + CE``.
+  Task 1 trains the gate, the source adapter and adapter 1; task ``t >= 2`` the gate and adapter
+  ``t`` (earlier adapters stay frozen: their files decode bit-exactly). With ``replay_source``
+  (default) source-domain crops (label 0) are mixed into every batch (the source data, natural
+  images, being public). The gate is trained over every domain seen so far from
+  ``gate_memory``: ``latents`` (default; a bounded per-domain store of latents ``y`` of the
+  frozen encoder, collected at the end of each task, run through the gate only, as many per
+  earlier domain as the batch has current-domain items), ``images`` (a bounded per-domain store
+  of crops replayed like the source crops: gate and MSE), or ``none`` (the gate sees only
+  ``{0, t}``: it forgets earlier targets; the plain task-incremental variant). The memory is
+  part of the learner state (checkpoints, resume). ``tasks.joint_adapt`` gives Presta et al.'s
+  own protocol: task 1 trains all adapters and the gate on all domains at once.
 
 Evaluation of task ``j`` compresses and decompresses its eval images for real: ``bpp`` from the
 file bytes (header included), ``bpp_est`` (entropy estimate), ``psnr``, ``ms_ssim``, ``mse``
@@ -41,7 +50,7 @@ from codec.strategies.selective import trainable_fraction
 from incdet import engine
 from incdet.engine.learner import Learner
 from incdet.engine.task import Task
-from incdet.errors import ConfigError
+from incdet.errors import CheckpointError, ConfigError
 
 
 def _check(section: str, obj, rules: Dict[str, tuple]) -> None:
@@ -61,6 +70,8 @@ def _positive_float(v) -> bool:
 
 log = logging.getLogger(__name__)
 
+GATE_MEMORY = ("latents", "images", "none")
+
 # ---------------------------------------------------------------------------------------
 # task builder
 # ---------------------------------------------------------------------------------------
@@ -78,6 +89,8 @@ class DomainTasksConfig:
     max_eval_images: Optional[int] = None
     natural_with_camvid: bool = False   #: add CamVid to ``natural`` (off: CamVid is a target domain)
     joint: bool = False                 #: one task training on all domains at once (the joint upper bound)
+    joint_adapt: bool = False           #: task 0 the source domain, task 1 all domains at once (labelled:
+    #: Presta et al.'s protocol for the adapters); later tasks are evaluated only
     seed: int = 0
 
     def __post_init__(self):
@@ -112,6 +125,16 @@ def build_domain_tasks(cfg: DomainTasksConfig = None, **_: Any) -> List[Task]:
         tasks.append(Task(index=i, name=dom, domain=dom, train_set=train, eval_set=evs,
                           meta={"domain_id": i, "eval_name": cfg.eval_sets.get(dom, dom),
                                 "source_train_set": train_parts[0]}))
+    if cfg.joint and cfg.joint_adapt:
+        raise ConfigError("tasks.joint and tasks.joint_adapt exclude each other")
+    if cfg.joint_adapt:
+        if len(tasks) < 2:
+            raise ConfigError("tasks.joint_adapt needs at least two domains (the source and a target)")
+        tasks[1].train_set = _LabelledMix([(p, i) for i, p in enumerate(train_parts)])
+        tasks[1].meta["joint_adapt"] = len(tasks)
+        for t in tasks[2:]:
+            t.train_set = []
+            t.meta["joint_adapt_done"] = True
     if cfg.joint:
         tasks[0].train_set = ConcatDataset(train_parts)
         tasks[0].meta["joint"] = True
@@ -139,7 +162,11 @@ class CodecConfig:
     K: int = 16                        #: CAwF custom filters per layer per domain
     policy: str = "soft"               #: adapters: soft | top1 | oracle
     gamma: float = 0.5                 #: adapters: loss gamma * MSE ([0,1] images) + CE
-    replay_source: bool = True         #: adapters: half of each batch from the source domain (label 0)
+    replay_source: bool = True         #: adapters: source-domain crops (label 0) in every batch
+    mse_scale: float = 65025.0         #: adapters: the MSE of [0,1] images is scaled by this (255^2: Presta et al.'s code)
+    adapter_init_std: float = 0.01     #: adapters: Gaussian init std of adapter weights (0: zeros)
+    gate_memory: str = "latents"       #: adapters: latents | images | none (what the gate keeps of earlier domains)
+    gate_memory_size: int = 64         #: adapters: items kept per domain
     source_checkpoint: Optional[str] = None  #: start from this codec / compressai factorized checkpoint
     train_source: bool = True          #: train on task 0 (False: use source_checkpoint as is)
     eval_msssim: bool = True
@@ -157,6 +184,10 @@ class CodecConfig:
             "K": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
             "policy": (lambda v: v in POLICIES, f"one of {', '.join(POLICIES)}"),
             "gamma": (lambda v: _positive_float(v) or v == 0, "a finite number >= 0"),
+            "mse_scale": (_positive_float, "a finite number > 0"),
+            "adapter_init_std": (lambda v: _positive_float(v) or v == 0, "a finite number >= 0"),
+            "gate_memory": (lambda v: v in GATE_MEMORY, f"one of {', '.join(GATE_MEMORY)}"),
+            "gate_memory_size": (lambda v: _int_at_least(1)(v) and v <= 100000, "an integer in 1..100000"),
         })
 
 
@@ -178,6 +209,10 @@ class CodecLearner(Learner):
         self.teacher = None
         self.task = None
         self._source_set = None
+        #: adapters' gate memory: domain id -> latents ``[n, M, h, w]`` (float32) or crops
+        #: ``[n, 3, c, c]`` (uint8), see ``gate_memory``
+        self.gate_memory: Dict[int, torch.Tensor] = {}
+        self._mem_gen = torch.Generator()
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -205,9 +240,11 @@ class CodecLearner(Learner):
         if self.model is None:
             self.model = self._source_model().to(self.device)
         m = self.unwrapped
-        if t == 0 or task.meta.get("joint"):
+        if t == 0 or task.meta.get("joint") or task.meta.get("joint_adapt_done"):
             return
-        self.model = get_strategy(c.strategy).grow(m, t, c).to(self.device)
+        # joint adaptation (tasks.joint_adapt): every domain's adapter in task 1
+        last = max(t, int(task.meta.get("joint_adapt", 0)) - 1)
+        self.model = get_strategy(c.strategy).grow(m, last, c).to(self.device)
 
     def _set_trainable(self, task: Task) -> None:
         m = self.unwrapped
@@ -219,7 +256,13 @@ class CodecLearner(Learner):
             if not c.train_source and t == 0:
                 m.requires_grad_(False)
             return
-        get_strategy(c.strategy).set_trainable(m, t)
+        if task.meta.get("joint_adapt_done"):
+            m.requires_grad_(False)  # trained with every other domain in task 1
+            return
+        if isinstance(m, AdapterCodec):
+            get_strategy(c.strategy).set_trainable(m, t, joint=bool(task.meta.get("joint_adapt")))
+        else:
+            get_strategy(c.strategy).set_trainable(m, t)
         log.info("task %d (%s): %s, trainable fraction %.4f", t, task.name, c.strategy, trainable_fraction(m))
 
     def _freeze_quantiles(self) -> None:
@@ -235,7 +278,10 @@ class CodecLearner(Learner):
                 and any(p.requires_grad for p in mod.parameters())]
 
     def begin_task(self, task: Task) -> None:
+        if (task.meta.get("joint_adapt") or task.meta.get("joint_adapt_done")) and self.config.strategy != "adapters":
+            raise ConfigError(f"tasks.joint_adapt is the adapters' protocol; learner.strategy is {self.config.strategy!r}")
         self.task = task
+        self._mem_gen.manual_seed(7919 * (task.index + 1))
         if task.index == 0:
             self._source_set = task.train_set
         self._grow(task)
@@ -245,6 +291,7 @@ class CodecLearner(Learner):
 
     def resume_task(self, task: Task) -> None:
         self.task = task
+        self._mem_gen.manual_seed(7919 * (task.index + 1))
         self._set_trainable(task)
         self._freeze_quantiles()
         self.model.train()
@@ -255,15 +302,87 @@ class CodecLearner(Learner):
             eb.update(force=True, update_quantiles=True)
         m.update(force=False)  # tables of entropy models never computed yet (e.g. an untrained source)
         m.eval()
+        if self._uses_memory() and not any(task.meta.get(k) for k in ("joint", "joint_adapt", "joint_adapt_done")):
+            self._collect_memory(task)
+
+    def init_from_task_end(self, task: Task) -> None:
+        """Starting from another run's task-end checkpoint: collect the gate memory of ``task``
+        when that run kept none (weights unchanged)."""
+        if self._uses_memory() and self.domain_id(task) not in self.gate_memory and task.train_set is not None:
+            self._collect_memory(task)
+
+    # -- the adapters' gate memory ------------------------------------------------------------
+    def _uses_memory(self) -> bool:
+        return self.config.strategy == "adapters" and self.config.gate_memory != "none"
+
+    @torch.no_grad()
+    def _collect_memory(self, task: Task) -> None:
+        """Keep ``gate_memory_size`` training items of ``task``'s domain (a seeded choice; the
+        torch RNG of the run is left as it was): their latents ``y`` from the frozen encoder
+        (``latents``) or the uint8 crops (``images``)."""
+        ds = task.train_set
+        if ds is None or len(ds) == 0:
+            return
+        d = self.domain_id(task)
+        n = min(self.config.gate_memory_size, len(ds))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(104729 + d)
+            idx = torch.randperm(len(ds))[:n].tolist()
+            items = [ds[i] for i in idx]
+        shapes = {tuple(it.shape) for it in items}
+        if len(shapes) != 1:
+            raise ConfigError(f"gate memory of domain {task.name!r}: training items of several sizes {sorted(shapes)}; "
+                              f"the memory needs crops of one size (tasks.crop)")
+        crops = torch.stack(items)
+        if self.config.gate_memory == "images":
+            self.gate_memory[d] = crops.to(torch.uint8).cpu()
+        else:
+            m = self.unwrapped
+            was = m.training
+            m.eval()
+            ys = [m.analysis(cdata.collate_crops(list(crops[i:i + 16])).to(self.device), 0).float().cpu()
+                  for i in range(0, n, 16)]
+            m.train(was)
+            self.gate_memory[d] = torch.cat(ys)
+        log.info("gate memory: %d %s of domain %d (%s)", n, self.config.gate_memory, d, task.name)
+
+    def _memory_batch(self, labels: torch.Tensor, t: int):
+        """``(latents, labels)`` of earlier domains for the gate (``latents`` memory): for each
+        stored domain ``d < t`` absent from the batch, as many stored latents as the batch has
+        items of domain ``t`` (balanced); ``(None, None)`` when there are none."""
+        if self.config.gate_memory != "latents":
+            return None, None
+        present = set(labels.tolist())
+        doms = [d for d in sorted(self.gate_memory) if d < t and d not in present]
+        if not doms:
+            return None, None
+        k = max(1, int((labels == t).sum()))
+        ys, ls = [], []
+        for d in doms:
+            store = self.gate_memory[d]
+            idx = torch.randint(0, store.shape[0], (k,), generator=self._mem_gen)
+            ys.append(store[idx])
+            ls.append(torch.full((k,), d, dtype=torch.long))
+        return torch.cat(ys).to(self.device), torch.cat(ls).to(self.device)
 
     # -- data -------------------------------------------------------------------------------
     def train_dataset(self, task: Task):
-        if self.config.strategy == "adapters" and task.index > 0 and not task.meta.get("joint"):
-            src = (self._source_set or task.meta.get("source_train_set")) if self.config.replay_source else None
-            if self.config.replay_source and src is None:
-                log.warning("adapters: no source-domain data to replay; the gate sees only domain %d", task.index)
-            return _LabelledMix(task.train_set, task.index, src)
-        return task.train_set
+        """Adapters, task ``t >= 1``: items ``(crop, domain label)``, one of each group in turn:
+        the task's crops (label ``t``), source crops (label 0, ``replay_source``) and, with
+        ``gate_memory=images``, the stored crops of every earlier domain."""
+        c = self.config
+        if c.strategy != "adapters" or task.index == 0 or any(task.meta.get(k) for k in ("joint", "joint_adapt", "joint_adapt_done")):
+            return task.train_set
+        src = (self._source_set or task.meta.get("source_train_set")) if c.replay_source else None
+        if c.replay_source and src is None:
+            log.warning("adapters: no source-domain data to replay (domain 0 only from the gate memory, if any)")
+        parts = [(task.train_set, task.index)]
+        if src is not None:
+            parts.append((src, 0))
+        if c.gate_memory == "images":
+            parts += [(_Crops(self.gate_memory[d]), d) for d in sorted(self.gate_memory)
+                      if d < task.index and not (d == 0 and src is not None)]
+        return _LabelledMix(parts)
 
     def collate(self, items):
         if items and isinstance(items[0], tuple):
@@ -291,13 +410,10 @@ class CodecLearner(Learner):
         if isinstance(um, AdapterCodec):
             if labels is None:
                 labels = torch.full((x.shape[0],), t, device=self.device)
+            mem_y, mem_labels = (None, None) if self.task.meta.get("joint_adapt") else self._memory_batch(labels, t)
             # oracle policy: every item decoded with the adapter of its own domain label
-            if um.policy == "oracle":
-                outs = [m(x[i:i + 1], int(labels[i])) for i in range(x.shape[0])]
-                out = {"x_hat": torch.cat([o["x_hat"] for o in outs]), "gate_logits": torch.cat([o["gate_logits"] for o in outs])}
-            else:
-                out = m(x, t)
-            return um.adapter_loss(out, x, labels, self.config.gamma)
+            out = m(x, t, labels=labels if um.policy == "oracle" else None, extra_y=mem_y)
+            return um.adapter_loss(out, x, labels, self.config.gamma, self.config.mse_scale, mem_labels)
         dom = 0 if getattr(um, "base_codec", False) else self.domain_id(self.task)
         out = m(x, dom)
         return rd_loss(out, x, self.config.lmbda)
@@ -328,33 +444,59 @@ class CodecLearner(Learner):
     def state_dict(self) -> Dict[str, Any]:
         m = self.unwrapped
         return {"arch": m.arch(), "model": {k: v.detach().cpu() for k, v in m.state_dict().items()},
-                "strategy": self.config.strategy, "teacher": None}
+                "strategy": self.config.strategy, "teacher": None,
+                "gate_memory": {"kind": self.config.gate_memory,
+                                "items": {int(d): v.cpu() for d, v in sorted(self.gate_memory.items())}}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         m = build_codec(state["arch"])
         load_state_into(m, state["model"], what="learner state")
         self.model = m.to(self.device)
+        self.gate_memory = {}
+        mem = state.get("gate_memory")
+        if mem is None or (isinstance(mem, dict) and not mem.get("items")):
+            return
+        items = mem.get("items") if isinstance(mem, dict) else None
+        if not isinstance(items, dict) or not all(isinstance(d, int) and isinstance(v, torch.Tensor) and v.dim() == 4
+                                                  for d, v in items.items()):
+            raise CheckpointError("learner state: gate_memory.items is not a map domain id -> 4-d tensor")
+        if mem.get("kind") != self.config.gate_memory:
+            raise ConfigError(f"learner state holds a gate memory of kind {mem.get('kind')!r}; "
+                              f"learner.gate_memory is {self.config.gate_memory!r}")
+        self.gate_memory = {d: v for d, v in items.items()}
 
     def codec_model(self):
         return self.unwrapped
 
 
 class _LabelledMix(Dataset):
-    """Items ``(crop, label)``: even indices from the current domain (label ``t``), odd ones from
-    the source set (label 0) when given."""
+    """Items ``(crop, label)`` from ``parts`` = ``[(dataset, label), ...]``, one of each part in
+    turn (balanced); an epoch is ``len(parts)`` times the first part (smaller parts cycle)."""
 
-    def __init__(self, current, t: int, source=None):
-        self.current, self.t, self.source = current, t, source
+    def __init__(self, parts):
+        self.parts = [(d, int(lab)) for d, lab in parts if d is not None and len(d)]
+        if not self.parts:
+            raise ConfigError("no training items (every domain's training set is empty)")
 
     def __len__(self):
-        return len(self.current) * (2 if self.source is not None else 1)
+        return len(self.parts[0][0]) * len(self.parts)
 
     def __getitem__(self, i):
-        if self.source is None:
-            return self.current[i], self.t
-        if i % 2 == 0:
-            return self.current[(i // 2) % len(self.current)], self.t
-        return self.source[(i // 2) % len(self.source)], 0
+        ds, lab = self.parts[i % len(self.parts)]
+        return ds[(i // len(self.parts)) % len(ds)], lab
+
+
+class _Crops(Dataset):
+    """A uint8 tensor ``[n, 3, c, c]`` as a dataset of crops."""
+
+    def __init__(self, crops: torch.Tensor):
+        self.crops = crops
+
+    def __len__(self):
+        return self.crops.shape[0]
+
+    def __getitem__(self, i):
+        return self.crops[i]
 
 
 # ---------------------------------------------------------------------------------------

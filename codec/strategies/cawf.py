@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from codec.entropy import cached_digest, entropy_model_tensors
 from codec.model import FactorizedCodec
 from codec.registry import Strategy, register_codec, register_strategy
+from incdet.errors import ConfigError
 
 #: scale of the logistic density given to the custom latent channels of a new branch's entropy
 #: model (a zero custom latent then costs ~0 bits; see the module docstring)
@@ -251,6 +252,11 @@ class CAwF(Strategy):
     only branch ``t`` trains."""
 
     def grow(self, model: nn.Module, task_index: int, config) -> "CAwFCodec":
+        if not isinstance(model, (FactorizedCodec, CAwFCodec)):
+            kind = model.arch().get("kind") if hasattr(model, "arch") else type(model).__name__
+            raise ConfigError(f"strategy cawf needs a factorized source codec (learner.arch=factorized): its custom "
+                              f"filter blocks extend the factorized prior's layers and entropy bottleneck; the source "
+                              f"is a {kind!r} codec (use strategy adapters for the hyperprior family)")
         if isinstance(model, FactorizedCodec):
             model = CAwFCodec(model, K=config.K)
         while model.n_domains() <= task_index:
