@@ -6,6 +6,11 @@ Domains (name -> files under the data root, default ``../shared/data``):
 ``natural``     VOC2012 JPEGImages (voc2012-100) + COCO train2017/val2017 (coco-tiny)
                 (+ CamVid when ``natural_with_camvid``; off by default because
                 CamVid is also a target domain)
+``photos``      every natural photograph of the data root except Kodak (the source codec's
+                training set): VOC2012 JPEGImages, COCO train2017 + val2017, PACS ``photo``,
+                faces (CelebA-HQ, AFHQ, custom) and CamVid ``val`` frames; never label / mask
+                images (VOC SegmentationClass, CamVid valannot), documents (page scans) or the
+                PACS art_painting / cartoon / sketch domains
 ``kodak``       kodak/*.png (the source-domain test set, eval only)
 ``photo``, ``cartoon``, ``sketch``, ``art_painting``: domains/pacs/<domain>/<class>/*
 ``documents``   domains/documents/*.jpg
@@ -37,7 +42,7 @@ from incdet.errors import DataError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff"}
 PACS_DOMAINS = ("photo", "cartoon", "sketch", "art_painting")
-DOMAINS = ("natural", "kodak", *PACS_DOMAINS, "documents", "faces", "camvid")
+DOMAINS = ("natural", "photos", "kodak", *PACS_DOMAINS, "documents", "faces", "camvid")
 
 
 def default_data_root() -> Path:
@@ -52,10 +57,36 @@ def image_files(folder: Path, recursive: bool = True) -> List[Path]:
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXT)
 
 
+#: the folders (relative to the data root; recursive?) whose images make the ``photos`` domain:
+#: the natural photographs of ``../shared/data`` (see each folder's PROVENANCE.md), Kodak excluded
+PHOTO_FOLDERS = (
+    ("voc2012-100/VOCdevkit/VOC2012/JPEGImages", False),   # 100 VOC2012 photos (not SegmentationClass masks)
+    ("coco-tiny/train2017", False),                        # 80 COCO photos
+    ("coco-tiny/val2017", False),                          # 80 COCO photos
+    ("domains/pacs/photo", True),                          # 7 classes x 50 PACS photos (227x227)
+    ("domains/faces", True),                               # CelebA-HQ / AFHQ / custom face photos
+    ("domains/camvid/val", False),                         # 101 CamVid frames (not valannot label maps)
+)
+
+
+def photo_files(root) -> List[Path]:
+    """The ``photos`` domain: every file of :data:`PHOTO_FOLDERS` under ``root`` (sorted, no
+    duplicates), with any file under ``root/kodak`` refused (Kodak is the test set)."""
+    root = Path(root)
+    files = []
+    for rel, rec in PHOTO_FOLDERS:
+        files += image_files(root / rel, rec)
+    kodak = (root / "kodak").resolve()
+    files = sorted({f for f in files if kodak not in f.resolve().parents})
+    return files
+
+
 def domain_files(name: str, root=None, natural_with_camvid: bool = False) -> List[Path]:
     """All image files of domain ``name`` (sorted). Unknown name -> ``DataError``; no files -> ``DataError``."""
     root = Path(root) if root is not None else default_data_root()
-    if name == "natural":
+    if name == "photos":
+        files = photo_files(root)
+    elif name == "natural":
         files = image_files(root / "voc2012-100" / "VOCdevkit" / "VOC2012" / "JPEGImages", False)
         files += image_files(root / "coco-tiny" / "train2017") + image_files(root / "coco-tiny" / "val2017")
         if natural_with_camvid:
