@@ -12,19 +12,27 @@ import hashlib
 from typing import Dict, Iterable, Tuple
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
 
 
+GC_BUFFERS = CDF_BUFFERS + ("scale_table",)  #: a ``GaussianConditional``'s tables
+
+
 def resize_entropy_buffers(module: nn.Module, state_dict: Dict[str, Tensor]) -> None:
-    """Resize every ``EntropyBottleneck`` buffer of ``module`` to the shape found in ``state_dict``."""
+    """Resize every ``EntropyBottleneck`` / ``GaussianConditional`` table buffer of ``module``
+    to the shape found in ``state_dict``."""
     for name, sub in module.named_modules():
-        if not isinstance(sub, EntropyBottleneck):
+        if isinstance(sub, EntropyBottleneck):
+            bufs = CDF_BUFFERS
+        elif isinstance(sub, GaussianConditional):
+            bufs = GC_BUFFERS
+        else:
             continue
         prefix = f"{name}." if name else ""
-        for buf in CDF_BUFFERS:
+        for buf in bufs:
             key = prefix + buf
             if key in state_dict:
                 old = getattr(sub, buf)
@@ -32,8 +40,9 @@ def resize_entropy_buffers(module: nn.Module, state_dict: Dict[str, Tensor]) -> 
                 sub.register_buffer(buf, torch.zeros_like(new, dtype=old.dtype, device=old.device))
 
 
-def is_updated(eb: EntropyBottleneck) -> bool:
-    """True when the CDF tables have been computed (``update()`` was called)."""
+def is_updated(eb) -> bool:
+    """True when the CDF tables of an ``EntropyBottleneck`` / ``GaussianConditional`` have been
+    computed (``update()`` was called)."""
     return eb._offset.numel() > 0 and eb._quantized_cdf.numel() > 0
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+import torch
 from compressai.models import MeanScaleHyperprior as _CaiMeanScale
 from compressai.models import ScaleHyperprior as _CaiScale
 from torch import Tensor
 
 from codec.entropy import cached_digest, entropy_model_tensors
 from codec.registry import register_codec
+from incdet.errors import DataError
 
 __all__ = ["ScaleHyperpriorCodec", "MeanScaleHyperpriorCodec", "HYPERPRIOR_KINDS"]
 
@@ -66,10 +68,50 @@ class _HyperpriorInterface:
         """``(scales_hat, means_hat)`` of ``y`` from the decoded side latents (means may be None)."""
         raise NotImplementedError
 
+    def hyper_analysis(self, y: Tensor, domain: int = 0) -> Tensor:
+        """The side latents ``z`` of ``y`` (compressai's ``h_a``; the scale hyperprior on ``|y|``)."""
+        return self.h_a(y)
+
+    def entropy_encode(self, y: Tensor, domain: int = 0) -> List[Tuple[bytes, Tuple[int, int, int]]]:
+        """``[(z bytes, (N, h/4, w/4)), (y bytes, (M, h, w))]`` for ``y`` ``[1, M, h, w]`` (h, w
+        multiples of 4): compressai's ``compress`` (``z`` through the ``EntropyBottleneck``,
+        ``y`` through the ``GaussianConditional`` with indexes from the scales predicted from the
+        *quantised* ``z``), so the bytes are compressai's own."""
+        if y.shape[0] != 1:
+            raise ValueError(f"entropy_encode codes one latent, got a batch of {y.shape[0]}")
+        z = self.hyper_analysis(y, domain)
+        z_bytes = self.entropy_bottleneck.compress(z)[0]
+        # = entropy_bottleneck.decompress(...): round(z - medians) + medians
+        medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+        z_hat = self.entropy_bottleneck.quantize(z, "dequantize", medians)
+        scales_hat, means_hat = self.gaussian_params(z_hat, domain)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_bytes = self.gaussian_conditional.compress(y, indexes, means=means_hat)[0]
+        shape = lambda t: tuple(int(s) for s in t.shape[1:])  # noqa: E731
+        return [(z_bytes, shape(z)), (y_bytes, shape(y))]
+
+    def entropy_decode(self, streams, domain: int = 0, name: str = "<bytes>") -> Tensor:
+        """``y_hat`` ``[1, M, h, w]`` from :meth:`entropy_encode`'s two streams, with the
+        bounds-checked decoders of :mod:`codec.bitstream` (``CorruptStream`` naming ``name``);
+        the shapes must be the ones :mod:`codec.bitstream` checked against the image size."""
+        from codec import bitstream
+
+        if len(streams) != 2:
+            raise DataError(f"{name}: {len(streams)} entropy-coded streams, this codec reads 2 (z, y)")
+        (z_bytes, z_shape), (y_bytes, y_shape) = streams
+        if z_shape[0] != self.N or y_shape[0] != self.M or tuple(y_shape[1:]) != (4 * z_shape[1], 4 * z_shape[2]):
+            raise DataError(f"{name}: stream shapes {tuple(z_shape)}, {tuple(y_shape)} do not fit the "
+                                      f"codec (N={self.N}, M={self.M}, y 4x z)")
+        dev = self.entropy_bottleneck.quantiles.device
+        z_hat = bitstream.entropy_decode(self.entropy_bottleneck, z_bytes, tuple(z_shape), name).to(dev)
+        scales_hat, means_hat = self.gaussian_params(z_hat, domain)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        return bitstream.gaussian_decode(self.gaussian_conditional, y_bytes, indexes, means_hat, name).to(dev)
+
     def latents(self, y: Tensor, domain: int = 0) -> Tuple[Tensor, Dict[str, Tensor]]:
         """``(y_hat, {"y", "z"} likelihoods)`` of the latent ``y`` through the hyperprior (noise
         in train mode, rounding in eval mode), as compressai's forward does it."""
-        z = self.h_a(y)
+        z = self.hyper_analysis(y, domain)
         z_hat, z_lk = self.entropy_bottleneck(z)
         scales_hat, means_hat = self.gaussian_params(z_hat, domain)
         y_hat, y_lk = self.gaussian_conditional(y, scales_hat, means=means_hat)
@@ -117,6 +159,9 @@ class ScaleHyperpriorCodec(_HyperpriorInterface, _CaiScale):
 
     def __init__(self, N: int = 128, M: int = 192):
         super().__init__(N, M)
+
+    def hyper_analysis(self, y: Tensor, domain: int = 0) -> Tensor:
+        return self.h_a(torch.abs(y))  # as compressai's ScaleHyperprior forward / compress
 
     def gaussian_params(self, z_hat: Tensor, domain: int = 0):
         return self.h_s(z_hat), None

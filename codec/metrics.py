@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from codec import bitstream as bs
-from codec.entropy import latent_bits_estimate
+from codec.entropy import bits_from_likelihoods, latent_bits_estimate
 from codec.model import pad_to_multiple
 
 
@@ -78,9 +78,10 @@ def _bd_rate_pchip(ra, da, rt, dt) -> float:
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_codec(model, images: Iterable[torch.Tensor], domain: int = 0, with_msssim: bool = True) -> Dict[str, float]:
-    """Compress and decompress every image for real; returns mean ``bpp`` (file bytes incl.
-    header), ``bpp_est`` (entropy of the quantised latents under the model), ``psnr``,
-    ``ms_ssim`` and ``n``."""
+    """Compress and decompress every image for real; returns mean ``bpp`` (every byte of the
+    file: header, side information, all streams), ``bpp_est`` (entropy of the quantised
+    latents under the model: ``y`` and, for the hyperprior family, ``z``), ``psnr``,
+    ``ms_ssim`` and ``n``. Images are padded to the model's downsampling factor (16 or 64)."""
     model.eval()
     rows = []
     dev = next(model.parameters()).device
@@ -88,11 +89,28 @@ def evaluate_codec(model, images: Iterable[torch.Tensor], domain: int = 0, with_
         data = bs.encode(model, img, domain)
         rec = bs.decode(model, data)
         h, w = img.shape[-2:]
-        x, _ = pad_to_multiple(bs.image_to_tensor(img).to(dev), bs.PAD_MULTIPLE)
-        est = latent_bits_estimate(model.entropy_model(domain), model.analysis(x, domain))
+        x, _ = pad_to_multiple(bs.image_to_tensor(img).to(dev), bs.downsampling_factor(model))
+        est = estimated_bits(model, model.analysis(x, domain), domain)
         rows.append({"bpp": 8 * len(data) / (h * w), "bpp_est": est / (h * w), "psnr": psnr(img, rec),
                      "ms_ssim": ms_ssim(img, rec) if with_msssim else float("nan")})
     return _mean(rows)
+
+
+@torch.no_grad()
+def estimated_bits(model, y: torch.Tensor, domain: int = 0) -> float:
+    """``sum -log2 p`` of the quantised latents of ``y`` under the model (eval mode): the
+    model's ``latents`` (every likelihood it returns: ``y``, and ``z`` for the hyperprior
+    family), or its ``entropy_model(domain)`` for a codec without ``latents``."""
+    fn = getattr(model, "latents", None)
+    if fn is None:
+        return latent_bits_estimate(model.entropy_model(domain), y)
+    was = model.training
+    model.eval()
+    try:
+        _, lk = fn(y, domain)
+    finally:
+        model.train(was)
+    return float(bits_from_likelihoods(lk.values()))
 
 
 def _mean(rows: List[dict]) -> Dict[str, float]:

@@ -169,6 +169,20 @@ class FactorizedCodec(nn.Module):
         x_hat = self.synthesis(y_hat, domain)
         return {"x_hat": x_hat, "likelihoods": lk}
 
+    def entropy_encode(self, y: Tensor, domain: int = 0) -> List[Tuple[bytes, Tuple[int, int, int]]]:
+        """One rANS stream of ``y`` ``[1, M, h, w]`` (compressai's ``EntropyBottleneck.compress``):
+        ``[(bytes, (M, h, w))]``."""
+        from codec import bitstream
+
+        return bitstream.eb_encode(self.entropy_model(domain), y)
+
+    def entropy_decode(self, streams, domain: int = 0, name: str = "<bytes>") -> Tensor:
+        """``y_hat`` ``[1, M, h, w]`` from :meth:`entropy_encode`'s stream (bounds-checked
+        decoder; a bad stream -> ``CorruptStream`` naming ``name``)."""
+        from codec import bitstream
+
+        return bitstream.eb_decode_streams(self.entropy_model(domain), streams, name)
+
     def decoder_tensors(self, domain: int = 0) -> List[Tuple[str, Tensor]]:
         out = entropy_model_tensors(self.entropy_bottleneck, "entropy_bottleneck.")
         out += [("g_s." + k, v) for k, v in self.g_s.state_dict().items()]

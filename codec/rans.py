@@ -18,6 +18,10 @@ These checks accept every stream compressai's encoder writes (it starts from ``R
 and the decoder reads its words back one for one) and decode it to the same symbols as
 compressai's decoder (tested against it). Work and memory are bounded by the number of
 symbols (given by the caller, bounded by the header limits) plus the payload length.
+
+Two entry points: :func:`decode_symbols` (runs of symbols sharing one CDF: an
+``EntropyBottleneck``, one run per channel) and :func:`decode_indexed` (one CDF index per
+symbol: a ``GaussianConditional``, as compressai's ``decode_with_indexes``).
 """
 from __future__ import annotations
 
@@ -58,6 +62,53 @@ def decode_symbols(payload: bytes, blocks: Sequence[tuple], name: str = "<bytes>
     compressai's ``decode_with_indexes`` does, as an ``array('i')`` (4 bytes per symbol). Raises :class:`CorruptStream` naming ``name``
     when the stream ends early or late or holds an impossible value.
     """
+    tables = [_table(cdf, cdf_len, offset, name) for _, cdf, cdf_len, offset in blocks]
+    runs = [(int(count), tables[i]) for i, (count, _, _, _) in enumerate(blocks)]
+    return _decode(payload, runs, name)
+
+
+def decode_indexed(payload: bytes, indexes: Sequence[int], cdfs: Sequence[Sequence[int]],
+                   cdf_lengths: Sequence[int], offsets: Sequence[int], name: str = "<bytes>") -> array:
+    """Decode ``payload`` into ``len(indexes)`` symbols, symbol ``i`` with CDF ``indexes[i]``:
+    compressai's ``RansDecoder.decode_with_indexes(payload, indexes, cdfs, cdf_lengths,
+    offsets)`` (a ``GaussianConditional``'s indexes from its ``build_indexes``), with every
+    read checked as in :func:`decode_symbols`. An index outside ``0..len(cdfs) - 1`` or an
+    invalid CDF table -> :class:`CorruptStream`. Returns an ``array('i')``."""
+    n_tab = len(cdfs)
+    if not (n_tab == len(cdf_lengths) == len(offsets)):
+        raise CorruptStream(f"{name}: the codec's CDF tables are inconsistent ({n_tab} CDFs, {len(cdf_lengths)} "
+                            f"lengths, {len(offsets)} offsets)")
+    tables = [_table(cdfs[i], cdf_lengths[i], offsets[i], name) for i in range(n_tab)]
+    runs = []
+    append = runs.append
+    # runs of equal indexes (one table lookup per run, as the block API)
+    prev, count = None, 0
+    for k in indexes:
+        if k == prev:
+            count += 1
+            continue
+        if count:
+            append((count, tables[prev]))
+        if not 0 <= k < n_tab:
+            raise CorruptStream(f"{name}: CDF index {k} out of range (the codec has {n_tab} CDFs)")
+        prev, count = k, 1
+    if count:
+        append((count, tables[prev]))
+    return _decode(payload, runs, name)
+
+
+def _table(cdf, cdf_len, offset, name) -> tuple:
+    """``(cdf, cdf_len, offset, max_value)`` after checking the CDF: starts at 0, ends at
+    ``1 << PRECISION`` at ``cdf_len - 1``, non-decreasing (so every decoded symbol is in range)."""
+    cdf_len = int(cdf_len)
+    if cdf_len < 2 or cdf_len > len(cdf) or cdf[0] != 0 or cdf[cdf_len - 1] != 1 << PRECISION \
+            or any(cdf[i] > cdf[i + 1] for i in range(cdf_len - 1)):
+        raise CorruptStream(f"{name}: the codec's CDF table is invalid (length {cdf_len})")
+    return cdf, cdf_len, int(offset), cdf_len - 2
+
+
+def _decode(payload: bytes, runs, name: str) -> array:
+    """The checked rANS decoder over ``runs`` of ``(count, table)`` (see :func:`_table`)."""
     n = len(payload)
     if n % 4 or n < 8:
         raise CorruptStream(f"{name}: corrupt payload ({n} bytes; a rANS stream is a whole number of "
@@ -69,15 +120,12 @@ def decode_symbols(payload: bytes, blocks: Sequence[tuple], name: str = "<bytes>
     out = array("i")
     append = out.append
     L = RANS64_L
-    for count, cdf, cdf_len, offset in blocks:
-        max_value = cdf_len - 2
-        if max_value < 0 or cdf_len > len(cdf) or cdf[0] != 0 or cdf[cdf_len - 1] != 1 << PRECISION:
-            raise CorruptStream(f"{name}: the codec's CDF table is invalid (length {cdf_len})")
+    for count, (cdf, cdf_len, offset, max_value) in runs:
         for _ in range(count):
             cum = x & _MASK
             s = bisect_right(cdf, cum, 0, cdf_len) - 1
             start = cdf[s]
-            x = ((cdf[s + 1] - start) * (x >> PRECISION) + (x & _MASK) - start) & _MASK64
+            x = ((cdf[s + 1] - start) * (x >> PRECISION) + cum - start) & _MASK64
             if x < L:
                 if p >= n_words:
                     raise CorruptStream(f"{name}: corrupt payload (the entropy-coded stream ends early, "
