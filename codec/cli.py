@@ -3,26 +3,27 @@
     codec compress IMG -o FILE --model CKPT [--domain D]
     codec decompress FILE -o OUT.png --model CKPT
     codec info FILE                                   # header fields, no model needed
-    codec init -o CKPT [--N 64] [--compressai SRC]    # untrained codec, or import a compressai
-                                                      # bmshj2018-factorized state_dict
-    codec run --config configs/codec/pacs_cawf.yaml [--set learner.lmbda=0.002 ...]
+    codec init -o CKPT [--arch factorized|scale-hyperprior|mean-scale-hyperprior] [--N 64] [--M ...]
+    codec init -o CKPT --compressai SRC               # import a compressai state_dict
+    codec train CONFIG [--set learner.lmbda=0.002 ...] --out RUN   # the shared driver (incdet.engine)
+    codec train --resume RUN
+    codec eval RUN / codec report RUN                 # the driver's verbs
     codec rd --model CKPT --images DIR_OR_DOMAIN [--domain D]   # real-bitstream RD point
-    codec rd-report RUN_DIR... -o docs/results/codec.md [--plots DIR]
+    codec rd-report RUN_DIR... -o docs/results/codec.md [--plots DIR]   # DANICE table of driver runs
     codec eval-detector ...   # moved: python tools/codec_detector_eval.py (needs the detectors)
-    codec train / eval / report    # the shared driver's verbs (incdet.engine.cli)
+
+Every codec training goes through the shared driver (``codec train``, configs/codec/*.yaml);
+``--model`` takes a codec checkpoint, a driver run checkpoint (RUN/checkpoints/taskK.pt) or a
+zoo entry (``zoo:NAME``).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shlex
 import sys
-import typing
 from pathlib import Path
 from typing import Optional, Sequence
-
-import yaml
 
 from incdet.engine.cli import run_cli
 from incdet.errors import ConfigError, DataError
@@ -80,8 +81,17 @@ def cmd_info(args) -> int:
     return 0
 
 
+def base_arches() -> list:
+    """The registered source codec kinds (``codec init --arch``, ``learner.arch``)."""
+    import codec.learner  # noqa: F401  (registers every codec kind)
+    from codec.registry import CODECS
+
+    return [k for k in CODECS.names() if getattr(CODECS.get(k), "base_codec", False)]
+
+
 def cmd_init(args) -> int:
-    from codec.model import FactorizedCodec, import_compressai, save_checkpoint
+    from codec.model import import_compressai, save_checkpoint
+    from codec.registry import build_codec
 
     for opt in ("N", "M"):
         v = getattr(args, opt)
@@ -90,94 +100,21 @@ def cmd_init(args) -> int:
     if Path(args.output).is_dir():
         raise ConfigError(f"-o {args.output}: is a directory; give the checkpoint file name")
     if args.compressai:
+        if args.arch is not None:
+            raise ConfigError("--compressai: the architecture comes from the state_dict; leave out --arch")
         m = import_compressai(args.compressai)
     else:
         import torch
 
+        arch = args.arch or "factorized"
+        known = base_arches()
+        if arch not in known:
+            raise ConfigError(f"--arch {arch!r}: unknown source codec kind; known: {', '.join(known)}")
         torch.manual_seed(args.seed)
-        m = FactorizedCodec(args.N, args.M)
-        m.update()
+        m = build_codec({"kind": arch, "N": args.N, "M": args.M if args.M is not None else args.N})
+        m.update(force=True)
     save_checkpoint(args.output, m, {"note": "imported" if args.compressai else "untrained"})
     print(f"{args.output}: {m.arch()}")
-    return 0
-
-
-# ------------------------------------------------------------------------------ run config
-def _build(cls, raw: Optional[dict], where: str, source: str):
-    raw = dict(raw or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    bad = [k for k in raw if k not in names]
-    if bad:
-        raise ConfigError(f"{source}: unknown key {where}.{bad[0]}; valid keys for {where}: {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    for k, v in raw.items():
-        tp = hints[k]
-        ok = _type_ok(v, tp)
-        if not ok:
-            raise ConfigError(f"{source}: {where}.{k} has the wrong type ({type(v).__name__} {v!r}, expected {tp})")
-    return cls(**raw)
-
-
-def _type_ok(v, tp) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        return any(_type_ok(v, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return v is None
-    if tp is bool:
-        return isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is str:
-        return isinstance(v, str)
-    if origin in (list, typing.List):
-        return isinstance(v, list)
-    if origin in (dict, typing.Dict):
-        return isinstance(v, dict)
-    return True
-
-
-def load_run_config(path, overrides=()):
-    """YAML with sections ``tasks`` / ``learner`` / ``run`` -> (DomainTasksConfig, CodecConfig, RunSpec)."""
-    from codec.learner import CodecConfig, DomainTasksConfig, RunSpec
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        key, val = item.split("=", 1)
-        parts = key.split(".")
-        if len(parts) != 2:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        data.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(val)
-    bad = [k for k in data if k not in ("tasks", "learner", "run")]
-    if bad:
-        raise ConfigError(f"{path}: unknown key {bad[0]}; valid keys: tasks, learner, run")
-    return (_build(DomainTasksConfig, data.get("tasks"), "tasks", str(path)),
-            _build(CodecConfig, data.get("learner"), "learner", str(path)),
-            _build(RunSpec, data.get("run"), "run", str(path)))
-
-
-def cmd_run(args) -> int:
-    from codec.learner import run_sequence
-
-    tasks, learner, spec = load_run_config(args.config, args.set or [])
-    if args.out:
-        spec.out = args.out
-    if args.device:
-        spec.device = args.device
-    res = run_sequence(tasks, learner, spec)
-    print(f"{spec.out}/results.json: {len(res['matrix'])} tasks")
     return 0
 
 
@@ -216,7 +153,7 @@ def cmd_eval_detector(args) -> int:
 
 
 def _add_model_args(p):
-    p.add_argument("--model", required=True, help="codec checkpoint (codec run / codec init / driver run) or compressai factorized state_dict")
+    p.add_argument("--model", required=True, help="codec checkpoint (codec init, a driver run's checkpoints/taskK.pt, zoo:NAME) or a compressai state_dict")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (decode on the device that encoded for bit-exactness)")
 
 
@@ -247,18 +184,13 @@ def register(sub) -> None:
 
     p = sub.add_parser("init", help="write an untrained codec checkpoint, or import a compressai one")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--N", type=int, default=64)
-    p.add_argument("--M", type=int, default=None)
+    p.add_argument("--arch", default=None,
+                   help="source codec kind: factorized (default) | scale-hyperprior | mean-scale-hyperprior")
+    p.add_argument("--N", type=int, default=64, help="channels")
+    p.add_argument("--M", type=int, default=None, help="latent channels (default N)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compressai", help="local compressai bmshj2018-factorized state_dict file")
+    p.add_argument("--compressai", help="local compressai state_dict file (its architecture is detected)")
     p.set_defaults(func=cmd_init)
-
-    p = sub.add_parser("run", help="train a domain sequence with the plain codec loop (see configs/codec/)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
-    p.add_argument("--out")
-    p.add_argument("--device")
-    p.set_defaults(func=cmd_run)
 
     for name in ("rd",):
         p = sub.add_parser(name, help="rate-distortion of a codec on images (real bitstreams)")
@@ -270,8 +202,8 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_rd)
 
     for name in ("rd-report",):
-        p = sub.add_parser(name, help="DANICE forgetting table (markdown) + RD plots from `codec run` dirs")
-        p.add_argument("runs", nargs="+")
+        p = sub.add_parser(name, help="DANICE forgetting table (markdown) + RD plots from driver runs (`codec train`)")
+        p.add_argument("runs", nargs="+", help="run directories of `codec train` (RUN/results.json + config.yaml)")
         p.add_argument("-o", "--output", required=True)
         p.add_argument("--plots", help="folder for the RD plot PNGs")
         p.add_argument("--no-baselines", action="store_true", help="skip JPEG / JPEG2000")

@@ -1,14 +1,18 @@
-"""``codec report``: the DANICE forgetting table (markdown) and RD plots (PNG) from runs.
+"""``codec rd-report``: the DANICE forgetting table (markdown) and RD plots (PNG) from runs.
 
-Input: run directories written by ``codec run`` (``results.json``: config, task names, the
-full matrix ``R[i][j]`` = metrics of the model after task ``i`` on the eval set of task ``j``).
-One run = one strategy at one lambda; an RD curve collects the runs of the same strategy over
-lambdas (DANICE: 0.002, 0.008, 0.016, 0.032).
+Input: run directories written by the shared driver (``codec train CONFIG --out RUN``):
+``RUN/config.yaml`` (the resolved config: ``tasks`` with the domain sequence and eval sets,
+``learner`` with ``strategy`` and ``lmbda``) and ``RUN/results.json`` (``all_metrics[i][j]`` =
+every metric of the model after task ``i`` on the eval set of task ``j``; runs with
+``eval.future_tasks`` also hold ``j > i``, e.g. the source model on the target domains; rows of
+tasks not trained, e.g. after ``tasks.stop_after``, are empty). One run = one strategy at one
+lambda; an RD curve collects the runs of the same strategy over lambdas (DANICE: 0.002, 0.008,
+0.016, 0.032).
 
 Rows of the table:
 - ``t=1 (source)``: the model after task 0 (the source codec), on every domain;
 - ``t=i <strategy>`` for every later time ``i`` and strategy (naive, selective, cawf, adapters);
-- ``joint``: runs with ``tasks.joint`` (one model trained on all domains);
+- ``joint``: runs with ``tasks.joint`` (one model trained on all domains; its last trained row);
 - ``JPEG2000`` and ``JPEG`` (Pillow, on the same eval images).
 
 Each cell is the BD-rate (%, PSNR, ``bjontegaard`` pchip) of that row's curve on that domain
@@ -30,22 +34,52 @@ from incdet.errors import DataError
 Curve = List[Dict[str, float]]
 
 
+def load_run(run_dir) -> dict:
+    """One driver run as ``{"config": the config.yaml dict, "tasks": names, "eval_names": the
+    eval set of each task, "matrix": the trained rows (row ``i`` = list of metric dicts, None
+    where not measured), "task_summaries", "_path"}``. Not a driver run -> DataError naming it."""
+    from incdet.engine.config import load_yaml
+
+    p = Path(run_dir)
+    if p.is_file() and p.name == "results.json":
+        p = p.parent
+    f, c = p / "results.json", p / "config.yaml"
+    if not f.is_file():
+        raise DataError(f"{p}: no results.json (not a `codec train` run directory, or no task finished yet)")
+    r = load_json(f, "codec results")
+    if isinstance(r, dict) and "config" in r and "all_metrics" not in r:
+        raise DataError(f"{f}: written by the removed `codec run`; train again with `codec train` "
+                        f"(configs/codec/*.yaml)")
+    if not isinstance(r, dict) or not isinstance(r.get("all_metrics"), list) or not isinstance(r.get("tasks"), list):
+        raise DataError(f"{f}: not a driver results file (no 'all_metrics' / 'tasks')")
+    if not c.is_file():
+        raise DataError(f"{p}: no config.yaml beside results.json (not a `codec train` run directory)")
+    cfg = load_yaml(c)
+    tasks_cfg, learner = cfg.get("tasks") or {}, cfg.get("learner") or {}
+    if "lmbda" not in learner or "strategy" not in learner:
+        raise DataError(f"{c}: not a codec run (learner has no lmbda / strategy)")
+    names = list(r["tasks"])
+    am = r["all_metrics"]
+    if len(am) != len(names) or any(not isinstance(row, list) or len(row) != len(names) for row in am):
+        raise DataError(f"{f}: all_metrics is not a {len(names)} x {len(names)} matrix")
+    done = [i for i, row in enumerate(am) if any(isinstance(x, dict) for x in row)]
+    rows = [[x if isinstance(x, dict) else None for x in am[i]] for i in range(done[-1] + 1)] if done else []
+    eval_sets = tasks_cfg.get("eval_sets") or {}
+    return {"config": cfg, "tasks": names, "eval_names": [eval_sets.get(n, n) for n in names], "matrix": rows,
+            "task_summaries": r.get("task_summaries") or [None] * len(names), "_path": str(f)}
+
+
 def load_runs(run_dirs: Sequence) -> List[dict]:
+    """:func:`load_run` of every directory (files other than ``results.json``, e.g. a baselines
+    cache matched by a shell glob, are skipped)."""
     runs = []
     for d in run_dirs:
         p = Path(d)
         if p.is_file() and p.name != "results.json":
-            continue  # e.g. a baselines cache matched by a shell glob
-        f = p / "results.json" if p.is_dir() else p
-        if not f.is_file():
-            raise DataError(f"{p}: no results.json (not a `codec run` directory)")
-        r = load_json(f, "codec results")
-        if not isinstance(r, dict) or "matrix" not in r or "tasks" not in r:
-            raise DataError(f"{f}: not a codec results file (no 'matrix' / 'tasks')")
-        r["_path"] = str(f)
-        runs.append(r)
+            continue
+        runs.append(load_run(p))
     if not runs:
-        raise DataError("codec report: no run directories given")
+        raise DataError("codec rd-report: no run directories given")
     return runs
 
 
@@ -72,7 +106,9 @@ def collect_curves(runs: List[dict]) -> Dict[str, Dict[str, Curve]]:
             else:
                 label = f"t={i + 1} {strat}"
             for j, cell in enumerate(row):
-                pt = {k: cell[k] for k in ("bpp", "bpp_est", "psnr", "ms_ssim") if k in cell}
+                if not cell or cell.get("bpp") is None or cell.get("psnr") is None:
+                    continue  # not measured
+                pt = {k: cell[k] for k in ("bpp", "bpp_est", "psnr", "ms_ssim") if cell.get(k) is not None}
                 pt["lmbda"] = lm
                 rows[label][names[j]].append(pt)
     return {lab: {d: sorted(p, key=lambda q: q["bpp"]) for d, p in doms.items()} for lab, doms in rows.items()}
@@ -130,7 +166,10 @@ def baseline_curves(runs: List[dict], domains: List[str], cache: Optional[Path] 
                for key, (_, params) in want.items() for d in domains}
     if not any(missing.values()):
         return out
-    cfg = dict(runs[0]["config"]["tasks"])
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(DomainTasksConfig)}
+    cfg = {k: v for k, v in runs[0]["config"]["tasks"].items() if k in fields}  # builder, init_from, ... aside
     cfg["joint"] = False
     tasks = build_domain_tasks(DomainTasksConfig(**cfg))
     for t in tasks:
