@@ -8,7 +8,8 @@ later task adapts it to a new domain with one strategy:
 - ``cawf``: frozen source + K custom filters per layer and an entropy model per domain; domain
   ``t`` is encoded with branch ``t`` (domain 0 with the source codec).
 - ``adapters``: frozen source + ``K + 1`` decoder adapters (the source one included) and a gate
-  (Presta et al., :mod:`codec.strategies.adapters`), loss ``gamma * mse_scale * MSE + CE``.
+  (Presta et al., :mod:`codec.strategies.adapters`), loss ``gamma * mse_scale * MSE + CE``
+  (``gamma = 0.5``, ``mse_scale = 1``: the MSE of [0, 1] images, as the paper's eq. 3 is written).
   Task 1 trains the gate, the source adapter and adapter 1; task ``t >= 2`` the gate and adapter
   ``t`` (earlier adapters stay frozen: their files decode bit-exactly). With ``replay_source``
   (default) source-domain crops (label 0) are mixed into every batch (the source data, natural
@@ -101,6 +102,8 @@ class DomainTasksConfig:
             "max_train_images": (_int_at_least(1, True), "null or an integer >= 1"),
             "max_eval_images": (_int_at_least(1, True), "null or an integer >= 1"),
         })
+        if self.joint and self.joint_adapt:
+            raise ConfigError("tasks.joint and tasks.joint_adapt exclude each other")
 
 
 def build_domain_tasks(cfg: DomainTasksConfig = None, **_: Any) -> List[Task]:
@@ -125,8 +128,6 @@ def build_domain_tasks(cfg: DomainTasksConfig = None, **_: Any) -> List[Task]:
         tasks.append(Task(index=i, name=dom, domain=dom, train_set=train, eval_set=evs,
                           meta={"domain_id": i, "eval_name": cfg.eval_sets.get(dom, dom),
                                 "source_train_set": train_parts[0]}))
-    if cfg.joint and cfg.joint_adapt:
-        raise ConfigError("tasks.joint and tasks.joint_adapt exclude each other")
     if cfg.joint_adapt:
         if len(tasks) < 2:
             raise ConfigError("tasks.joint_adapt needs at least two domains (the source and a target)")
@@ -163,7 +164,8 @@ class CodecConfig:
     policy: str = "soft"               #: adapters: soft | top1 | oracle
     gamma: float = 0.5                 #: adapters: loss gamma * MSE ([0,1] images) + CE
     replay_source: bool = True         #: adapters: source-domain crops (label 0) in every batch
-    mse_scale: float = 65025.0         #: adapters: the MSE of [0,1] images is scaled by this (255^2: Presta et al.'s code)
+    mse_scale: float = 1.0             #: adapters: loss gamma * mse_scale * MSE([0,1] images) + CE; 1: the paper's
+    #: eq. 3 as written; 65025 (255^2): the authors' released code (the distortion then drives the gate)
     adapter_init_std: float = 0.01     #: adapters: Gaussian init std of adapter weights (0: zeros)
     gate_memory: str = "latents"       #: adapters: latents | images | none (what the gate keeps of earlier domains)
     gate_memory_size: int = 64         #: adapters: items kept per domain
