@@ -27,9 +27,11 @@ def test_commands_name_the_runs_and_checkpoints(tool, tmp_path):
     ev = tool.eval_cmd(a)
     neural = [ev[i + 1] for i, x in enumerate(ev) if x == "--neural"]
     r = tmp_path / "r"
-    assert neural == [f"source={r}/src_0.002/codec_task0.pt,{r}/src_0.016/codec_task0.pt",
-                      f"CAwF={r}/cawf_0.002/codec_task1.pt,{r}/cawf_0.016/codec_task1.pt",
-                      f"adapters={r}/adapters_0.002/codec_task1.pt,{r}/adapters_0.016/codec_task1.pt"]
+    # the codecs are the driver runs' task-end checkpoints
+    ck = "checkpoints"
+    assert neural == [f"source={r}/src_0.002/{ck}/task0.pt,{r}/src_0.016/{ck}/task0.pt",
+                      f"CAwF={r}/cawf_0.002/{ck}/task1.pt,{r}/cawf_0.016/{ck}/task1.pt",
+                      f"adapters={r}/adapters_0.002/{ck}/task1.pt,{r}/adapters_0.016/{ck}/task1.pt"]
     assert ev[ev.index("--max-images") + 1] == "7" and ev[ev.index("--compat") + 1] == "source:CAwF"
 
 
@@ -40,7 +42,7 @@ def test_missing_checkpoints_are_named_with_the_command_to_make_them(tool, tmp_p
     det = tmp_path / "det.pt"
     det.write_bytes(b"x")
     a = _args(tool, tmp_path / "r", "--incdet", str(det), "--blitznet", str(det))
-    with pytest.raises(SystemExit, match=r"src_0.002/codec_task0.pt: codec checkpoint not found"):
+    with pytest.raises(SystemExit, match=r"src_0.002/checkpoints/task0.pt: codec checkpoint not found"):
         tool.evaluate(a)
 
 

@@ -1,4 +1,4 @@
-"""Codec metrics, domain data, the sequential run, report and CLI."""
+"""Codec metrics, domain data, runs through the shared driver, report and CLI."""
 from __future__ import annotations
 
 import json
@@ -92,52 +92,74 @@ def test_voc_image_set_is_a_domain(tmp_path):
         domain_files(str(loose))
 
 
+def _tiny_cfg(tmp_path, data_root, **over):
+    """A tiny two-domain driver config (CAwF, N=8) as a file; ``over``: section -> dict updates."""
+    import yaml
+
+    cfg = {
+        "experiment": {"name": "t", "seed": 0, "out": str(tmp_path), "device": "cpu"},
+        "tasks": {"builder": "domains", "sequence": ["photo", "sketch"], "eval_sets": {}, "data_root": str(data_root),
+                  "crop": 32, "max_train_images": 4, "max_eval_images": 1},
+        "learner": {"name": "codec.cawf", "N": 8, "K": 2, "lmbda": 0.01, "eval_msssim": False},
+        "train": {"iterations": 2, "batch_size": 2, "optimizer": "adam", "lr": 0.001, "grad_clip": 1.0,
+                  "amp": "none", "checkpoint_every": 0},
+        "eval": {"future_tasks": True},
+    }
+    for k, v in over.items():
+        cfg[k].update(v)
+    f = tmp_path / f"c{len(list(tmp_path.glob('c*.yaml')))}.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    return str(f)
+
+
 def test_tiny_run_and_report(tmp_path, domains_root):
-    """Two tasks, two lambdas, CAwF: source results unchanged at t=2; report renders."""
-    from codec.learner import CodecConfig, DomainTasksConfig, RunSpec, run_sequence
+    """Two tasks, two lambdas, CAwF through the driver: source results unchanged at t=2, the
+    source model measured on the target too (future_tasks); the report renders."""
+    from codec.cli import main
     from codec.report import make_report
 
-    data_root = str(domains_root.parent)
     runs = []
     for lm in (0.004, 0.03):
         out = tmp_path / f"cawf_{lm}"
-        res = run_sequence(DomainTasksConfig(sequence=["photo", "sketch"], eval_sets={}, data_root=data_root, crop=32,
-                                             max_train_images=4, max_eval_images=1),
-                           CodecConfig(strategy="cawf", N=8, K=2, lmbda=lm, eval_msssim=False),
-                           RunSpec(out=str(out), iterations=2, batch_size=2, lr=1e-3, device="cpu"))
+        assert main(["train", _tiny_cfg(tmp_path, domains_root.parent), "--set", f"learner.lmbda={lm}",
+                     "--out", str(out), "--quiet"]) == 0
         runs.append(out)
-        m = res["matrix"]
-        assert len(m) == 2 and len(m[0]) == 2
+        m = json.loads((out / "results.json").read_text())["all_metrics"]
+        assert len(m) == 2 and all(c is not None for row in m for c in row)
         assert m[1][0]["bpp"] == m[0][0]["bpp"] and m[1][0]["psnr"] == m[0][0]["psnr"]  # no forgetting
-        assert (out / "codec_task1.pt").is_file()
+        assert (out / "checkpoints" / "task1.pt").is_file()
     md = tmp_path / "codec.md"
     text = make_report(runs, md, tmp_path / "plots", baselines=False)
     assert "t=1 (source)" in text and "t=2 cawf" in text
+    assert "| t=1 (source) | sketch |" in text  # the source model on the target domain (future task)
     assert (tmp_path / "plots" / "rd_photo.png").is_file()
 
 
-def test_run_max_tasks_and_reused_source_row(tmp_path, domains_root):
-    """A source-only run (max_tasks=1), then a strategy run from its checkpoint that copies its
-    row 0 (run.source_results) instead of evaluating the same model again; mismatches refused."""
-    from codec.learner import CodecConfig, DomainTasksConfig, RunSpec, run_sequence
-    from incdet.errors import ConfigError
+def test_source_run_then_strategy_run_reuses_its_row(tmp_path, domains_root):
+    """A source-only run (tasks.stop_after=1), then a strategy run from its task-end checkpoint
+    (tasks.init_from): task 0 is not trained again and row 0 equals the source run's, copied
+    when the learner measures the same way, else measured again on the same weights; a
+    different eval set is refused under eval.init_rows=copy."""
+    from codec.cli import main
 
-    tc = DomainTasksConfig(sequence=["photo", "sketch"], eval_sets={}, data_root=str(domains_root.parent), crop=32,
-                           max_train_images=4, max_eval_images=1)
-    src = run_sequence(tc, CodecConfig(strategy="naive", N=8, lmbda=0.01, eval_msssim=False),
-                       RunSpec(out=str(tmp_path / "src"), iterations=2, batch_size=2, lr=1e-3, source_lr=1e-3,
-                               device="cpu", max_tasks=1))
-    assert len(src["matrix"]) == 1 and len(src["matrix"][0]) == 2
-    ck = str(tmp_path / "src" / "codec_task0.pt")
-    cfg = CodecConfig(strategy="cawf", N=8, K=2, lmbda=0.01, eval_msssim=False, source_checkpoint=ck, train_source=False)
-    res = run_sequence(tc, cfg, RunSpec(out=str(tmp_path / "cawf"), iterations=1, batch_size=2, device="cpu",
-                                        source_results=str(tmp_path / "src" / "results.json")))
-    assert json.dumps(res["matrix"][0]) == json.dumps(src["matrix"][0])  # (NaN != NaN)
-    assert res["matrix"][1][0]["bpp"] == src["matrix"][0][0]["bpp"]  # CAwF: source row unchanged
-    with pytest.raises(ConfigError, match="other lambda"):
-        run_sequence(tc, CodecConfig(strategy="cawf", N=8, K=2, lmbda=0.02, source_checkpoint=ck, train_source=False),
-                     RunSpec(out=str(tmp_path / "x"), iterations=1, device="cpu",
-                             source_results=str(tmp_path / "src" / "results.json")))
+    root = domains_root.parent
+    src = tmp_path / "src"
+    assert main(["train", _tiny_cfg(tmp_path, root, learner={"name": "codec.naive"}), "--set", "tasks.stop_after=1",
+                 "--out", str(src), "--quiet"]) == 0
+    rs = json.loads((src / "results.json").read_text())
+    assert rs["summary"]["tasks_done"] == 1 and rs["all_metrics"][1] == [None, None]
+    assert rs["all_metrics"][0][1] is not None  # the source model on sketch
+    cfg = _tiny_cfg(tmp_path, root, tasks={"init_from": str(src / "checkpoints" / "task0.pt")})
+    run = tmp_path / "cawf"
+    assert main(["train", cfg, "--out", str(run), "--quiet"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert json.dumps(res["all_metrics"][0]) == json.dumps(rs["all_metrics"][0])
+    assert res["all_metrics"][1][0]["bpp"] == rs["all_metrics"][0][0]["bpp"]  # CAwF: source row unchanged
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any(x.get("task") == 0 and "step" in x for x in logged)  # task 0 not trained again
+    assert res["task_summaries"][1]["trainable_fraction"] < 1.0  # CAwF trains its filters only
+    assert main(["train", cfg, "--set", "eval.init_rows=copy", "--set", "tasks.max_eval_images=2",
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
 
 
 def test_cli_compress_decompress_info(tmp_path, kodak_root, capsys):
@@ -156,22 +178,6 @@ def test_cli_compress_decompress_info(tmp_path, kodak_root, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["width"] == 768 and info["height"] == 512 and info["latent_shape"] == [8, 32, 48]
     assert main(["compress", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.nic"), "--model", str(ck)]) == 2
-
-
-def test_run_config_errors(tmp_path):
-    from codec.cli import load_run_config
-    from incdet.errors import ConfigError
-
-    f = tmp_path / "c.yaml"
-    f.write_text("tasks: {sequence: [photo]}\nlearner: {strategy: cawf, bogus: 1}\n")
-    with pytest.raises(ConfigError, match="bogus.*valid keys"):
-        load_run_config(f)
-    f.write_text("learner: {N: abc}\n")
-    with pytest.raises(ConfigError, match="learner.N"):
-        load_run_config(f)
-    f.write_text("learner: {strategy: cawf}\n")
-    t, l, r = load_run_config(f, ["learner.lmbda=0.032", "run.iterations=5"])
-    assert l.lmbda == 0.032 and r.iterations == 5
 
 
 def test_registered_with_engine():
@@ -207,6 +213,19 @@ def test_shared_driver_runs_codec_learner(tmp_path, domains_root):
     assert m.n_domains() == 2
 
 
+def _driver_run(d, lm, names, eval_names, rows):
+    """A fabricated driver run directory: config.yaml + results.json (``rows``: the trained rows)."""
+    import yaml
+
+    d.mkdir()
+    (d / "config.yaml").write_text(yaml.safe_dump({
+        "tasks": {"builder": "domains", "sequence": names, "eval_sets": dict(zip(names, eval_names)), "joint": False},
+        "learner": {"name": "codec.cawf", "strategy": "cawf", "lmbda": lm}}))
+    am = [list(r) for r in rows] + [[None] * len(names) for _ in range(len(names) - len(rows))]
+    (d / "results.json").write_text(json.dumps({"metric": "rd", "higher_is_better": False, "tasks": names,
+                                                "matrix": [[None] * len(names)] * len(names), "all_metrics": am}))
+
+
 def test_report_table_on_hand_made_results(tmp_path):
     """Synthetic results: the adapted model reaches the same PSNR with 20% fewer bits on the
     target and is identical on the source -> table cells 0.00 and -20.00 against t=1."""
@@ -219,14 +238,11 @@ def test_report_table_on_hand_made_results(tmp_path):
         src = {"bpp": rates[lm], "psnr": psnrs[lm]}
         tgt0 = {"bpp": rates[lm] * 1.5, "psnr": psnrs[lm] - 2}
         tgt1 = {"bpp": tgt0["bpp"] * 0.8, "psnr": tgt0["psnr"]}
-        res = {"config": {"learner": {"lmbda": lm, "strategy": "cawf"}, "tasks": {"joint": False}},
-               "tasks": ["natural", "cartoon"], "eval_names": ["kodak", "cartoon"],
-               "matrix": [[src, tgt0], [src, tgt1]]}
         d = tmp_path / f"cawf_{lm}"
-        d.mkdir()
-        (d / "results.json").write_text(json.dumps(res))
+        _driver_run(d, lm, ["natural", "cartoon"], ["kodak", "cartoon"], [[src, tgt0], [src, tgt1]])
         dirs.append(d)
     text = make_report(dirs, tmp_path / "codec.md", baselines=False)
+    assert "natural (kodak)" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.split("## RD points")[0].splitlines()
             if line.startswith("| t=")}
     assert rows["t=1 (source)"][:2] == ["+0.00", "+0.00"]
@@ -237,3 +253,8 @@ def test_report_table_on_hand_made_results(tmp_path):
 
     with pytest.raises(DataError, match="no results.json"):
         load_runs([tmp_path / "nope"])
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps({"config": {}, "tasks": ["a"], "matrix": [[{}]]}))
+    with pytest.raises(DataError, match="removed `codec run`"):
+        load_runs([old])

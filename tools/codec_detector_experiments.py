@@ -6,10 +6,12 @@ image domain against the source codec, JPEG and JPEG2000; ``docs/results/codec_d
     python tools/codec_detector_experiments.py eval  --out runs/codec_shapes
     python tools/codec_detector_experiments.py doc   --out runs/codec_shapes
 
-``train``: ``tools/codec_experiments.py run`` with ``configs/codec/shapes_cpu.yaml``: a source
-codec per lambda trained on natural photographs (PACS photo), then CAwF and adapters adapted
-from it to the shapes-voc training images (two-task sequence photo -> shapes). Finished runs are
-skipped, so an interrupted ``train`` resumes.
+``train``: ``tools/codec_experiments.py run`` with ``configs/codec/shapes_cpu.yaml`` (every run
+is ``codec train``, the shared driver): a source codec per lambda trained on natural
+photographs (PACS photo), then CAwF and adapters adapted from it to the shapes-voc training
+images (two-task sequence photo -> shapes; ``tasks.init_from`` the source run). The codecs are
+the driver's task-end checkpoints ``OUT/<run>/checkpoints/taskK.pt``. Finished runs are skipped
+and unfinished ones resumed, so an interrupted ``train`` resumes.
 
 ``eval``: ``tools/codec_detector_eval.py`` on the shapes-voc test split with the two trained detectors
 (defaults: the incdet 15+5 distillation model after its second task, and the joint BlitzNet, both
@@ -55,6 +57,11 @@ def _lam(l: float) -> str:
     return f"{l:g}"
 
 
+def codec_checkpoint(out: Path, prefix: str, lmbda: float, task: int) -> Path:
+    """The codec after ``task`` of run ``<prefix>_<lambda>`` (a driver task-end checkpoint)."""
+    return Path(out) / f"{prefix}_{_lam(lmbda)}" / "checkpoints" / f"task{task}.pt"
+
+
 def _timing(out: Path) -> dict:
     p = out / "detector_timing.json"
     return json.loads(p.read_text()) if p.is_file() else {}
@@ -88,7 +95,7 @@ def eval_cmd(a) -> List[str]:
     if a.max_images:
         cmd += ["--max-images", str(a.max_images)]
     for label, prefix, task in NEURAL:
-        cks = [str(out / f"{prefix}_{_lam(l)}" / f"codec_task{task}.pt") for l in a.lambdas]
+        cks = [str(codec_checkpoint(out, prefix, l, task)) for l in a.lambdas]
         cmd += ["--neural", f"{label}=" + ",".join(cks)]
     cmd += ["--compat", "source:CAwF", "--compat-max-images", str(a.compat_images)]
     return cmd
@@ -101,7 +108,7 @@ def _check_inputs(a) -> None:
     out = Path(a.out)
     for label, prefix, task in NEURAL:
         for l in a.lambdas:
-            ck = out / f"{prefix}_{_lam(l)}" / f"codec_task{task}.pt"
+            ck = codec_checkpoint(out, prefix, l, task)
             if not ck.is_file():
                 raise SystemExit(f"{ck}: codec checkpoint not found; run `python tools/codec_detector_experiments.py "
                                  f"train --out {a.out}` first")

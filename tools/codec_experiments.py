@@ -9,10 +9,15 @@ source-domain test set: per lambda one source codec (task 0), the four adaptatio
     python tools/codec_experiments.py all --out runs/codec_pacs_cpu          # everything
     python tools/codec_experiments.py report --out runs/codec_pacs_cpu       # the doc only
 
-Every training run is ``codec run --config CONFIG --set ...`` in its own process with
-``OMP_NUM_THREADS=1`` (``--jobs`` at a time). Finished runs (a complete ``results.json``) are
-skipped, so an interrupted ``all`` resumes. Per-run wall times go to ``OUT/timing.json`` and
-into the doc's header.
+Every training run is ``codec train CONFIG --set ... --out OUT/NAME`` (the shared driver) in
+its own process with ``OMP_NUM_THREADS=1`` (``--jobs`` at a time): ``base`` (the photo codec
+from scratch, ``tasks.stop_after=1``), ``src_<lambda>`` (the base fine-tuned to each lambda:
+``learner.source_checkpoint``, the ``first_task`` schedule replaced by ``--finetune-iters`` /
+``--finetune-lr``), ``<strategy>_<lambda>`` (``tasks.init_from=OUT/src_<lambda>/checkpoints/task0.pt``:
+task 0 not trained again, its results row copied or measured again, see ``eval.init_rows``) and
+``joint_<lambda>``. Finished runs (``results.json`` with every row to train) are skipped and
+unfinished ones continue with ``codec train --resume``, so an interrupted ``all`` resumes.
+Per-run wall times go to ``OUT/timing.json`` and into the doc's header.
 """
 from __future__ import annotations
 
@@ -50,12 +55,29 @@ def _lam(l: float) -> str:
     return f"{l:g}"
 
 
+def _sets(*items: str) -> List[str]:
+    return [x for s in items for x in ("--set", s)]
+
+
+def _ckpt(run: Path, task: int = 0) -> Path:
+    """A driver run's task-end checkpoint."""
+    return run / "checkpoints" / f"task{task}.pt"
+
+
+def _schedule(n: int, lr: float, drop: Optional[float]) -> List[str]:
+    """``--set`` of task 0's schedule: ``n`` steps at ``lr`` (x 0.1 after ``drop`` of them)."""
+    steps = f"[{max(1, int(round(drop * n)))}]" if drop is not None else "[]"
+    return _sets(f"train.first_task.iterations={n}", f"train.first_task.lr={lr}", f"train.first_task.lr_steps={steps}")
+
+
 def plan(a) -> List[Job]:
     out = Path(a.out)
-    cmd0 = [sys.executable, "-m", "codec.cli", "run", "--config", a.config]
-    extra = [x for s in (a.set or []) for x in ("--set", s)]
+    cmd0 = [sys.executable, "-m", "codec.cli", "train", a.config, "--quiet"]
+    extra = _sets(*(a.set or []))
     jobs: List[Job] = []
-    n_tasks = _n_tasks(a)
+    cfg = _config(a)
+    n_tasks = len(cfg.tasks.options.sequence)
+    drop = lr_drop(cfg)
     # JPEG / JPEG2000 curves on the eval sets (cached for the report), beside the base run
     jobs.append(Job("baselines", [sys.executable, str(Path(__file__).resolve()), "baselines", "--out", str(out),
                                   "--config", a.config] + [x for s in (a.set or []) for x in ("--set", s)],
@@ -63,24 +85,23 @@ def plan(a) -> List[Job]:
     # one photo codec trained from scratch at base_lambda, then one source codec per lambda
     # fine-tuned from it (coherent RD curves from a short schedule)
     base = out / "base"
-    jobs.append(Job("base", cmd0 + ["--out", str(base), "--set", f"learner.lmbda={a.base_lambda}",
-                                    "--set", "learner.strategy=naive", "--set", "run.max_tasks=1"] + extra, base, rows=1))
+    # the base is not a t=1 model: no evaluation on the later domains
+    jobs.append(Job("base", cmd0 + ["--out", str(base)] + _sets(
+        f"learner.lmbda={a.base_lambda}", "learner.name=codec.naive", "tasks.stop_after=1",
+        "eval.future_tasks=false") + extra, base, rows=1))
     for l in a.lambdas:
         src = out / f"src_{_lam(l)}"
-        jobs.append(Job(f"src_{_lam(l)}", cmd0 + ["--out", str(src), "--set", f"learner.lmbda={l}",
-                                                   "--set", "learner.strategy=naive", "--set", "run.max_tasks=1",
-                                                   "--set", f"learner.source_checkpoint={base / 'codec_task0.pt'}",
-                                                   "--set", f"run.source_iterations={a.finetune_iters}",
-                                                   "--set", f"run.source_lr={a.finetune_lr}"] + extra,
-                        src, rows=1, deps=["base"]))
+        jobs.append(Job(f"src_{_lam(l)}", cmd0 + ["--out", str(src)] + _sets(
+            f"learner.lmbda={l}", "learner.name=codec.naive", "tasks.stop_after=1",
+            f"learner.source_checkpoint={_ckpt(base)}") + _schedule(a.finetune_iters, a.finetune_lr, drop) + extra,
+            src, rows=1, deps=["base"]))
     for l in a.lambdas:
         src = out / f"src_{_lam(l)}"
         for s in a.strategies:
             d = out / f"{s}_{_lam(l)}"
-            jobs.append(Job(f"{s}_{_lam(l)}", cmd0 + [
-                "--out", str(d), "--set", f"learner.lmbda={l}", "--set", f"learner.strategy={s}",
-                "--set", f"learner.source_checkpoint={src / 'codec_task0.pt'}", "--set", "learner.train_source=false",
-                "--set", f"run.source_results={src / 'results.json'}"] + extra, d, rows=n_tasks, deps=[f"src_{_lam(l)}"]))
+            jobs.append(Job(f"{s}_{_lam(l)}", cmd0 + ["--out", str(d)] + _sets(
+                f"learner.lmbda={l}", f"learner.name=codec.{s}", f"tasks.init_from={_ckpt(src)}") + extra,
+                d, rows=n_tasks, deps=[f"src_{_lam(l)}"]))
         if "cawf" in a.strategies and a.check:  # the PACS t=1/t=2/t=3 bitstream check
             chk = out / f"check_{_lam(l)}.json"
             deps = [f"{s}_{_lam(l)}" for s in a.strategies]
@@ -91,20 +112,31 @@ def plan(a) -> List[Job]:
     if a.joint:
         for l in a.lambdas:
             d = out / f"joint_{_lam(l)}"
-            cmd = cmd0 + ["--out", str(d), "--set", f"learner.lmbda={l}", "--set", "learner.strategy=naive",
-                          "--set", "tasks.joint=true", "--set", "run.max_tasks=1",
-                          "--set", f"learner.source_checkpoint={base / 'codec_task0.pt'}",
-                          "--set", f"run.source_iterations={joint_iters(a)}", "--set", f"run.source_lr={a.finetune_lr}"]
+            cmd = cmd0 + ["--out", str(d)] + _sets(
+                f"learner.lmbda={l}", "learner.name=codec.naive", "tasks.joint=true", "tasks.stop_after=1",
+                f"learner.source_checkpoint={_ckpt(base)}") + _schedule(joint_iters(a), a.finetune_lr, drop)
             jobs.append(Job(f"joint_{_lam(l)}", cmd + extra, d, rows=1, deps=["base"]))
     if a.joint_first:  # joint runs right after the sources (they need nothing else)
         jobs.sort(key=lambda j: 0 if j.name.startswith("src_") else 1 if j.name.startswith("joint_") else 2)
     return jobs
 
 
-def _n_tasks(a) -> int:
-    from codec.cli import load_run_config
+def _config(a):
+    """The driver config of every run (``--config`` + ``--set``), validated."""
+    import codec.learner  # noqa: F401  (registers the codec learners and the domains builder)
+    from incdet.engine.config import load_config
 
-    return len(load_run_config(a.config, a.set or [])[0].sequence)
+    return load_config(a.config, a.set or [])
+
+
+def lr_drop(cfg) -> Optional[float]:
+    """The fraction of a task's steps after which the config drops the lr (its first
+    ``train.lr_steps`` over ``train.iterations``), applied to the fine-tuning / joint schedules;
+    None without lr steps."""
+    t = cfg.train
+    if not t.lr_steps or not t.iterations:
+        return None
+    return t.lr_steps[0] / t.iterations
 
 
 def joint_iters(a) -> int:
@@ -112,22 +144,33 @@ def joint_iters(a) -> int:
     taken after the last task (the per-lambda fine-tuning + one adaptation per later task)."""
     if a.joint_iters:
         return a.joint_iters
-    from codec.cli import load_run_config
+    cfg = _config(a)
+    return a.finetune_iters + (len(cfg.tasks.options.sequence) - 1) * cfg.train.iterations
 
-    tasks, _, spec = load_run_config(a.config, a.set or [])
-    return a.finetune_iters + (len(tasks.sequence) - 1) * spec.iterations
+
+def tasks_done(run: Path) -> int:
+    """Trained tasks of a driver run (``summary.tasks_done`` of its results.json; 0 if none)."""
+    f = run / "results.json"
+    if not f.is_file():
+        return 0
+    try:
+        return int(json.loads(f.read_text())["summary"]["tasks_done"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return 0
 
 
 def is_done(j: Job) -> bool:
     if j.done_file is not None:
         return j.done_file.is_file()
-    f = j.out / "results.json"
-    if not f.is_file():
-        return False
-    try:
-        return len(json.loads(f.read_text())["matrix"]) >= j.rows
-    except (json.JSONDecodeError, KeyError):
-        return False
+    return tasks_done(j.out) >= j.rows
+
+
+def command(j: Job) -> List[str]:
+    """The job's command; a driver run started before (its ``config.yaml`` written) continues
+    with ``codec train --resume``."""
+    if j.out is not None and (j.out / "config.yaml").is_file():
+        return [sys.executable, "-m", "codec.cli", "train", "--resume", str(j.out), "--quiet"]
+    return j.cmd
 
 
 def _timing_path(out: Path) -> Path:
@@ -181,7 +224,8 @@ def run_jobs(a) -> int:
             j = ready.pop(0)
             logf = open(out / f"{j.name}.log", "w")
             print(f"{time.strftime('%H:%M:%S')} start {j.name}", flush=True)
-            running[j.name] = (subprocess.Popen(j.cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT), time.time(), logf)
+            running[j.name] = (subprocess.Popen(command(j), cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT),
+                               time.time(), logf)
             state[j.name] = "running"
         if not running:
             break
@@ -210,12 +254,12 @@ def check_one(a) -> int:
     out = Path(a.out)
     lam = _lam(a.lmbda)
     files = cdata.domain_files("kodak")[: a.max_images] if a.max_images else cdata.domain_files("kodak")
-    src, _ = load_codec(out / f"src_{lam}" / "codec_task0.pt")
+    src, _ = load_codec(_ckpt(out / f"src_{lam}"))
     later = {}
     for s in STRATEGIES:
         d = out / f"{s}_{lam}"
-        if (d / "codec_task2.pt").is_file():
-            later[s] = [load_codec(d / f"codec_task{i}.pt")[0] for i in (1, 2)]
+        if _ckpt(d, 2).is_file():
+            later[s] = [load_codec(_ckpt(d, i))[0] for i in (1, 2)]
     res = {"lmbda": a.lmbda, "images": len(files), "source_codec_id": src.codec_id(0).hex(), "strategies": {}}
     for s, models in later.items():
         res["strategies"][s] = {"codec_id_domain0": [m.codec_id(0).hex() for m in models],
@@ -272,10 +316,9 @@ def baselines(a) -> int:
     """JPEG2000 / JPEG RD curves on the eval images of every domain -> ``OUT/baselines.json``."""
     from dataclasses import asdict
 
-    from codec.cli import load_run_config
     from codec.report import baseline_curves
 
-    tasks, _, _ = load_run_config(a.config, a.set or [])
+    tasks = _config(a).tasks.options
     t0 = time.time()
     baseline_curves([{"config": {"tasks": asdict(tasks)}}], list(tasks.sequence), Path(a.out) / "baselines.json")
     print(f"baselines: {time.time() - t0:.0f}s")
@@ -286,7 +329,7 @@ def baselines(a) -> int:
 # the doc
 # ---------------------------------------------------------------------------------------
 def write_doc(a) -> int:
-    from codec.report import bd_rate_curves, collect_curves, load_runs, make_report
+    from codec.report import bd_rate_curves, collect_curves, load_run, load_runs, make_report
 
     out = Path(a.out)
     # the shared base codec is not a t=1 model (the src_<lambda> runs are): left out of the tables
@@ -302,12 +345,13 @@ def write_doc(a) -> int:
     body = body.split("\n", 2)[2]
     body = body.replace(f"`{ROOT}/", "`")
     curves = collect_curves(load_runs(runs))
-    cfg = json.loads((runs[0] / "results.json").read_text())["config"]
+    info = {r: load_run(r) for r in runs}  # config.yaml + the trained rows of results.json
+    cfg = info[runs[0]]["config"]
     timing = _load_timing(out)
     job_s = sum(v["seconds"] for v in timing["jobs"].values())
     wall_s = sum(i.get("seconds", 0) for i in timing["invocations"])
-    lams = sorted({json.loads((r / "results.json").read_text())["config"]["learner"]["lmbda"] for r in runs})
-    domains = json.loads((runs[0] / "results.json").read_text())["tasks"]
+    lams = sorted({info[r]["config"]["learner"]["lmbda"] for r in runs})
+    domains = info[runs[0]]["tasks"]
     src = curves.get("t=1 (source)", {})
 
     # summary numbers
@@ -320,12 +364,13 @@ def write_doc(a) -> int:
     chk = [json.loads(p.read_text()) for p in checks]
     params = {}
     for r in runs:
-        res = json.loads((r / "results.json").read_text())
+        res = info[r]
         s = res["config"]["learner"]["strategy"]
         if res["config"]["tasks"].get("joint"):
             s = "joint"
-        if res.get("params") and s not in params:
-            params[s] = res["params"]
+        ps = [x for x in res["task_summaries"][: len(res["matrix"])]]
+        if any(ps) and s not in params:
+            params[s] = ps
 
     L = []
     L += ["# Codec: domain adaptation without forgetting — PACS photo → cartoon → sketch, Kodak as the source test set", ""]
@@ -341,18 +386,21 @@ def write_doc(a) -> int:
           + "Per-run seconds: `" + f"{a.out}/timing.json" + "`.",
           f"- Config: `{a.config}` (+ per-run `--set`, see the tool); lambdas {', '.join(_lam(x) for x in lams)}.", ""]
     t = cfg["tasks"]
-    r = cfg["run"]
+    r = cfg["train"]
+    ft = r.get("first_task") or {}
     l = cfg["learner"]
+    drop = r["lr_steps"][0] / r["iterations"] if r.get("lr_steps") and r.get("iterations") else None
     L += ["## Setup", "",
           f"- Sequence `{' → '.join(t['sequence'])}` (tasks t=1, t=2, t=3). Training: random {t['crop']}-px crops of the PACS images "
           f"(227x227; every {t['eval_every']}th file held out). Eval: **Kodak** (24 images, 768x512, whole) for the source domain, "
           "the 70 held-out PACS images for cartoon and sketch.",
-          f"- Codec: factorized prior, N = M = {l['N']}, batch {r['batch_size']}, Adam, gradient norm clipped at 1. "
+          f"- Codec: {l.get('arch', 'factorized')} prior, N = M = {l['N']}, batch {r['batch_size']}, {r['optimizer']}, "
+          f"gradient norm clipped at {r['grad_clip']}. "
           f"**Source codecs**: one photo codec trained from scratch at lambda {_lam(a.base_lambda)} "
-          f"({r['source_iterations']} steps, lr {r['source_lr'] or r['lr']}; run `base`), then fine-tuned to each lambda "
+          f"({ft.get('iterations', r['iterations'])} steps, lr {ft.get('lr', r['lr'])}; run `base`), then fine-tuned to each lambda "
           f"({a.finetune_iters} steps, lr {a.finetune_lr}; runs `src_<lambda>`): the t=1 models. "
           f"Each adaptation task: {r['iterations']} steps at lr {r['lr']}. "
-          + (f"Every task's last {100 * (1 - r['lr_drop']):.0f}% of steps at lr x 0.1. " if r.get("lr_drop") else "")
+          + (f"Every task's last {100 * (1 - drop):.0f}% of steps at lr x {r['lr_gamma']:g}. " if drop else "")
           + f"CAwF K = {l['K']}; adapters: policy {l['policy']}, "
           f"gamma {l['gamma']}, half of each batch replayed photo crops (gate label 0).",
           f"- Joint training: the same photo base fine-tuned on the union of the three training sets for "
@@ -361,8 +409,10 @@ def write_doc(a) -> int:
           "- bpp from the real files written by `codec compress` (35-byte header included); PSNR on 8-bit RGB. "
           + ("MS-SSIM was switched off (`eval_msssim: false`) to save CPU time. " if not l.get("eval_msssim", True) else "")
           + "BD-rates: `bjontegaard` pchip over the lambdas (PSNR).",
-          "- Every strategy run starts from the same source checkpoint of its lambda (`learner.source_checkpoint`, "
-          "`train_source=false`); its t=1 row is the source run's row (`run.source_results`).", ""]
+          "- Every run goes through the shared driver (`codec train`). Every strategy run starts from the same source "
+          "checkpoint of its lambda (`tasks.init_from=src_<lambda>/checkpoints/task0.pt`: task 0 is not trained again); "
+          "its t=1 row is the source run's row, copied when measured the same way, else measured again on the same "
+          "weights (`eval.init_rows`).", ""]
     L += ["### Why photo (not VOC + COCO) is the source training domain", "",
           "The issue names the sequence *PACS photo → cartoon → sketch* with Kodak as the source-domain test set; DANICE's "
           "setting is a source codec trained on natural photographs and adapted to new domains. PACS photo *is* natural "
@@ -396,20 +446,20 @@ def write_doc(a) -> int:
     rdrows: Dict[str, Dict[float, List[float]]] = {}
     src_rd = {}
     for rdir in runs:
-        res = json.loads((rdir / "results.json").read_text())
+        res = info[rdir]
         lm = res["config"]["learner"]["lmbda"]
         if rdir.name.startswith("src_"):
-            src_rd[lm] = [c.get("rd") for c in res["matrix"][0]]
+            src_rd[lm] = [(c or {}).get("rd") for c in res["matrix"][0]]
     for rdir in runs:
-        res = json.loads((rdir / "results.json").read_text())
+        res = info[rdir]
         lm = res["config"]["learner"]["lmbda"]
         if rdir.name.startswith(("src_", "base")) or lm not in src_rd:
             continue
         if res["config"]["tasks"].get("joint"):
-            rdrows.setdefault("joint", {})[lm] = [c.get("rd") for c in res["matrix"][-1]]
+            rdrows.setdefault("joint", {})[lm] = [(c or {}).get("rd") for c in res["matrix"][-1]]
             continue
         for i in range(1, len(res["matrix"])):
-            rdrows.setdefault(f"t={i + 1} {res['config']['learner']['strategy']}", {})[lm] = [c.get("rd") for c in res["matrix"][i]]
+            rdrows.setdefault(f"t={i + 1} {res['config']['learner']['strategy']}", {})[lm] = [(c or {}).get("rd") for c in res["matrix"][i]]
     if rdrows:
         lms = sorted(src_rd)
         L += ["Change (%) of the training objective `rd = bpp + lambda * MSE` (8-bit MSE, real file bpp) against the "
@@ -444,10 +494,11 @@ def write_doc(a) -> int:
                  + (f"; within the papers' 5-20%: {'yes' if inrange else 'no'}" if ok else "") + ".")
     exact = []
     for rdir in runs:
-        res = json.loads((rdir / "results.json").read_text())
+        res = info[rdir]
         if res["config"]["learner"]["strategy"] == "cawf" and not res["config"]["tasks"].get("joint") and len(res["matrix"]) > 1:
             m = res["matrix"]
-            exact.append(all(m[i][0]["bpp"] == m[0][0]["bpp"] and m[i][0]["psnr"] == m[0][0]["psnr"] for i in range(len(m))))
+            exact.append(all(m[i][0] is not None and m[0][0] is not None and m[i][0]["bpp"] == m[0][0]["bpp"]
+                             and m[i][0]["psnr"] == m[0][0]["psnr"] for i in range(len(m))))
     if exact:
         L.append(f"- CAwF source-domain (Kodak) change: bpp and PSNR identical to the source model after every task in "
                  f"{sum(exact)}/{len(exact)} lambdas, so the BD-rate change is exactly 0: {'**met**' if all(exact) else '**not met**'}.")
@@ -477,8 +528,10 @@ def write_doc(a) -> int:
     if params:
         L += ["Parameters (total / trainable in the task, per task):", ""]
         for s, ps in params.items():
-            L.append(f"- {s}: " + "; ".join(f"t={i + 1}: {p['total']:,} / {p['trainable']:,} ({100 * p['fraction']:.1f}%)"
-                                           for i, p in enumerate(ps)))
+            L.append(f"- {s}: " + "; ".join(
+                f"t={i + 1}: {p['params']:,} / {p['trainable_params']:,} ({100 * p['trainable_fraction']:.1f}%)"
+                if p and {"params", "trainable_params", "trainable_fraction"} <= set(p) else f"t={i + 1}: n/a"
+                for i, p in enumerate(ps)))
         L.append("")
     notes = Path(a.notes)
     if notes.is_file():
@@ -498,17 +551,18 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--joint", action=argparse.BooleanOptionalAction, default=True, help="joint-training runs")
     p.add_argument("--base-lambda", type=float, default=0.002,
-                   help="lambda of the shared photo base codec (trained from scratch: the config's source_iterations / source_lr)")
+                   help="lambda of the shared photo base codec (trained from scratch: the config's train.first_task schedule)")
     p.add_argument("--finetune-iters", type=int, default=400, help="steps fine-tuning the base to each lambda")
     p.add_argument("--finetune-lr", type=float, default=5e-4, help="lr of those steps and of the joint runs")
     p.add_argument("--joint-iters", type=int, default=None,
-                   help="default: source_iterations + (tasks - 1) * iterations of the config")
+                   help="default: --finetune-iters + (tasks - 1) * train.iterations of the config")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="the PACS bitstream-compatibility check jobs (3-task sequences)")
     p.add_argument("--joint-first", action="store_true", help="schedule the joint runs before the strategies")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per run")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every run")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="driver config override for every run (e.g. train.batch_size=16)")
     p.add_argument("--lmbda", type=float, help="check-one: the lambda")
     p.add_argument("--check-images", type=int, default=12, help="Kodak images in the bitstream check (0: all 24)")
     p.add_argument("--max-images", type=int, default=None)
