@@ -81,3 +81,104 @@ def test_photos_domain_on_the_shared_data():
         assert "SegmentationClass" not in f.parts and "valannot" not in f.parts
         with Image.open(f) as im:
             assert im.mode == "RGB", f
+
+
+# ------------------------------------------------------------------------------ export + zoo
+import torch  # noqa: E402
+
+from codec.export import entropy_tensor_names, export_codec, finish_tables, main as export_main  # noqa: E402
+from codec.model import load_codec, save_checkpoint  # noqa: E402
+from codec.registry import build_codec  # noqa: E402
+from incdet import zoo  # noqa: E402
+from incdet.errors import CheckpointError  # noqa: E402
+
+
+def _tiny_codec(path: Path, kind: str = "factorized"):
+    torch.manual_seed(0)
+    m = build_codec({"kind": kind, "N": 8, "M": 8})
+    finish_tables(m)  # as a task end leaves it: quantiles bisected, CDF tables computed
+    save_checkpoint(path, m)
+    return m
+
+
+def _same_weights(a, b, atol=0.0) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float(), atol=atol, rtol=0) for k in sa)
+
+
+@pytest.mark.parametrize("kind", ["factorized", "mean-scale-hyperprior"])
+def test_export_roundtrip_and_half(tmp_path, kind):
+    src = _tiny_codec(tmp_path / "src.pt", kind)
+    meta = export_codec(str(tmp_path / "src.pt"), tmp_path / "out.pt")
+    assert meta["arch"] == src.arch() and not meta["half"]
+    back, _ = load_codec(tmp_path / "out.pt")
+    assert _same_weights(src, back)
+    export_codec(str(tmp_path / "src.pt"), tmp_path / "half.pt", half=True)
+    raw = torch.load(tmp_path / "half.pt", weights_only=True)
+    keep = entropy_tensor_names(src)
+    assert keep  # the entropy models' tensors exist and stay float32
+    for k, v in raw["state_dict"].items():
+        if v.is_floating_point():
+            assert v.dtype == (torch.float32 if k in keep else torch.float16), k
+    half, _ = load_codec(tmp_path / "half.pt")
+    assert next(half.parameters()).dtype == torch.float32
+    assert _same_weights(src, half, atol=1e-2) and not _same_weights(src, half)
+
+
+def test_export_refuses_bad_input(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        export_codec(str(tmp_path / "junk.pt"), tmp_path / "o.pt")
+    with pytest.raises(CheckpointError, match="no such"):
+        export_codec(str(tmp_path / "missing.pt"), tmp_path / "o.pt")
+    assert export_main(["export", str(tmp_path / "junk.pt"), "-o", str(tmp_path / "o.pt")]) == 2
+    assert not (tmp_path / "o.pt").exists()
+
+
+def _zoo(tmp_path, monkeypatch, name="codec_tiny_q3"):
+    root = tmp_path / "zoo"
+    root.mkdir()
+    monkeypatch.setenv("INCDET_ZOO", str(root))
+    _tiny_codec(tmp_path / "src.pt")
+    export_codec(str(tmp_path / "src.pt"), root / f"{name}.pt")
+    zoo.add(name, root / f"{name}.pt", command="test", hardware="cpu", wall_s=1.0, metrics={"kodak_psnr": 1.0}, root=root)
+    return root
+
+
+def test_zoo_codec_loads_sha256_checked(tmp_path, monkeypatch):
+    root = _zoo(tmp_path, monkeypatch)
+    m, _ = load_codec("zoo:codec_tiny_q3")
+    assert _same_weights(m, load_codec(tmp_path / "src.pt")[0])
+    data = bytearray((root / "codec_tiny_q3.pt").read_bytes())
+    data[-20] ^= 0xFF  # same size, altered content
+    (root / "codec_tiny_q3.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_codec("zoo:codec_tiny_q3")
+    with pytest.raises(CheckpointError, match="unknown zoo entry"):
+        load_codec("zoo:codec_nope")
+
+
+def _continuation_overrides(tmp_path, iterations: int):
+    data = _fake_root(tmp_path / "data")
+    return [f"tasks.data_root={data}", f"tasks.eval_sets={{photos: {data / 'kodak'}}}", "tasks.crop=32",
+            "learner.source_checkpoint=zoo:codec_tiny_q3", "learner.N=8", "learner.M=8", "learner.arch=factorized",
+            "learner.train_source=true", f"train.iterations={iterations}", "train.batch_size=2",
+            "train.checkpoint_every=0", "experiment.device=cpu"]
+
+
+@pytest.mark.parametrize("config", ["bmshj2018-factorized.yaml"])
+def test_continuation_run_starts_from_the_zoo_entry(tmp_path, monkeypatch, config):
+    from incdet.engine.trainer import run_training
+
+    _zoo(tmp_path, monkeypatch)
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "codec" / "zoo" / config
+    zoo_model, _ = load_codec("zoo:codec_tiny_q3")
+    # 0 iterations: the run's codec is the zoo entry itself
+    run_training(cfg, _continuation_overrides(tmp_path, 0), run_dir=tmp_path / "r0", device="cpu", quiet=True)
+    start, _ = load_codec(tmp_path / "r0" / "checkpoints" / "task0.pt")
+    assert _same_weights(start, zoo_model)
+    # a few steps: it trains on from there (the weights move, the architecture is the zoo's)
+    res = run_training(cfg, _continuation_overrides(tmp_path, 2), run_dir=tmp_path / "r2", device="cpu", quiet=True)
+    after, _ = load_codec(tmp_path / "r2" / "checkpoints" / "task0.pt")
+    assert after.arch() == zoo_model.arch() and not _same_weights(after, zoo_model)
+    assert res is not None
