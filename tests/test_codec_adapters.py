@@ -4,6 +4,8 @@ gate does not forget earlier domains with a gate memory (and does without one), 
 survives the learner state round trip, adapters on the hyperprior family."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -214,7 +216,7 @@ def test_latent_memory_is_bounded_and_from_the_frozen_encoder():
     assert all(any(torch.allclose(m, yy, atol=1e-5) for yy in y) for m in mem)
 
 
-def test_gate_memory_state_round_trip(tmp_path):
+def test_gate_memory_state_round_trip(tmp_path, caplog):
     learner = _learner(gate_memory="latents")
     tasks = _tasks()
     for t in tasks[:2]:
@@ -234,9 +236,13 @@ def test_gate_memory_state_round_trip(tmp_path):
     l2.task = tasks[2]
     y, labels = l2._memory_batch(torch.tensor([2, 2, 0]), 2)
     assert labels.tolist() == [1, 1] and y.shape == (2, 8, 2, 2)
-    # another memory kind in the config than in the state: a clear error
-    with pytest.raises(ConfigError, match="gate memory of kind 'latents'"):
-        _learner(gate_memory="images").load_state_dict(back)
+    # another memory kind in the config than in the state: not used (a warning), collected again
+    l3 = _learner(gate_memory="images", gate_memory_size=3)
+    with caplog.at_level(logging.WARNING, logger="codec.learner"):
+        l3.load_state_dict(back)
+    assert l3.gate_memory == {} and "gate memory of kind 'latents'" in caplog.text
+    l3.init_from_task_end(tasks[1])
+    assert list(l3.gate_memory) == [1] and l3.gate_memory[1].dtype == torch.uint8
     bad = dict(back, gate_memory={"kind": "latents", "items": {0: torch.zeros(3)}})
     with pytest.raises(CheckpointError, match="gate_memory"):
         _learner().load_state_dict(bad)
