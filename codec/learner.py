@@ -91,7 +91,8 @@ class DomainTasksConfig:
     natural_with_camvid: bool = False   #: add CamVid to ``natural`` (off: CamVid is a target domain)
     joint: bool = False                 #: one task training on all domains at once (the joint upper bound)
     joint_adapt: bool = False           #: task 0 the source domain, task 1 all domains at once (labelled:
-    #: Presta et al.'s protocol for the adapters); later tasks are evaluated only
+    #: Presta et al.'s protocol for the adapters); later tasks have no training items: run with
+    #: ``tasks.stop_after: 2`` and ``eval.future_tasks: true`` (row 1 then holds every domain)
     seed: int = 0
 
     def __post_init__(self):
