@@ -225,12 +225,57 @@ def load_state_into(model: nn.Module, state: Dict[str, Tensor], strict: bool = T
         raise CheckpointError(f"{what}: weights do not fit the codec architecture: {str(e)[:400]}") from None
 
 
-def import_compressai(state_or_path, affine: bool = False) -> FactorizedCodec:
-    """Build a :class:`FactorizedCodec` from a compressai ``bmshj2018-factorized`` state_dict
-    (a dict or a local file holding it, optionally under a ``"state_dict"`` key).
+#: compressai zoo architectures :func:`import_compressai` reads -> codec kind
+COMPRESSAI_SUPPORTED = {"bmshj2018-factorized": "factorized", "bmshj2018-hyperprior": "scale-hyperprior",
+                        "mbt2018-mean": "mean-scale-hyperprior"}
+
+
+def _supported() -> str:
+    return ", ".join(f"{k} ({v})" for k, v in COMPRESSAI_SUPPORTED.items())
+
+
+def detect_compressai(state: Dict[str, Tensor], what: str = "compressai state_dict") -> Tuple[str, int, int]:
+    """``(codec kind, N, M)`` of a compressai state_dict, from its keys and weight shapes:
+    ``g_a`` only -> ``bmshj2018-factorized``; ``h_a`` / ``h_s`` with ``h_s``'s last conv giving M
+    channels -> ``bmshj2018-hyperprior`` (scale), 2M -> ``mbt2018-mean`` (mean-scale). A context
+    model (``mbt2018``, ``cheng2020-*``: ``context_prediction`` / ``entropy_parameters``) or
+    anything else -> ``CheckpointError`` naming the supported architectures."""
+    keys = set(state)
+    if any(k.startswith(("context_prediction.", "entropy_parameters.")) for k in keys):
+        raise CheckpointError(f"{what}: a compressai context-model state_dict (mbt2018 / cheng2020: "
+                              f"context_prediction / entropy_parameters layers) is not supported; supported: "
+                              f"{_supported()}")
+    need = ("g_a.0.weight", "g_a.6.weight")
+    if not all(k in keys for k in need) or state["g_a.0.weight"].dim() != 4 or state["g_a.6.weight"].dim() != 4:
+        raise CheckpointError(f"{what}: not a supported compressai state_dict (no 4-D g_a.0.weight / g_a.6.weight, "
+                              f"the layout of the supported architectures: {_supported()})")
+    N = int(state["g_a.0.weight"].size(0))
+    M = int(state["g_a.6.weight"].size(0))
+    has_hyper = any(k.startswith(("h_a.", "h_s.")) for k in keys)
+    if not has_hyper:
+        return "factorized", N, M
+    last = state.get("h_s.4.weight")
+    if last is None or last.dim() != 4 or "h_a.0.weight" not in keys:
+        raise CheckpointError(f"{what}: a hyperprior state_dict without the h_a.0 / h_s.4 layers of the supported "
+                              f"architectures ({_supported()})")
+    if int(last.size(0)) == M:
+        return "scale-hyperprior", N, M
+    if int(last.size(0)) == 2 * M:
+        return "mean-scale-hyperprior", N, M
+    raise CheckpointError(f"{what}: h_s.4 gives {int(last.size(0))} channels, neither M={M} (bmshj2018-hyperprior) "
+                          f"nor 2M (mbt2018-mean); supported: {_supported()}")
+
+
+def import_compressai(state_or_path, affine: bool = False) -> nn.Module:
+    """Build a codec from a compressai state_dict (a dict or a local file holding it,
+    optionally under a ``"state_dict"`` key): ``bmshj2018-factorized`` ->
+    :class:`FactorizedCodec`, ``bmshj2018-hyperprior`` / ``mbt2018-mean`` -> the
+    :mod:`codec.hyperprior` codecs; N and M from the weight shapes (:func:`detect_compressai`;
+    context models -> ``CheckpointError``).
 
     The CDF tables are taken from the state_dict when present (an ``update()``-d model),
-    else computed here with ``update()``.
+    else computed here with ``update()``. ``affine`` (identity per-channel affines) applies to
+    the factorized codec only.
     """
     what = str(state_or_path)
     if isinstance(state_or_path, (str, Path)):
@@ -247,22 +292,27 @@ def import_compressai(state_or_path, affine: bool = False) -> FactorizedCodec:
         what = "compressai state_dict"
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if isinstance(state, dict):
-        # DataParallel prefixes and the older compressai key names (_matrix0 ...), as compressai does
-        from compressai.models.utils import remap_old_keys
-        from compressai.zoo.pretrained import load_pretrained
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{what}: not a compressai state_dict (a mapping of names to tensors)")
+    # DataParallel prefixes and the older compressai key names (_matrix0 ...), as compressai does
+    from compressai.models.utils import remap_old_keys
+    from compressai.zoo.pretrained import load_pretrained
 
-        state = remap_old_keys("entropy_bottleneck", load_pretrained(state))
-    if not isinstance(state, dict) or "g_a.0.weight" not in state or "g_a.6.weight" not in state:
-        raise CheckpointError(f"{what}: not a bmshj2018-factorized state_dict (no g_a.0.weight / g_a.6.weight)")
-    N = state["g_a.0.weight"].size(0)
-    M = state["g_a.6.weight"].size(0)
-    model = FactorizedCodec(N, M)
+    state = remap_old_keys("entropy_bottleneck", load_pretrained(state))
+    kind, N, M = detect_compressai(state, what)
+    if affine and kind != "factorized":
+        raise CheckpointError(f"{what}: per-channel affines apply to the factorized codec, this is a {kind}")
+    import codec.hyperprior  # noqa: F401 - registers the hyperprior kinds
+
+    model = build_codec({"kind": kind, "N": N, "M": M})
     load_state_into(model, state, strict=True, what=what)
     if affine:
         model.add_affine()
-    if model.entropy_bottleneck._offset.numel() == 0:
-        model.update()
+    from codec.entropy import is_updated
+
+    if not all(is_updated(m) for m in model.modules() if m.__class__.__name__ in ("EntropyBottleneck",
+                                                                                  "GaussianConditional")):
+        model.update(force=True)
     return model.eval()
 
 
@@ -286,7 +336,7 @@ def save_checkpoint(path, model: nn.Module, extra: Optional[dict] = None) -> Non
 
 def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:
     """Load a codec checkpoint written by :func:`save_checkpoint` (or a plain compressai
-    factorized state_dict), or a zoo entry ``zoo:NAME`` (sha256 checked). Returns ``(model in
+    state_dict of a supported architecture, :func:`import_compressai`), or a zoo entry ``zoo:NAME`` (sha256 checked). Returns ``(model in
     eval mode, checkpoint dict without weights)``."""
     from incdet import zoo
 
@@ -308,8 +358,9 @@ def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:
         obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": obj["arch"], "state_dict": obj["model"]}
     if obj.get("format") != CKPT_FORMAT:
         inner = obj.get("state_dict", obj) if isinstance(obj.get("state_dict", obj), dict) else {}
-        if any(str(k).endswith("g_a.0.weight") for k in inner):
-            return import_compressai(path).eval(), {"arch": {"kind": "factorized"}, "imported": str(path)}
+        if any(str(k).startswith(("g_a.", "module.g_a.")) for k in inner):  # a plain compressai state_dict
+            m = import_compressai(path)
+            return m, {"arch": m.arch(), "imported": str(path)}
         raise CheckpointError(f"{path}: not a codec checkpoint (format {obj.get('format')!r}, expected {CKPT_FORMAT!r})")
     if obj.get("version") != CKPT_VERSION:
         raise CheckpointError(f"{path}: codec checkpoint version {obj.get('version')} not supported (expected {CKPT_VERSION})")

@@ -280,3 +280,58 @@ def test_decode_indexed_refuses_bad_index():
     cdfs = gc._quantized_cdf.tolist()
     with pytest.raises(rans.CorruptStream, match="index 64 out of range"):
         rans.decode_indexed(b"\0" * 8, [0, 64], cdfs, gc._cdf_length.tolist(), gc._offset.tolist(), "s")
+
+
+# ------------------------------------------------------------------------------ compressai import
+def _cai(name, N=8, M=12, seed=0, update=True):
+    from compressai import models
+
+    torch.manual_seed(seed)
+    m = getattr(models, name)(N, M) if name != "FactorizedPrior" else models.FactorizedPrior(N, M)
+    with torch.no_grad():
+        m.g_a[-1].weight.mul_(30)
+    if update:
+        m.update(force=True)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name,kind", [("FactorizedPrior", "factorized"), ("ScaleHyperprior", "scale-hyperprior"),
+                                       ("MeanScaleHyperprior", "mean-scale-hyperprior")])
+@pytest.mark.parametrize("update", [True, False], ids=["updated", "not-updated"])
+def test_import_compressai_detects_and_matches(name, kind, update, tmp_path):
+    from codec.model import import_compressai
+
+    ref = _cai(name, N=8, M=12, update=update)
+    ours = import_compressai(ref.state_dict())
+    assert ours.arch()["kind"] == kind and (ours.N, ours.M) == (8, 12)
+    if not update:
+        ref.update(force=True)
+    x, _ = bs.pad_to_multiple(bs.image_to_tensor(_img(70, 90)), ours.downsampling_factor)
+    with torch.no_grad(), bs.fixed_threads("cpu"):
+        assert torch.equal(ours(x)["x_hat"], ref(x)["x_hat"])
+        r = ref.compress(x)
+        streams = bs.entropy_encode(ours, ours.analysis(x))
+        assert [s for s, _ in streams] == ([r["strings"][0][0]] if kind == "factorized"
+                                           else [r["strings"][1][0], r["strings"][0][0]])
+        data = bs.encode(ours, _img(70, 90))
+        x_ref = ref.decompress(r["strings"], r["shape"])["x_hat"][..., :70, :90]
+        assert torch.equal(bs.decode(ours, data), bs.tensor_to_uint8(x_ref[0]))
+    # a plain state_dict file: load_codec detects it too
+    torch.save(ref.state_dict(), tmp_path / "cai.pth.tar")
+    m2, meta = load_codec(tmp_path / "cai.pth.tar")
+    assert meta["arch"]["kind"] == kind and bs.encode(m2, _img(70, 90)) == data
+
+
+@pytest.mark.parametrize("name", ["JointAutoregressiveHierarchicalPriors", "Cheng2020Anchor"])
+def test_import_compressai_refuses_context_models(name, tmp_path):
+    from compressai import models
+
+    from codec.model import import_compressai
+    from incdet.errors import CheckpointError
+
+    sd = getattr(models, name)(8, 12).state_dict() if name != "Cheng2020Anchor" else models.Cheng2020Anchor(8).state_dict()
+    with pytest.raises(CheckpointError, match="supported.*bmshj2018-hyperprior.*mbt2018-mean"):
+        import_compressai(sd)
+    torch.save(sd, tmp_path / "ctx.pt")
+    with pytest.raises(CheckpointError, match="ctx.pt.*supported"):
+        load_codec(tmp_path / "ctx.pt")
