@@ -336,3 +336,5 @@ def test_hyperprior_source_files_decode_unchanged_by_adapters():
 def test_cawf_on_a_hyperprior_source_is_a_config_error():
     with pytest.raises(ConfigError, match="strategy cawf needs a factorized source codec"):
         get_strategy("cawf").grow(ScaleHyperpriorCodec(8, 8), 1, CodecConfig(strategy="cawf", N=8))
+    with pytest.raises(ConfigError, match="learner.strategy=cawf needs learner.arch=factorized"):
+        CodecConfig(strategy="cawf", arch="mean-scale-hyperprior")
