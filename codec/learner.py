@@ -192,9 +192,6 @@ class CodecConfig:
             "gate_memory": (lambda v: v in GATE_MEMORY, f"one of {', '.join(GATE_MEMORY)}"),
             "gate_memory_size": (lambda v: _int_at_least(1)(v) and v <= 100000, "an integer in 1..100000"),
         })
-        if self.strategy == "cawf" and self.arch != "factorized" and not self.source_checkpoint:
-            raise ConfigError(f"learner.strategy=cawf needs learner.arch=factorized (CAwF extends the factorized "
-                              f"prior's layers); got {self.arch!r}: use strategy adapters for the hyperprior family")
 
 
 class CodecLearner(Learner):

@@ -336,5 +336,11 @@ def test_hyperprior_source_files_decode_unchanged_by_adapters():
 def test_cawf_on_a_hyperprior_source_is_a_config_error():
     with pytest.raises(ConfigError, match="strategy cawf needs a factorized source codec"):
         get_strategy("cawf").grow(ScaleHyperpriorCodec(8, 8), 1, CodecConfig(strategy="cawf", N=8))
-    with pytest.raises(ConfigError, match="learner.strategy=cawf needs learner.arch=factorized"):
-        CodecConfig(strategy="cawf", arch="mean-scale-hyperprior")
+    # through the learner: the source task trains (a source-only run is legitimate), the first
+    # adaptation task is refused with the same message
+    learner = CodecLearner(CodecConfig(strategy="cawf", arch="scale-hyperprior", N=8, M=8))
+    t0, t1 = Task(0, "a", domain="a", meta={"domain_id": 0}), Task(1, "b", domain="b", meta={"domain_id": 1})
+    learner.begin_task(t0)
+    learner.end_task(t0)
+    with pytest.raises(ConfigError, match="strategy cawf needs a factorized source codec"):
+        learner.begin_task(t1)
