@@ -8,6 +8,8 @@ forged headers (any field values, CRC recomputed) and mutated honest files (CRC 
 after every mutation, so the CRC does not hide a bug). The known-bad cases reintroduce the
 bugs (limits removed; compressai's unchecked rANS decoder fed short payloads, which
 segfaults: run in a subprocess) and check that the same property checker reports them.
+Format version 2 (the hyperprior family's two streams): forged stream tables and mutated
+honest v2 files through the same property, with a tiny mean-scale hyperprior model.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codec import bitstream as bs
+from codec.hyperprior import MeanScaleHyperpriorCodec
 from codec.model import FactorizedCodec
 from incdet.errors import DataError
 
@@ -52,18 +55,35 @@ def honest_files() -> tuple:
     return tuple(bs.encode(model(), im, domain=i) for i, im in enumerate(imgs))
 
 
+@functools.lru_cache(maxsize=None)
+def hyper_model() -> MeanScaleHyperpriorCodec:
+    torch.manual_seed(0)
+    m = MeanScaleHyperpriorCodec(4, 6).eval()
+    with torch.no_grad():
+        m.g_a[-1].weight.mul_(30)  # non-zero latents (g_a is not part of the codec id)
+    m.update(force=True)
+    return m
+
+
+@functools.lru_cache(maxsize=None)
+def honest_v2_files() -> tuple:
+    g = torch.Generator().manual_seed(1)
+    imgs = [(torch.rand(3, h, w, generator=g) * 255).to(torch.uint8) for h, w in ((16, 16), (70, 33), (64, 130))]
+    return tuple(bs.encode(hyper_model(), im, domain=i) for i, im in enumerate(imgs))
+
+
 def assemble(fields: bytes, side: bytes, payload: bytes, trailing: bytes = b"") -> bytes:
     """Header fields + a correct CRC32 + side + payload (+ trailing bytes)."""
     crc = zlib.crc32(payload, zlib.crc32(side, zlib.crc32(fields)))
     return fields + struct.pack(">I", crc) + side + payload + trailing
 
 
-def check_decode(data: bytes, limits: bs.DecodeLimits = LIMITS) -> str:
+def check_decode(data: bytes, limits: bs.DecodeLimits = LIMITS, codec=None) -> str:
     """The property: decoded (image as announced, within limits) or refused with DataError
     naming the file. Any other exception, or asking the entropy decoder for more symbols than
     the limits allow, fails (AssertionError)."""
     try:
-        img = bs.decode(model(), data, NAME, limits)
+        img = bs.decode(codec or model(), data, NAME, limits)
     except DataError as e:
         assert NAME in str(e), f"error does not name the file: {e}"
         return "refused"
@@ -84,6 +104,13 @@ def _bounded_entropy_decoder(monkeypatch):
         return orig(payload, blocks, name)
 
     monkeypatch.setattr(bs, "decode_symbols", guarded)
+    orig_indexed = bs.decode_indexed
+
+    def guarded_indexed(payload, indexes, cdfs, cdf_lengths, offsets, name="<bytes>"):
+        assert len(indexes) <= LIMITS.max_latent_elements, f"entropy decoder asked for {len(indexes)} symbols"
+        return orig_indexed(payload, indexes, cdfs, cdf_lengths, offsets, name)
+
+    monkeypatch.setattr(bs, "decode_indexed", guarded_indexed)
 
 
 # ------------------------------------------------------------------------------ strategies
@@ -137,7 +164,58 @@ def mutated_files(draw) -> bytes:
     return assemble(bytes(fields), b"", bytes(body))
 
 
-def _run(strategy, examples: int) -> dict:
+@st.composite
+def forged_v2_files(draw) -> bytes:
+    """A version 2 header with arbitrary (often plausible) fields and stream table, the right
+    codec id most of the time, arbitrary payload bytes, lengths right or not, CRC always right."""
+    def usually(default, other):
+        return default if draw(st.integers(0, 7)) else draw(other)
+
+    H = usually(draw(st.one_of(st.integers(1, 130), st.integers(1, 2048))), st.integers(0, 65535))
+    W = usually(draw(st.one_of(st.integers(1, 130), st.integers(1, 2048))), st.integers(0, 65535))
+    zh, zw = -(-H // 64), -(-W // 64)
+    shapes = [(usually(4, st.integers(0, 65535)), usually(zh, st.integers(0, 65535)), usually(zw, st.integers(0, 65535))),
+              (usually(6, st.integers(0, 65535)), usually(4 * zh, st.integers(0, 65535)),
+               usually(4 * zw, st.integers(0, 65535)))]
+    count = usually(2, st.integers(0, 255))
+    payloads = [draw(st.binary(min_size=4 * n, max_size=4 * n)) for n in
+                (draw(st.one_of(st.integers(0, 4), st.integers(2, 40))) for _ in range(2))]
+    lengths = [usually(len(p), st.integers(0, 2 ** 32 - 1)) for p in payloads]
+    side = usually(b"", st.binary(min_size=1, max_size=3))
+    side_len = usually(len(side), st.integers(0, 65535))
+    codec_id = usually(hyper_model().codec_id(), st.binary(min_size=8, max_size=8))
+    table = [shapes[i % 2] + (lengths[i % 2],) for i in range(min(count, 4))]
+    head = struct.pack(bs.V2_FORMAT, bs.MAGIC, 2, 0, codec_id, draw(st.integers(0, 255)), H, W, side_len, count)
+    head += b"".join(struct.pack(bs.STREAM_FORMAT, *t) for t in table)
+    body = side + b"".join(payloads) + usually(b"", st.binary(min_size=1, max_size=3))
+    return head + struct.pack(">I", zlib.crc32(body, zlib.crc32(head))) + body
+
+
+@st.composite
+def mutated_v2_files(draw) -> bytes:
+    """An honest v2 file with byte flips / overwrites anywhere after the magic (header, stream
+    table, payloads), cuts and extensions, the CRC recomputed."""
+    data = bytearray(draw(st.sampled_from(honest_v2_files())))
+    table_end = bs._V2_FIELDS_SIZE + 2 * bs._STREAM_SIZE
+    head, body = data[:table_end], data[table_end + 4:]
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["flip", "set", "cut", "extend", "field"]))
+        if op == "flip" and body:
+            i = draw(st.integers(0, len(body) - 1))
+            body[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set" and body:
+            body[draw(st.integers(0, len(body) - 1))] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del body[draw(st.integers(0, len(body))):]
+        elif op == "extend":
+            body += draw(st.binary(min_size=1, max_size=12))
+        elif op == "field":  # any header / stream-table byte but the magic and the version
+            head[draw(st.integers(5, len(head) - 1))] = draw(st.integers(0, 255))
+    head, body = bytes(head), bytes(body)
+    return head + struct.pack(">I", zlib.crc32(body, zlib.crc32(head))) + body
+
+
+def _run(strategy, examples: int, codec=None) -> dict:
     """Run the property over ``examples`` inputs; returns outcome counts (failures raise)."""
     counts = {"decoded": 0, "refused": 0}
 
@@ -145,7 +223,7 @@ def _run(strategy, examples: int) -> dict:
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def prop(data):
-        counts[check_decode(data)] += 1
+        counts[check_decode(data, codec=codec)] += 1
 
     prop()
     return counts
@@ -159,6 +237,14 @@ def run_mutated(examples: int = DEFAULT_EXAMPLES) -> dict:
     return _run(mutated_files(), examples)
 
 
+def run_forged_v2(examples: int = DEFAULT_EXAMPLES) -> dict:
+    return _run(forged_v2_files(), examples, hyper_model())
+
+
+def run_mutated_v2(examples: int = DEFAULT_EXAMPLES) -> dict:
+    return _run(mutated_v2_files(), examples, hyper_model())
+
+
 def run_random(examples: int = DEFAULT_EXAMPLES) -> dict:
     return _run(st.one_of(st.binary(max_size=80), st.binary(max_size=80).map(lambda b: bs.MAGIC + b)), examples)
 
@@ -166,16 +252,21 @@ def run_random(examples: int = DEFAULT_EXAMPLES) -> dict:
 # ------------------------------------------------------------------------------ tests
 def test_honest_files_decode():
     assert all(check_decode(f) == "decoded" for f in honest_files())
+    assert all(check_decode(f, codec=hyper_model()) == "decoded" for f in honest_v2_files())
 
 
-@pytest.mark.parametrize("run", [run_random, run_forged, run_mutated], ids=["random", "forged", "mutated"])
+RUNS = [run_random, run_forged, run_mutated, run_forged_v2, run_mutated_v2]
+RUN_IDS = ["random", "forged", "mutated", "forged-v2", "mutated-v2"]
+
+
+@pytest.mark.parametrize("run", RUNS, ids=RUN_IDS)
 def test_fuzz_decoder(run):
     counts = run()
     assert sum(counts.values()) > 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", [run_random, run_forged, run_mutated], ids=["random", "forged", "mutated"])
+@pytest.mark.parametrize("run", RUNS, ids=RUN_IDS)
 def test_fuzz_decoder_long(run):
     t = time.time()
     counts = run(SLOW_EXAMPLES)
@@ -192,7 +283,7 @@ def test_fuzz_header_parser_random_bytes():
         except DataError as e:
             assert NAME in str(e)
             return
-        assert bs.HEADER_SIZE + len(side) + len(payload) == len(data)
+        assert hdr.header_bytes + len(side) + len(payload) == len(data)
 
     prop()
 
