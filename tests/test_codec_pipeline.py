@@ -135,7 +135,7 @@ def test_tiny_run_and_report(tmp_path, domains_root):
     assert (tmp_path / "plots" / "rd_photo.png").is_file()
 
 
-def test_source_run_then_strategy_run_reuses_its_row(tmp_path, domains_root):
+def test_source_run_then_strategy_run_reuses_its_row(tmp_path, domains_root, monkeypatch):
     """A source-only run (tasks.stop_after=1), then a strategy run from its task-end checkpoint
     (tasks.init_from): task 0 is not trained again and row 0 equals the source run's, copied
     when the learner measures the same way, else measured again on the same weights; a
@@ -160,6 +160,18 @@ def test_source_run_then_strategy_run_reuses_its_row(tmp_path, domains_root):
     assert res["task_summaries"][1]["trainable_fraction"] < 1.0  # CAwF trains its filters only
     assert main(["train", cfg, "--set", "eval.init_rows=copy", "--set", "tasks.max_eval_images=2",
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    # a learner that names the options its evaluation depends on (lambda enters `rd`): the
+    # source run's row 0 is copied, not measured again, and another lambda is refused
+    from codec.learner import CodecLearner
+
+    monkeypatch.setattr(CodecLearner, "eval_keys", ("lmbda", "eval_msssim"), raising=False)
+    run2 = tmp_path / "copied"
+    assert main(["train", cfg, "--set", "eval.init_rows=copy", "--out", str(run2), "--quiet"]) == 0
+    logged = [json.loads(x) for x in (run2 / "metrics.jsonl").read_text().splitlines()]
+    assert not any(x.get("event") == "eval" and x["after_task"] == 0 for x in logged)
+    assert json.dumps(json.loads((run2 / "results.json").read_text())["all_metrics"][0]) == json.dumps(rs["all_metrics"][0])
+    assert main(["train", cfg, "--set", "eval.init_rows=copy", "--set", "learner.lmbda=0.02",
+                 "--out", str(tmp_path / "y"), "--quiet"]) == 2
 
 
 def test_cli_compress_decompress_info(tmp_path, kodak_root, capsys):
