@@ -81,6 +81,7 @@ def test_init_rows_copied_evaluated_or_refused(tmp_path, capsys):
     assert main(["train", TOY, "--out", str(other), *common, *init, "--set", "learner.distill=1.0"]) == 0
     assert _res(other)["matrix"][0] == row0
     assert sorted(j for i, j in _evals(other) if i == 0) == [0, 1, 2]
+    assert _res(other)["task_summaries"][0] == _res(src)["task_summaries"][0]  # what was trained: kept
     # eval.init_rows=evaluate: evaluated again even when it matches
     ev = tmp_path / "ev"
     assert main(["train", TOY, "--out", str(ev), *common, *init, "--set", "eval.init_rows=evaluate"]) == 0

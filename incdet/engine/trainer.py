@@ -380,6 +380,8 @@ class Trainer:
             rows = list(range(k + 1))
         for i in rows:
             self._copy_row(old, i)
+        for i in range(min(k + 1, len(old.task_summaries))):  # what was trained: kept whatever the rows
+            self.results.task_summaries[i] = old.task_summaries[i]
         if from_init and self.cfg.eval.every_task:
             want = range(len(names)) if self.cfg.eval.future_tasks else range(k + 1)
             missing = [j for j in want if not self.results.has(k, j)]
@@ -400,16 +402,14 @@ class Trainer:
         return start
 
     def _copy_row(self, old: ResultsMatrix, i: int) -> None:
-        """Row ``i`` (and the task summary) of ``old`` into this run's results: the cells of the
-        columns whose task has the same name at the same position."""
+        """Row ``i`` of ``old`` into this run's results: the cells of the columns whose task has
+        the same name at the same position."""
         if i >= len(old.tasks):
             return
         for j in range(min(len(old.tasks), len(self.tasks))):
             cell = old.all_metrics[i][j] if i < len(old.all_metrics) and j < len(old.all_metrics[i]) else None
             if old.tasks[j] == self.tasks[j].name and isinstance(cell, dict) and self.results.metric in cell:
                 self.results.set(i, j, cell)
-        if i < len(old.task_summaries):
-            self.results.task_summaries[i] = old.task_summaries[i]
 
     def _init_differences(self, ckpt: dict) -> List[str]:
         """What makes the results stored in another run's checkpoint not comparable with this
