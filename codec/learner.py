@@ -43,7 +43,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from codec import data as cdata
 from codec.metrics import evaluate_codec
-from codec.model import load_codec, load_state_into, rd_loss
+from codec.model import load_codec, load_state_into, pad_to_multiple, rd_loss
 from codec.registry import CODECS, STRATEGIES, build_codec, get_strategy
 from codec.strategies.adapters import AdapterCodec
 from codec.strategies.naive import setup_naive
@@ -440,8 +440,22 @@ class CodecLearner(Learner):
         res["mse"] = 255.0 ** 2 / 10 ** (res["psnr"] / 10) if math.isfinite(res.get("psnr", float("nan"))) else float("nan")
         res["rd"] = res["bpp"] + self.config.lmbda * res["mse"]
         res["domain_id"] = dom_enc
+        if isinstance(m, AdapterCodec):
+            res["gate_acc"] = self._gate_accuracy(m, task.eval_set, dom)
         m.train(was)
         return res
+
+    def _gate_accuracy(self, m: AdapterCodec, images, dom: int) -> float:
+        """Fraction of ``images`` whose gate arg-max is their domain ``dom`` (NaN for a domain
+        without an adapter yet): the gate's forgetting, measured."""
+        if dom >= m.n_domains() or len(images) == 0:
+            return float("nan")
+        ok = 0
+        dev = next(m.parameters()).device
+        for i in range(len(images)):
+            x, _ = pad_to_multiple(images[i][None].float().div(255).to(dev), m.downsampling_factor)
+            ok += int(int(m.gate(m.analysis(x)).argmax(1)) == dom)
+        return ok / len(images)
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

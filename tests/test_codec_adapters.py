@@ -193,6 +193,9 @@ def test_gate_does_not_forget_with_memory(memory, forgets):
     acc1_after2 = _gate_accuracy(learner, 1)
     acc2 = _gate_accuracy(learner, 2)
     assert acc2 >= 0.9, acc2
+    # the learner's evaluate reports the same gate accuracy (results.json: all_metrics)
+    tasks[1].eval_set = _crops(1, 24, seed=777)
+    assert learner.evaluate(tasks[1])["gate_acc"] == pytest.approx(acc1_after2)
     if forgets:
         assert acc1_after2 < acc1_after1 - 0.5, (acc1_after1, acc1_after2)
     else:
