@@ -200,6 +200,9 @@ class CodecLearner(Learner):
     Config = CodecConfig
     metrics = {"rd": False, "bpp": False, "bpp_est": False, "psnr": True, "ms_ssim": True, "mse": False}
     primary_metric = "rd"
+    #: options ``evaluate`` depends on: a run started from another run's source checkpoint
+    #: (``tasks.init_from``) copies its rows when these match (the strategy does not matter)
+    eval_keys = ("lmbda", "eval_msssim", "policy")
 
     def __init__(self, config: CodecConfig, device="cpu"):
         if isinstance(config, dict):
@@ -367,6 +370,14 @@ class CodecLearner(Learner):
             ys.append(store[idx])
             ls.append(torch.full((k,), d, dtype=torch.long))
         return torch.cat(ys).to(self.device), torch.cat(ls).to(self.device)
+
+    def task_summary(self, task: Task) -> Dict[str, Any]:
+        """Parameter counts of the task (``trainable_fraction`` as DANICE counts it: the
+        entropy-model quantiles, which only bound the CDF range, excluded)."""
+        m = self.unwrapped
+        return {"params": sum(p.numel() for p in m.parameters()),
+                "trainable_params": sum(p.numel() for p in m.parameters() if p.requires_grad),
+                "trainable_fraction": trainable_fraction(m)}
 
     # -- data -------------------------------------------------------------------------------
     def train_dataset(self, task: Task):
