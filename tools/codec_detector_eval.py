@@ -24,7 +24,7 @@ Codecs (one :class:`RatePoint` per codec and rate):
 - ``JPEG`` (Pillow, ``param`` = quality) and ``JPEG2000`` (Pillow's OpenJPEG, irreversible 9/7
   wavelet, colour transform on, ``param`` = compression ratio), both through
   ``codec.metrics.encode_pil`` (the encoder settings of the codec's RD tables);
-- neural codecs from checkpoints (``codec run`` / ``codec init`` / driver checkpoints, one per
+- neural codecs from checkpoints (``codec init`` / driver checkpoints, one per
   lambda): real bitstreams through :func:`codec.bitstream.encode` / ``decode``; the domain is
   the codec's last one by default (a CAwF or adapter codec's newest domain; 0 for a plain
   source codec).
