@@ -2,6 +2,7 @@
 zoo, loading it back (sha256 checked) and continuing it with the shared driver."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,18 @@ def test_continuation_run_starts_from_the_zoo_entry(tmp_path, monkeypatch, confi
     after, _ = load_codec(tmp_path / "r2" / "checkpoints" / "task0.pt")
     assert after.arch() == zoo_model.arch() and not _same_weights(after, zoo_model)
     assert res is not None
+
+
+def test_export_half_check_on_images(tmp_path, capsys):
+    _tiny_codec(tmp_path / "src.pt")
+    imgs = tmp_path / "imgs"
+    _img(imgs / "a.png", size=(48, 32))
+    out = tmp_path / "z.pt"
+    assert export_main(["export", str(tmp_path / "src.pt"), "-o", str(out), "--half", "--check", str(imgs)]) == 0
+    rep = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    assert set(rep) == {"float32", "exported", "delta_psnr_db", "delta_bpp_rel"} and out.is_file()
+    # a tolerance nothing can meet: refused, and nothing is left behind
+    out2 = tmp_path / "z2.pt"
+    assert export_main(["export", str(tmp_path / "src.pt"), "-o", str(out2), "--half", "--check", str(imgs),
+                        "--tol-db", "-1"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "src.pt", "z.pt"]
