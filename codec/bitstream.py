@@ -247,8 +247,24 @@ def entropy_decode_streams(model, streams: list, domain: int = 0, name: str = "<
     return eb_decode_streams(model.entropy_model(domain), streams, name)
 
 
+#: compressai's rANS encoder sizes its output buffer by the number of coded symbols and writes
+#: the 8-byte final state into it: a stream of 1 or 2 symbols overflows that heap buffer
+#: (``double free or corruption``); from 3 on it fits (16 bits at most per symbol)
+MIN_STREAM_SYMBOLS = 3
+
+
+def check_stream_size(t: Tensor, what: str = "latent") -> None:
+    """Refuse (``ConfigError``) to entropy-code fewer than :data:`MIN_STREAM_SYMBOLS` symbols
+    with compressai's encoder (it would corrupt memory): a codec with so few latent channels."""
+    if t.numel() < MIN_STREAM_SYMBOLS:
+        raise ConfigError(f"the {what} {tuple(t.shape[1:])} has {t.numel()} elements: compressai's rANS encoder "
+                          f"needs at least {MIN_STREAM_SYMBOLS} per stream (use a codec with at least "
+                          f"{MIN_STREAM_SYMBOLS} latent channels)")
+
+
 def eb_encode(eb, y: Tensor) -> list:
     """One ``EntropyBottleneck`` stream of ``y`` ``[1, C, h, w]`` (compressai's ``compress``)."""
+    check_stream_size(y)
     return [(eb.compress(y)[0], tuple(int(s) for s in y.shape[1:]))]
 
 
@@ -470,9 +486,9 @@ def gaussian_decode(gc, payload: bytes, indexes: Tensor, means=None, name: str =
     ``indexes`` ``[1, C, h, w]`` from ``gc.build_indexes(scales)``; returns the float latent
     (symbols + means) on the CPU."""
     shape = tuple(indexes.shape)
-    idx = indexes.reshape(-1).int().cpu().tolist()
-    sym = decode_indexed(payload, idx, gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(),
-                         gc._offset.reshape(-1).int().tolist(), name)
+    idx = indexes.reshape(-1).int().cpu().numpy()
+    sym = decode_indexed(payload, idx, gc._quantized_cdf.cpu().numpy(), gc._cdf_length.reshape(-1).cpu().numpy(),
+                         gc._offset.reshape(-1).cpu().numpy(), name)
     y = torch.frombuffer(sym, dtype=torch.int32).reshape(shape) if len(sym) else torch.zeros(shape, dtype=torch.int32)
     y = y.float()
     if means is not None:

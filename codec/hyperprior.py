@@ -79,7 +79,11 @@ class _HyperpriorInterface:
         *quantised* ``z``), so the bytes are compressai's own."""
         if y.shape[0] != 1:
             raise ValueError(f"entropy_encode codes one latent, got a batch of {y.shape[0]}")
+        from codec.bitstream import check_stream_size
+
         z = self.hyper_analysis(y, domain)
+        check_stream_size(z, "side latent z")
+        check_stream_size(y)
         z_bytes = self.entropy_bottleneck.compress(z)[0]
         # = entropy_bottleneck.decompress(...): round(z - medians) + medians
         medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)

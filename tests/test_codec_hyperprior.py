@@ -335,3 +335,16 @@ def test_import_compressai_refuses_context_models(name, tmp_path):
     torch.save(sd, tmp_path / "ctx.pt")
     with pytest.raises(CheckpointError, match="ctx.pt.*supported"):
         load_codec(tmp_path / "ctx.pt")
+
+
+@pytest.mark.parametrize("cls,N,M", [(ScaleHyperpriorCodec, 2, 12), (MeanScaleHyperpriorCodec, 1, 12)])
+def test_too_few_symbols_refused_not_crashing(cls, N, M):
+    """compressai's rANS encoder overflows its output buffer on streams of 1-2 symbols (a
+    1-channel z of a <= 64 px image): refused before it is called."""
+    from incdet.errors import ConfigError
+
+    m = _untrained(cls, N=N, M=M)
+    with pytest.raises(ConfigError, match="at least 3"):
+        bs.encode(m, _img(30, 40))
+    with pytest.raises(ConfigError, match="at least 3"):
+        bs.encode(tiny_codec(2, 0), _img(8, 8))
