@@ -136,11 +136,11 @@ def test_export_refuses_bad_input(tmp_path):
     assert not (tmp_path / "o.pt").exists()
 
 
-def _zoo(tmp_path, monkeypatch, name="codec_tiny_q3"):
+def _zoo(tmp_path, monkeypatch, name="codec_tiny_q3", kind="factorized"):
     root = tmp_path / "zoo"
     root.mkdir()
     monkeypatch.setenv("INCDET_ZOO", str(root))
-    _tiny_codec(tmp_path / "src.pt")
+    _tiny_codec(tmp_path / "src.pt", kind)
     export_codec(str(tmp_path / "src.pt"), root / f"{name}.pt")
     zoo.add(name, root / f"{name}.pt", command="test", hardware="cpu", wall_s=1.0, metrics={"kodak_psnr": 1.0}, root=root)
     return root
@@ -159,30 +159,33 @@ def test_zoo_codec_loads_sha256_checked(tmp_path, monkeypatch):
         load_codec("zoo:codec_nope")
 
 
-def _continuation_overrides(tmp_path, iterations: int):
-    data = _fake_root(tmp_path / "data")
-    return [f"tasks.data_root={data}", f"tasks.eval_sets={{photos: {data / 'kodak'}}}", "tasks.crop=32",
-            "learner.source_checkpoint=zoo:codec_tiny_q3", "learner.N=8", "learner.M=8", "learner.arch=factorized",
+def _continuation_overrides(tmp_path, iterations: int, kind: str):
+    data = tmp_path / "data"
+    if not data.is_dir():
+        _fake_root(data)
+    return [f"tasks.data_root={data}", f"tasks.eval_sets={{photos: {data / 'kodak'}}}", "tasks.crop=64",  # a multiple of 64 (the hyperprior downsamples by 64)
+            "learner.source_checkpoint=zoo:codec_tiny_q3", "learner.N=8", "learner.M=8", f"learner.arch={kind}",
             "learner.train_source=true", f"train.iterations={iterations}", "train.batch_size=2",
             "train.checkpoint_every=0", "experiment.device=cpu"]
 
 
-@pytest.mark.parametrize("config", ["bmshj2018-factorized.yaml"])
-def test_continuation_run_starts_from_the_zoo_entry(tmp_path, monkeypatch, config):
+@pytest.mark.parametrize("config,kind", [("bmshj2018-factorized.yaml", "factorized"),
+                                         ("mbt2018-mean.yaml", "mean-scale-hyperprior")])
+def test_continuation_run_starts_from_the_zoo_entry(tmp_path, monkeypatch, config, kind):
     from incdet.engine.trainer import run_training
 
-    _zoo(tmp_path, monkeypatch)
+    _zoo(tmp_path, monkeypatch, kind=kind)
     cfg = Path(__file__).resolve().parents[1] / "configs" / "codec" / "zoo" / config
     zoo_model, _ = load_codec("zoo:codec_tiny_q3")
     # 0 iterations: the run's codec is the zoo entry itself
-    run_training(cfg, _continuation_overrides(tmp_path, 0), run_dir=tmp_path / "r0", device="cpu", quiet=True)
+    run_training(cfg, _continuation_overrides(tmp_path, 0, kind), run_dir=tmp_path / "r0", device="cpu", quiet=True)
     start, _ = load_codec(tmp_path / "r0" / "checkpoints" / "task0.pt")
     assert _same_weights(start, zoo_model)
     # a few steps: it trains on from there (the weights move, the architecture is the zoo's)
-    res = run_training(cfg, _continuation_overrides(tmp_path, 2), run_dir=tmp_path / "r2", device="cpu", quiet=True)
+    res = run_training(cfg, _continuation_overrides(tmp_path, 2, kind), run_dir=tmp_path / "r2", device="cpu", quiet=True)
     after, _ = load_codec(tmp_path / "r2" / "checkpoints" / "task0.pt")
     assert after.arch() == zoo_model.arch() and not _same_weights(after, zoo_model)
-    assert res is not None
+    assert set(res.to_dict()) and (tmp_path / "r2" / "results.json").is_file()
 
 
 def test_export_half_check_on_images(tmp_path, capsys):
