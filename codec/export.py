@@ -141,9 +141,21 @@ def bd_set(model_refs: Sequence[str], imgs: Sequence[torch.Tensor]) -> dict:
 
     points = {ref: rd_point(ref, imgs) for ref in model_refs}
     j2k = baseline_curve(list(imgs), "jpeg2000")
+    for p in points.values():  # a single point's distance to JPEG2000: its PSNR at the same bpp
+        p["jpeg2000_psnr_at_bpp"] = _interp_psnr(j2k, p["bpp"])
     curve = [{"bpp": p["bpp"], "psnr": p["psnr"]} for p in points.values()]
     bd = bd_rate_curves(j2k, curve) if len(curve) >= 2 else float("nan")
     return {"points": points, "jpeg2000": j2k, "bd_rate_vs_jpeg2000": bd, "n_images": len(imgs)}
+
+
+def _interp_psnr(curve, bpp: float) -> float:
+    """PSNR of ``curve`` at ``bpp`` (linear in log bpp between its points; NaN outside them)."""
+    import numpy as np
+
+    pts = sorted((p["bpp"], p["psnr"]) for p in curve if p["bpp"] > 0)
+    if not pts or not (pts[0][0] <= bpp <= pts[-1][0]):
+        return float("nan")
+    return float(np.interp(np.log(bpp), [np.log(b) for b, _ in pts], [q for _, q in pts]))
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -182,7 +194,8 @@ def cmd_bd(args) -> int:
     imgs = load_images(args.images, args.max_images, args.data_root)
     res = bd_set(args.models, imgs)
     for ref, p in res["points"].items():
-        print(f"{ref}: bpp {p['bpp']:.4f} (estimate {p['bpp_est']:.4f}), PSNR {p['psnr']:.3f} dB")
+        print(f"{ref}: bpp {p['bpp']:.4f} (estimate {p['bpp_est']:.4f}), PSNR {p['psnr']:.3f} dB "
+              f"(JPEG2000 at this bpp: {p['jpeg2000_psnr_at_bpp']:.3f} dB)")
     print(f"BD-rate (PSNR) vs JPEG2000 on {args.images} ({res['n_images']} images): {res['bd_rate_vs_jpeg2000']:+.1f} %")
     for ref, p in res["points"].items():
         print(f"{ref}: --metric {args.images}_bpp={p['bpp']:.4f} --metric {args.images}_psnr={p['psnr']:.3f} "

@@ -201,3 +201,17 @@ def test_export_half_check_on_images(tmp_path, capsys):
     assert export_main(["export", str(tmp_path / "src.pt"), "-o", str(out2), "--half", "--check", str(imgs),
                         "--tol-db", "-1"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "src.pt", "z.pt"]
+
+
+def test_bd_of_a_set_against_jpeg2000(tmp_path, capsys):
+    from codec.export import _interp_psnr, bd_set
+
+    imgs = [torch.from_numpy((np.random.default_rng(i).random((32, 48, 3)) * 255).astype(np.uint8)).permute(2, 0, 1)
+            for i in range(2)]
+    _tiny_codec(tmp_path / "a.pt")
+    res = bd_set([str(tmp_path / "a.pt")], imgs)
+    p = res["points"][str(tmp_path / "a.pt")]
+    assert p["bpp"] > 0 and np.isfinite(p["psnr"]) and len(res["jpeg2000"]) >= 4
+    assert np.isnan(res["bd_rate_vs_jpeg2000"])  # one rate point: no BD-rate
+    curve = [{"bpp": 0.25, "psnr": 30.0}, {"bpp": 1.0, "psnr": 36.0}]
+    assert _interp_psnr(curve, 0.5) == pytest.approx(33.0) and np.isnan(_interp_psnr(curve, 2.0))
