@@ -348,3 +348,32 @@ def test_too_few_symbols_refused_not_crashing(cls, N, M):
         bs.encode(m, _img(30, 40))
     with pytest.raises(ConfigError, match="at least 3"):
         bs.encode(tiny_codec(2, 0), _img(8, 8))
+
+
+def test_scale_levels_kept_in_arch_and_tables_equal_compressai(tmp_path):
+    """A finer Gaussian scale table (``scale_levels``) is a buffer of the state_dict: the
+    checkpoint rebuilds it, and compressai's model loading the same state_dict writes the same
+    bytes and decodes the same latents."""
+    from compressai.models import MeanScaleHyperprior
+
+    torch.manual_seed(0)
+    m = MeanScaleHyperpriorCodec(8, 12, scale_levels=256).eval()
+    with torch.no_grad():
+        m.g_a[-1].weight.mul_(30)
+    m.update(force=True)
+    assert m.gaussian_conditional.scale_table.numel() == 256 and m.arch()["scale_levels"] == 256
+    save_checkpoint(tmp_path / "m.pt", m)
+    m2, _ = load_codec(tmp_path / "m.pt")
+    assert m2.scale_levels == 256
+    m2.update(force=True)  # a later update keeps the model's table size
+    assert torch.equal(m2.gaussian_conditional._quantized_cdf, m.gaussian_conditional._quantized_cdf)
+    ref = MeanScaleHyperprior(8, 12).eval()
+    ref.load_state_dict(m.state_dict())
+    img = _img(70, 90)
+    x, _ = bs.pad_to_multiple(bs.image_to_tensor(img), 64)
+    with torch.no_grad():
+        r = ref.compress(x)
+        data = bs.encode(m2, img)
+        assert bs.split_streams(*bs.parse(data)[::2]) == [(r["strings"][1][0], (8, 2, 2)), (r["strings"][0][0], (12, 8, 8))]
+    with pytest.raises(ValueError, match="scale_levels"):
+        MeanScaleHyperpriorCodec(8, 12, scale_levels=1)
