@@ -377,3 +377,30 @@ def test_scale_levels_kept_in_arch_and_tables_equal_compressai(tmp_path):
         assert bs.split_streams(*bs.parse(data)[::2]) == [(r["strings"][1][0], (8, 2, 2)), (r["strings"][0][0], (12, 8, 8))]
     with pytest.raises(ValueError, match="scale_levels"):
         MeanScaleHyperpriorCodec(8, 12, scale_levels=1)
+
+
+def test_cli_with_a_hyperprior_checkpoint(tmp_path, capsys):
+    """codec compress / decompress / info / rd on a mean-scale checkpoint (real v2 files)."""
+    import json
+
+    from PIL import Image
+
+    from codec.cli import main
+
+    m = _untrained(MeanScaleHyperpriorCodec, scale=30.0)
+    ck = tmp_path / "m.pt"
+    save_checkpoint(ck, m)
+    (tmp_path / "imgs").mkdir()
+    img = _img(70, 90)
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / "imgs" / "a.png")
+    assert main(["compress", str(tmp_path / "imgs" / "a.png"), "-o", str(tmp_path / "a.nic"), "--model", str(ck)]) == 0
+    assert main(["decompress", str(tmp_path / "a.nic"), "-o", str(tmp_path / "b.png"), "--model", str(ck)]) == 0
+    assert torch.equal(bs.read_image(tmp_path / "b.png"), bs.reconstruct(m, img))
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a.nic")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    size = (tmp_path / "a.nic").stat().st_size
+    assert info["version"] == 2 and info["file_bytes"] == size and info["latent_shape"] == [12, 8, 8]
+    assert main(["rd", "--model", str(ck), "--images", str(tmp_path / "imgs")]) == 0
+    rd = json.loads(capsys.readouterr().out)
+    assert rd["bpp"] == pytest.approx(8 * size / (70 * 90))
