@@ -313,6 +313,13 @@ def import_compressai(state_or_path, affine: bool = False) -> nn.Module:
     if not all(is_updated(m) for m in model.modules() if m.__class__.__name__ in ("EntropyBottleneck",
                                                                                   "GaussianConditional")):
         model.update(force=True)
+    elif kind != "factorized":  # keep the imported scale table's size for a later update()
+        from compressai.models.google import get_scale_table
+
+        table = model.gaussian_conditional.scale_table
+        k = table.numel()
+        if 2 <= k <= 4096 and torch.allclose(table.cpu(), get_scale_table(levels=k)):
+            model.scale_levels = k
     return model.eval()
 
 
