@@ -22,6 +22,13 @@ symbols (given by the caller, bounded by the header limits) plus the payload len
 Two entry points: :func:`decode_symbols` (runs of symbols sharing one CDF: an
 ``EntropyBottleneck``, one run per channel) and :func:`decode_indexed` (one CDF index per
 symbol: a ``GaussianConditional``, as compressai's ``decode_with_indexes``).
+
+Speed: the same loop with the same checks is also written in C (:data:`_C_SOURCE`, about 50
+lines), compiled once per machine with the system C compiler into ``~/.cache/incdet`` (or
+``$INCDET_CACHE``) and called through ctypes: as fast as compressai's decoder. Without a
+compiler, on a big-endian host or with ``INCDET_RANS_NATIVE=0`` the Python loop runs (same
+results, about 3 us per symbol: a 768 x 512 image with M = 192 takes about a second more).
+The two are fuzzed against each other (``tests/test_fuzz_codec_bitstream.py``).
 """
 from __future__ import annotations
 
