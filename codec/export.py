@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -197,9 +198,10 @@ def cmd_bd(args) -> int:
         print(f"{ref}: bpp {p['bpp']:.4f} (estimate {p['bpp_est']:.4f}), PSNR {p['psnr']:.3f} dB "
               f"(JPEG2000 at this bpp: {p['jpeg2000_psnr_at_bpp']:.3f} dB)")
     print(f"BD-rate (PSNR) vs JPEG2000 on {args.images} ({res['n_images']} images): {res['bd_rate_vs_jpeg2000']:+.1f} %")
-    for ref, p in res["points"].items():
-        print(f"{ref}: --metric {args.images}_bpp={p['bpp']:.4f} --metric {args.images}_psnr={p['psnr']:.3f} "
-              f"--metric {args.images}_bd_rate_vs_jpeg2000_set={res['bd_rate_vs_jpeg2000']:.1f}")
+    bd = res["bd_rate_vs_jpeg2000"]
+    for ref, p in res["points"].items():  # arguments for `incdet zoo add`
+        print(f"{ref}: --metric {args.images}_bpp={p['bpp']:.4f} --metric {args.images}_psnr={p['psnr']:.3f}"
+              + (f" --metric {args.images}_bd_rate_vs_jpeg2000_set={bd:.1f}" if math.isfinite(bd) else ""))
     if args.json:
         from incdet.engine.checkpoint import write_atomic
 
