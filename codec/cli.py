@@ -70,12 +70,13 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from codec.bitstream import HEADER_SIZE, read_header
+    from codec.bitstream import read_header
 
     h = read_header(args.file, _limits(args))
     size = Path(args.file).stat().st_size
     print(json.dumps({"version": h.version, "codec_id": h.codec_id.hex(), "domain": h.domain, "width": h.width,
-                      "height": h.height, "latent_shape": list(h.latent_shape), "header_bytes": HEADER_SIZE,
+                      "height": h.height, "latent_shape": list(h.latent_shape), "header_bytes": h.header_bytes,
+                      "streams": [{"shape": list(s), "bytes": n} for s, n in h.streams],
                       "side_bytes": h.side_len, "payload_bytes": h.payload_len, "file_bytes": size,
                       "bpp": 8 * size / (h.width * h.height)}, indent=1))
     return 0

@@ -160,6 +160,7 @@ class CodecConfig:
     arch: str = "factorized"           #: source codec kind: factorized | scale-hyperprior | mean-scale-hyperprior
     N: int = 64                        #: channels (DANICE 64; compressai zoo 128 / 192)
     M: Optional[int] = None            #: latent channels (default N)
+    scale_levels: int = 64             #: hyperprior kinds: size of the Gaussian scale table (compressai: 64)
     lmbda: float = 0.008               #: R + lmbda * 255^2 * MSE; DANICE: 0.002, 0.008, 0.016, 0.032
     K: int = 16                        #: CAwF custom filters per layer per domain
     policy: str = "soft"               #: adapters: soft | top1 | oracle
@@ -183,6 +184,7 @@ class CodecConfig:
                      f"one of {', '.join(k for k in CODECS.names() if getattr(CODECS.get(k), 'base_codec', False))}"),
             "N": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
             "M": (lambda v: v is None or (_int_at_least(1)(v) and v <= 4096), "null or an integer in 1..4096"),
+            "scale_levels": (lambda v: _int_at_least(2)(v) and v <= 4096, "an integer in 2..4096"),
             "lmbda": (_positive_float, "a finite number > 0"),
             "K": (lambda v: _int_at_least(1)(v) and v <= 4096, "an integer in 1..4096"),
             "policy": (lambda v: v in POLICIES, f"one of {', '.join(POLICIES)}"),
@@ -234,7 +236,10 @@ class CodecLearner(Learner):
                 raise ConfigError(f"learner.source_checkpoint {c.source_checkpoint}: not a source codec "
                                   f"(a {m.arch().get('kind')!r} codec, an adapted one)")
             return m
-        return build_codec({"kind": c.arch, "N": c.N, "M": c.M if c.M is not None else c.N})
+        arch = {"kind": c.arch, "N": c.N, "M": c.M if c.M is not None else c.N}
+        if c.arch != "factorized":
+            arch["scale_levels"] = c.scale_levels
+        return build_codec(arch)
 
     def domain_id(self, task: Task) -> int:
         return int(task.meta.get("domain_id", task.index)) if task is not None else 0

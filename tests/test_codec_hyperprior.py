@@ -401,6 +401,8 @@ def test_cli_with_a_hyperprior_checkpoint(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     size = (tmp_path / "a.nic").stat().st_size
     assert info["version"] == 2 and info["file_bytes"] == size and info["latent_shape"] == [12, 8, 8]
+    assert info["header_bytes"] + info["side_bytes"] + sum(st["bytes"] for st in info["streams"]) == size
+    assert [st["shape"] for st in info["streams"]] == [[8, 2, 2], [12, 8, 8]]
     assert main(["rd", "--model", str(ck), "--images", str(tmp_path / "imgs")]) == 0
     rd = json.loads(capsys.readouterr().out)
     assert rd["bpp"] == pytest.approx(8 * size / (70 * 90))
