@@ -27,6 +27,7 @@ deterministic, image-independent grid of multi-scale windows meant for tests and
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -541,6 +542,106 @@ def run_pool(fn, jobs: Sequence, workers: int = 0, desc: str = "proposals", prog
             pool.terminate()
 
 
+class ShardCache:
+    """A resumable cache of computed proposals: one small ``.npz`` per image in ``directory``.
+
+    Each shard (``<image id>.npz``, or ``id-<sha1>.npz`` for an id that is not a plain file
+    name) holds one array ``boxes`` (``float32 [K, 4]``), is written atomically (temporary file +
+    ``os.replace``) as soon as the image is done, so a killed run keeps every finished image. The
+    zip container checks a CRC-32 of the array on reading; a shard is also checked like any
+    proposal file (header bounded before allocation, ``[K, 4]`` with ``K <= max_proposals``,
+    finite, not inverted, inside the image's possible range). A shard that fails any check is
+    reported, deleted and recomputed, never used. ``params.json`` records the method and its
+    parameters; a cache made with other parameters is refused (:class:`DataError` naming it).
+    Nothing is unpickled (``allow_pickle=False``).
+    """
+
+    PARAMS = "params.json"
+
+    def __init__(self, directory: Union[str, Path], params: dict):
+        self.dir = Path(directory)
+        self.params = dict(params)
+        self.damaged: List[str] = []
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pf = self.dir / self.PARAMS
+        if pf.is_file():
+            try:
+                have = json.loads(pf.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                have = None  # unreadable: treated as damaged, rewritten below when the cache is empty
+            if have != self.params:
+                if have is None and not any(self.dir.glob("*.npz")):
+                    pass
+                else:
+                    raise DataError(f"{pf}: this proposal cache was made with other parameters "
+                                    f"({short_repr(have)}, now {short_repr(self.params)}); delete {self.dir} "
+                                    f"or use another cache directory")
+        self._write(pf, json.dumps(self.params, sort_keys=True).encode())
+
+    @staticmethod
+    def _name(image_id: str) -> str:
+        import hashlib
+        import re
+
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", image_id) and not image_id.startswith("id-"):
+            return image_id + ".npz"
+        return "id-" + hashlib.sha1(image_id.encode("utf-8")).hexdigest() + ".npz"
+
+    def path(self, image_id: str) -> Path:
+        return self.dir / self._name(str(image_id))
+
+    def _write(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def put(self, image_id: str, boxes: np.ndarray) -> None:
+        """Store one image's boxes (atomically)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, boxes=np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, 4))
+        self._write(self.path(image_id), buf.getvalue())
+
+    def get(self, image_id: str) -> Optional[np.ndarray]:
+        """The stored boxes of ``image_id``, or None when there is no shard or it is damaged
+        (then it is deleted and listed in ``self.damaged``)."""
+        p = self.path(image_id)
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if not hasattr(z, "files") or z.files != ["boxes"]:
+                    raise DataError(f"{p}: expected one array 'boxes'")
+                arr = npz_array(z, "boxes", p)
+            mp = int(self.params.get("max_proposals", MAX_STORED_PROPOSALS))
+            if arr.dtype != np.float32 or len(arr) > mp:
+                raise DataError(f"{p}: {arr.dtype} [{len(arr)}, 4], expected float32 with at most {mp} rows")
+            validate_boxes(arr, image_id, str(p))
+            if arr.size and arr.min() < 0:
+                raise DataError(f"{p}: negative coordinates")
+            return arr.reshape(-1, 4)
+        except Exception as e:  # noqa: BLE001 - zipfile (bad CRC), numpy, DataError: all mean "damaged"
+            log.warning("proposal cache: damaged shard %s (%s): recomputed", p, short_repr(str(e)))
+            self.damaged.append(str(image_id))
+            with contextlib.suppress(OSError):
+                p.unlink()
+            return None
+
+    def clear(self) -> None:
+        """Delete the cache directory's shards, its parameter file and the directory (if empty)."""
+        for f in [*self.dir.glob("*.npz"), *self.dir.glob(".*.tmp"), self.dir / self.PARAMS]:
+            with contextlib.suppress(OSError):
+                f.unlink()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
 def compute_for_images(
     items: Sequence[Tuple[str, Union[str, Path]]],
     method: str = "selective_search",
@@ -548,15 +649,34 @@ def compute_for_images(
     max_side: int = 500,
     workers: int = 0,
     progress: bool = True,
+    cache_dir: Optional[Union[str, Path]] = None,
+    chunksize: int = 1,
 ) -> Dict[str, np.ndarray]:
-    """Proposals for ``(image_id, path)`` pairs, in :func:`run_pool` with ``workers`` (0: all CPUs)."""
-    jobs = [(i, str(p), method, max_proposals, max_side) for i, p in items]
+    """Proposals for ``(image_id, path)`` pairs, in :func:`run_pool` with ``workers`` (0: all CPUs).
+
+    With ``cache_dir`` (a :class:`ShardCache`), every image is stored as soon as it is done,
+    images already stored (and intact) are not recomputed, so a killed run resumes where it
+    stopped. The result does not depend on ``workers`` (each image is computed alone, with a
+    seeded generator) nor on the cache. ``chunksize``: images per task sent to a worker (1
+    balances best: images differ in cost by several times)."""
+    cache = ShardCache(cache_dir, {"method": method, "max_proposals": max_proposals, "max_side": max_side}) \
+        if cache_dir is not None else None
     out: Dict[str, np.ndarray] = {}
-    for image_id, boxes, err in run_pool(_job, jobs, workers, f"proposals ({method})", progress):
+    if cache is not None:
+        for i, _ in items:
+            got = cache.get(str(i))
+            if got is not None:
+                out[str(i)] = got
+        if out:
+            log.info("proposal cache %s: %d of %d images already done", cache.dir, len(out), len(items))
+    jobs = [(str(i), str(p), method, max_proposals, max_side) for i, p in items if str(i) not in out]
+    for image_id, boxes, err in run_pool(_job, jobs, workers, f"proposals ({method})", progress, chunksize=chunksize):
         if err is not None:
             raise DataError(err)
+        if cache is not None:
+            cache.put(image_id, boxes)
         out[image_id] = boxes
-    return {i: out[i] for i, _ in items}
+    return {str(i): out[str(i)] for i, _ in items}
 
 
 __all__ = [
@@ -570,6 +690,7 @@ __all__ = [
     "ProposalSource",
     "voc_image_list",
     "compute_for_images",
+    "ShardCache",
     "read_npz",
     "run_pool",
     "worker_init",
