@@ -79,6 +79,11 @@ class DetectorConfig:
     nms_iou: float = 0.3
     detections_per_img: int = 100
     roi_chunk: int = 512  # RoIs per head pass when scoring all proposals
+    # training with distillation RoIs: a distillation RoI equal to a training RoI (or to another
+    # distillation RoI) of the same image runs the head once and its outputs are shared. Same
+    # losses and gradients (up to float summation order); applied only when the head's output for
+    # a RoI does not depend on the other RoIs of the pass (no BatchNorm in train mode in res5).
+    reuse_rois: bool = True
 
     def __post_init__(self) -> None:
         """Value checks (ranges, choices): a bad value raises :class:`ConfigError` naming the
@@ -237,6 +242,24 @@ def load_resnet_weights(net: ResNetC4, path: str) -> None:
     net.load_state_dict(state, strict=False)
 
 
+def unique_rows(rows: Tensor) -> Tuple[Tensor, Tensor]:
+    """The distinct rows of ``rows [N, D]`` in order of first occurrence: ``(keep, where)`` with
+    ``keep [U]`` the index of each distinct row's first occurrence (ascending) and ``where [N]``
+    the position in ``keep`` of each row's copy, so that ``rows[keep][where] == rows``."""
+    n = rows.shape[0]
+    if n == 0:
+        e = torch.zeros((0,), dtype=torch.long, device=rows.device)
+        return e, e
+    _, inv = torch.unique(rows, dim=0, return_inverse=True)
+    ar = torch.arange(n, device=rows.device)
+    first = torch.full((int(inv.max()) + 1,), n, dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, inv, ar, reduce="amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=rows.device)
+    return first[order], rank[inv]
+
+
 class ChunkedLinear(nn.Module):
     """A linear layer stored as row chunks whose outputs are concatenated."""
 
@@ -286,7 +309,11 @@ class FastRCNN(nn.Module):
         by the number of sampled RoIs). ``model.last_stats`` then holds ``num_fg``/``num_rois``.
         With ``distill_rois`` (list of ``[M_i, 4]`` boxes, same coordinates), the call returns
         ``(losses, (logits [sum M_i, 1 + C], deltas [sum M_i, 4 C]))`` for those boxes, from
-        the same forward pass (used for distillation).
+        the same forward pass (used for distillation): the training and distillation RoIs are
+        pooled together and run through res5 and the output layers in one call; with
+        ``cfg.reuse_rois`` a RoI that occurs twice (same image, same coordinates) is computed
+        once and its outputs are used for both rows (``last_stats["num_reused"]`` counts them);
+        not when res5 has BatchNorm in train mode, whose batch statistics would change.
 
     Eval mode, ``model(images, proposals)`` returns one dict per image with ``boxes [D, 4]``
     (xyxy, in the coordinates of the given image), ``labels [D]`` (1..C) and ``scores [D]``:
@@ -407,6 +434,12 @@ class FastRCNN(nn.Module):
         x = x.mean(dim=(2, 3))
         return self.cls_score(x), self.bbox_pred(x)
 
+    def head_is_per_roi(self) -> bool:
+        """Whether :meth:`head` computes each RoI's outputs independently of the other RoIs of
+        the call: false when res5 holds a BatchNorm layer in train mode (batch statistics)."""
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                       for m in self.backbone.layer4.modules())
+
     @staticmethod
     def batch_rois(boxes: Sequence[Tensor], scales: Sequence[float], device) -> Tensor:
         """RoIs ``[sum K_i, 5]`` (batch index, x1, y1, x2, y2) for ``roi_pool``/``roi_align``: image
@@ -440,10 +473,18 @@ class FastRCNN(nn.Module):
         if distill_rois is not None:
             rois = torch.cat([train_rois, self.batch_rois(distill_rois, scales, dev)], 0)
         feats = self.features(batch)
-        logits, deltas = self.head(feats, rois)
+        n_reused = 0
+        if distill_rois is not None and self.cfg.reuse_rois and self.head_is_per_roi():
+            keep, where = unique_rows(rois)
+            n_reused = rois.shape[0] - keep.shape[0]
+        if n_reused:
+            logits, deltas = self.head(feats, rois[keep])
+            logits, deltas = logits[where], deltas[where]
+        else:
+            logits, deltas = self.head(feats, rois)
         losses = self.fastrcnn_loss(logits[:n_train], deltas[:n_train],
                                     torch.cat([s.labels for s in sampled]), torch.cat([s.targets for s in sampled]))
-        self.last_stats = {"num_fg": sum(s.num_fg for s in sampled), "num_rois": n_train}
+        self.last_stats = {"num_fg": sum(s.num_fg for s in sampled), "num_rois": n_train, "num_reused": n_reused}
         if distill_rois is not None:
             return losses, (logits[n_train:], deltas[n_train:])
         return losses
@@ -509,4 +550,4 @@ class FastRCNN(nn.Module):
         return res
 
 
-__all__ = ["DetectorConfig", "FastRCNN", "ResNetC4", "ChunkedLinear", "load_resnet_weights"]
+__all__ = ["DetectorConfig", "FastRCNN", "ResNetC4", "ChunkedLinear", "load_resnet_weights", "unique_rows"]

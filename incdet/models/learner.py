@@ -33,6 +33,12 @@ Variants (thesis tables 3.1-3.3) are config switches: ``distill`` (``l2`` | ``ce
 ``freeze`` (``none`` | ``trunk`` | ``all_but_new``), ``ewc_weight``; joint training is a
 single task holding all classes.
 
+Cost of the incremental step (docs/results/benchmarks.md): the live teacher scores the
+proposals of all images of a batch in one trunk pass and chunked head passes, under
+``torch.inference_mode`` (optionally in bf16/fp16 on CUDA: ``teacher_precision``); the student's
+distillation RoIs share one RoI-pooling + res5 + output-layer pass with its training RoIs, and a
+distillation RoI equal to a training RoI is computed once (``model.reuse_rois``).
+
 Teacher caching (``teacher_cache: true``; the thesis precomputed A's responses): the first time
 an image is seen in a given flip state the teacher scores all its proposals and the candidate
 pool (the 128 least-background RoIs, or all proposals for unbiased sampling) is stored with the
@@ -97,6 +103,10 @@ class FastRCNNLearnerConfig:
     distill_pool: int = 128
     teacher_cache: bool = False
     teacher_max_proposals: Optional[int] = None  # teacher scores only the first N proposals
+    # precision of the live teacher's scoring: fp32 | bf16 | fp16 (autocast, CUDA only; on another
+    # device fp32 is used and a warning logged). Reduced precision changes the teacher's responses
+    # slightly (and so which RoIs enter the candidate pool): an opt-in speed-up, fp32 by default
+    teacher_precision: str = "fp32"
     # none | trunk (every convolutional layer, res5 included, and its BatchNorm statistics fixed: only
     # the output layers train; thesis "frozen trunk") | all_but_new (also the old outputs: only the new
     # classes' outputs train; thesis "all layers frozen"); applies to tasks after the first
@@ -139,6 +149,7 @@ class FastRCNNLearnerConfig:
         check_range(S, "distill_rois", self.distill_rois, 1,
                     self.distill_pool if self.distill_sampling == "biased" else None)
         check_range(S, "teacher_max_proposals", self.teacher_max_proposals, 1, allow_none=True)
+        check_choice(S, "teacher_precision", self.teacher_precision, ("fp32", "bf16", "fp16"))
         check_choice(S, "freeze", self.freeze, ("none", "trunk", "all_but_new"))
         check_range(S, "ewc_weight", self.ewc_weight, 0)
         check_choice(S, "bn_stats", self.bn_stats, ("update", "frozen"))
@@ -233,6 +244,16 @@ class FastRCNNLearner(Learner):
         self._det_cache_version = -1
         self._teacher_cache: Dict[Tuple[str, bool], DistillTargets] = {}
         self._sources: Dict[str, ProposalSource] = {}
+        if self.config.teacher_precision != "fp32" and self.device.type != "cuda":
+            log.warning("learner.teacher_precision=%s applies on CUDA only: the teacher runs in fp32 on %s",
+                        self.config.teacher_precision, self.device)
+
+    def _teacher_autocast(self):
+        """The autocast context of the teacher's scoring (``teacher_precision``; CUDA only)."""
+        prec = self.config.teacher_precision
+        if prec == "fp32" or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -330,7 +351,11 @@ class FastRCNNLearner(Learner):
     def teacher_targets(self, images: List[Tensor], proposals: List[Tensor], keys: List[Tuple[str, bool]]) -> List[DistillTargets]:
         """The frozen teacher's distillation targets for a batch: per image ``distill_rois`` RoIs sampled
         from its candidate pool, with the teacher's logits and deltas on them; ``keys`` are
-        ``(image_id, flipped)`` (the teacher cache's keys when ``teacher_cache`` is on)."""
+        ``(image_id, flipped)`` (the teacher cache's keys when ``teacher_cache`` is on).
+
+        The images not found in the cache are scored together (one :meth:`FastRCNN.score_proposals`
+        call) under ``torch.inference_mode``; the returned (and cached) tensors are ordinary
+        tensors (indexed outside inference mode), usable in the student's autograd graph."""
         c = self.config
         biased = c.distill_sampling == "biased"
         pools: List[Optional[DistillTargets]] = [None] * len(images)
@@ -345,8 +370,10 @@ class FastRCNNLearner(Learner):
                 if c.teacher_max_proposals:
                     p = p[: c.teacher_max_proposals]
                 props.append(p.to(self.device))
-            with torch.no_grad():
+            with torch.inference_mode(), self._teacher_autocast():
                 outs = self.teacher.score_proposals([images[j] for j in todo], props)
+            # outside inference mode: indexing gives ordinary tensors (an inference tensor cannot be
+            # saved for backward, and the student's RoI pooling saves its boxes)
             for j, p, (lg, dl) in zip(todo, props, outs):
                 idx = candidate_pool(lg, c.distill_pool, biased)
                 pool = DistillTargets(p[idx].float(), lg[idx].float(), dl[idx].float())
