@@ -215,3 +215,19 @@ def test_teacher_precision_is_cuda_only(tmp_path, caplog):
         L = _learner(tmp_path, tasks, True, teacher_precision="bf16")
     assert "CUDA only" in caplog.text
     assert L._teacher_autocast().__class__.__name__ == "nullcontext"
+
+
+@pytest.mark.parametrize("prec, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_teacher_precision_autocast_on_cuda(tmp_path, prec, dtype):
+    """The autocast context chosen for a CUDA learner (built on the CPU, device switched after)."""
+    L = _learner(tmp_path, make_tasks(), True, teacher_precision=prec)
+    L.device = torch.device("cuda")
+    import warnings
+
+    with warnings.catch_warnings():  # constructing a CUDA autocast without CUDA only warns
+        warnings.simplefilter("ignore")
+        ctx = L._teacher_autocast()
+    if dtype is None:
+        assert ctx.__class__.__name__ == "nullcontext"
+    else:
+        assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == dtype
