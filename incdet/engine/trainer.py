@@ -157,7 +157,7 @@ class _Optim:
     optimizer: torch.optim.Optimizer
     scaler: Optional[Any]   #: GradScaler (fp16 AMP) or None
     params: List[torch.Tensor]
-    autocast: Callable      #: () -> context manager of the forward pass
+    autocast: Optional[Callable]  #: () -> context manager of the forward pass; None: no AMP
 
 
 class _Meter:
@@ -566,9 +566,9 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
         def autocast():
-            return torch.autocast(device_type="cuda", dtype=amp_dtype) if amp else contextlib.nullcontext()
+            return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
-        return _Optim(optimizer, scaler, params, autocast)
+        return _Optim(optimizer, scaler, params, autocast if amp else None)
 
     def _loader(self, plan: _Plan, epoch: int, offset: int) -> DataLoader:
         """The batches of one epoch, skipping the first ``offset`` (already done before a resume)."""
@@ -584,8 +584,11 @@ class Trainer:
     def _train_step(self, batch, plan: _Plan, opt: _Optim, step: int) -> Dict[str, float]:
         """One optimizer step: forward, finite check (all ranks agree), backward, clip, step.
         Returns the losses as floats (averaged over processes)."""
-        with opt.autocast():
+        if opt.autocast is None:
             losses = self.learner.training_step(batch)
+        else:
+            with opt.autocast():
+                losses = self.learner.training_step(batch)
         if "loss" not in losses:
             raise KeyError(f"{type(self.learner).__name__}.training_step returned no 'loss' (got {sorted(losses)})")
         loss = losses["loss"]
@@ -594,8 +597,10 @@ class Trainer:
                                 for v in losses.values()])
             vals = D.all_reduce_mean(vals).tolist()
         else:  # on CPU .item() costs nothing; torch.stack would be the loop's biggest overhead
-            vals = [v.item() if torch.is_tensor(v) else float(v) for v in losses.values()]
-        if not all(math.isfinite(v) for v in vals):
+            vals = [v.item() if isinstance(v, torch.Tensor) else float(v) for v in losses.values()]
+        # a sum is finite only when every term is (NaN and inf propagate): one check per step;
+        # the terms are checked one by one only when it is not (a finite sum could overflow)
+        if not math.isfinite(sum(vals)) and not all(math.isfinite(v) for v in vals):
             terms = ", ".join(f"{k}={v:.6g}" for k, v in zip(losses, vals))
             raise NonFiniteLossError(
                 f"non-finite loss at task {plan.task.index} ({plan.task.name}) step {step} (global step "
@@ -620,7 +625,7 @@ class Trainer:
 
     def _after_step(self, plan: _Plan, step: int, epoch: int, lr: float, meter: _Meter, bar, opt: _Optim) -> None:
         """The log policy (every ``log_every`` steps and at the last) and the mid-task checkpoint
-        policy (every ``checkpoint_every`` steps, rank 0)."""
+        policy (every ``checkpoint_every`` steps, rank 0); advances the progress bar."""
         tc, t = plan.tc, plan.task.index
         if bar is not None:
             bar.update(1)
@@ -661,6 +666,9 @@ class Trainer:
         step = start_step
         epoch, offset = divmod(step, plan.batches_per_epoch)
         meter, t_start = _Meter(), time.perf_counter()
+        # per-step work is kept to what a step needs: the world size is fixed, the groups' lr is
+        # written when the schedule changes it
+        world, groups, lr_set = D.world_size(), opt.optimizer.param_groups, None
         try:
             while step < plan.n_iters:
                 step_before = step
@@ -668,12 +676,14 @@ class Trainer:
                     if step >= plan.n_iters:
                         break
                     lr = lr_at(step, tc, plan.unit)
-                    for grp in opt.optimizer.param_groups:
-                        grp["lr"] = lr * grp["lr_mult"]
+                    if lr != lr_set:
+                        for grp in groups:
+                            grp["lr"] = lr * grp["lr_mult"]
+                        lr_set = lr
                     losses = self._train_step(batch, plan, opt, step)
                     step += 1
                     self.global_step += 1
-                    meter.update(losses, n_items * D.world_size())
+                    meter.update(losses, n_items * world)
                     self._after_step(plan, step, epoch, lr, meter, bar, opt)
                 if step == step_before:
                     raise ConfigError(f"task {t} ({task.name}): epoch {epoch} produced no batch "
