@@ -24,8 +24,12 @@ def _cfg(tmp_path, **train):
     }, source="test")
 
 
-def test_lr_follows_the_schedule_at_every_step(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, warmup_iters=4, lr_steps=[7, 10], lr_gamma=0.5)
+@pytest.mark.parametrize("train, unit", [
+    ({"warmup_iters": 4, "lr_steps": [7, 10], "lr_gamma": 0.5}, 1),
+    ({"iterations": None, "epochs": 3, "warmup_iters": 3, "lr_steps": [1, 2], "lr_gamma": 0.1}, 10),  # in epochs
+])
+def test_lr_follows_the_schedule_at_every_step(tmp_path, monkeypatch, train, unit):
+    cfg = _cfg(tmp_path, **train)
     seen = []
     step = torch.optim.SGD.step
 
@@ -36,8 +40,37 @@ def test_lr_follows_the_schedule_at_every_step(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim.SGD, "step", record)
     Trainer(cfg, tmp_path / "run", quiet=True).fit()
     tc = cfg.train.for_task(0)
-    assert seen == [[lr_at(s, tc, 1)] for s in range(12)]
+    n = 12 if unit == 1 else 30  # 80 items, batch 8: 10 batches per epoch
+    assert seen == [[lr_at(s, tc, unit)] for s in range(n)]
     assert len({x[0] for x in seen}) > 3  # the schedule did change
+
+
+def test_logged_means_are_the_means_of_the_steps(tmp_path, monkeypatch):
+    """The meter appends per step and sums at log time (or every FOLD steps): same numbers."""
+    import json
+
+    from incdet.engine import trainer as T
+
+    monkeypatch.setattr(T._Meter, "FOLD", 2)
+    got = []
+    orig = T.Trainer._train_step
+
+    def rec(self, *a, **k):
+        out = orig(self, *a, **k)
+        got.append(out)
+        return out
+
+    monkeypatch.setattr(T.Trainer, "_train_step", rec)
+    Trainer(_cfg(tmp_path, log_every=5), tmp_path / "run", quiet=True).fit()
+    logs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if "step" in r and r.get("event") != "eval"]
+    assert [r["step"] for r in logs] == [5, 10, 12]
+    for r, (a, b) in zip(logs, [(0, 5), (5, 10), (10, 12)]):
+        for key in ("loss", "ce"):
+            s = 0.0
+            for x in got[a:b]:
+                s += x[key]
+            assert r[key] == s / (b - a)
 
 
 @pytest.mark.parametrize("extra, stops", [

@@ -77,16 +77,6 @@ class ResumableSampler(Sampler[int]):
         return max(0, self.per_rank - self.start)
 
 
-class _CountingCollate:
-    """Wraps ``learner.collate`` to also return the number of items (for images/s)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, items):
-        return len(items), self.fn(items)
-
-
 class _WorkerInit:
     def __call__(self, worker_id: int) -> None:
         s = torch.initial_seed() % (2**32)
@@ -161,22 +151,38 @@ class _Optim:
 
 
 class _Meter:
-    """Running means of the losses and the item count since the last log record."""
+    """Running means of the losses and the item count since the last log record.
+
+    A step only appends its losses (the cheapest per-step work); they are summed when a record
+    is made, or every ``FOLD`` steps so that a long ``log_every`` keeps the memory bounded.
+    """
+
+    FOLD = 256
 
     def __init__(self):
         self.reset(time.perf_counter())
 
     def reset(self, now: float) -> None:
         self.sums: Dict[str, float] = {}
+        self.pending: List[Dict[str, float]] = []
         self.count, self.items, self.t0 = 0, 0, now
 
     def update(self, losses: Dict[str, float], n_items: int) -> None:
-        for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
+        self.pending.append(losses)
         self.items += n_items
+        if len(self.pending) >= self.FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        sums = self.sums
+        for losses in self.pending:  # in step order: the same float sums as adding at every step
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.count += len(self.pending)
+        self.pending = []
 
     def averages(self) -> Dict[str, float]:
+        self._fold()
         return {k: v / self.count for k, v in self.sums.items()}
 
 
@@ -577,7 +583,7 @@ class Trainer:
         g = torch.Generator()
         g.manual_seed(mix_seed(seed, t, epoch))
         return DataLoader(plan.dataset, batch_size=plan.batch, sampler=sampler, drop_last=plan.drop_last,
-                          collate_fn=_CountingCollate(self.learner.collate), num_workers=tc.num_workers,
+                          collate_fn=self.learner.collate, num_workers=tc.num_workers,
                           pin_memory=self.device.type == "cuda", generator=g,
                           worker_init_fn=_WorkerInit() if tc.num_workers else None)
 
@@ -592,7 +598,7 @@ class Trainer:
         if "loss" not in losses:
             raise KeyError(f"{type(self.learner).__name__}.training_step returned no 'loss' (got {sorted(losses)})")
         loss = losses["loss"]
-        if self.distributed or loss.device.type != "cpu":  # one transfer / collective
+        if self.distributed or not loss.is_cpu:  # one transfer / collective
             vals = torch.stack([torch.as_tensor(v, device=loss.device).detach().float().reshape(())
                                 for v in losses.values()])
             vals = D.all_reduce_mean(vals).tolist()
@@ -668,22 +674,31 @@ class Trainer:
         meter, t_start = _Meter(), time.perf_counter()
         # per-step work is kept to what a step needs: the world size is fixed, the groups' lr is
         # written when the schedule changes it
-        world, groups, lr_set = D.world_size(), opt.optimizer.param_groups, None
+        world, groups, lr_set, n_iters = D.world_size(), opt.optimizer.param_groups, None, plan.n_iters
+        # items per step (images/s): every batch is full, or (drop_last off: fewer items than one
+        # batch) the one batch of an epoch holds this process's share
+        step_items = world * (plan.batch if plan.drop_last else math.ceil(plan.n / world))
+        lr_next = 0  # the schedule is evaluated at the steps where it can change (warmup, lr_steps)
+        changes = sorted({m * plan.unit for m in tc.lr_steps if m * plan.unit > step})
         try:
             while step < plan.n_iters:
                 step_before = step
-                for n_items, batch in self._loader(plan, epoch, offset):
-                    if step >= plan.n_iters:
+                for batch in self._loader(plan, epoch, offset):
+                    if step >= n_iters:
                         break
-                    lr = lr_at(step, tc, plan.unit)
-                    if lr != lr_set:
-                        for grp in groups:
-                            grp["lr"] = lr * grp["lr_mult"]
-                        lr_set = lr
+                    if step >= lr_next:
+                        lr = lr_at(step, tc, plan.unit)
+                        if lr != lr_set:
+                            for grp in groups:
+                                grp["lr"] = lr * grp["lr_mult"]
+                            lr_set = lr
+                        while changes and changes[0] <= step:
+                            changes.pop(0)
+                        lr_next = step + 1 if step + 1 <= tc.warmup_iters else (changes[0] if changes else plan.n_iters)
                     losses = self._train_step(batch, plan, opt, step)
                     step += 1
                     self.global_step += 1
-                    meter.update(losses, n_items * world)
+                    meter.update(losses, step_items)
                     self._after_step(plan, step, epoch, lr, meter, bar, opt)
                 if step == step_before:
                     raise ConfigError(f"task {t} ({task.name}): epoch {epoch} produced no batch "
