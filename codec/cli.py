@@ -224,6 +224,9 @@ def _registrars():
     regs = [engine_cli.register]
     regs.append(register)
     regs.append(register_eval_detector)
+    from codec import export
+
+    regs.append(export.register)  # codec export / codec bd
     return regs
 
 

@@ -288,6 +288,15 @@ class CodecLearner(Learner):
         return [mod for mod in self.unwrapped.modules() if isinstance(mod, EntropyBottleneck)
                 and any(p.requires_grad for p in mod.parameters())]
 
+    def _check_crop(self, task: Task) -> None:
+        """Training crops must be multiples of the codec's downsampling (16 factorized, 64
+        hyperprior): refused here with the option to change, not deep inside compressai."""
+        f = int(getattr(self.unwrapped, "downsampling_factor", 16))
+        crop = getattr(task.train_set, "crop", None)
+        if isinstance(crop, int) and crop % f:
+            raise ConfigError(f"tasks.crop = {crop}: the {self.unwrapped.arch().get('kind')} codec needs crops that are "
+                              f"a multiple of {f} (e.g. {max(f, crop // f * f)})")
+
     def begin_task(self, task: Task) -> None:
         if (task.meta.get("joint_adapt") or task.meta.get("joint_adapt_done")) and self.config.strategy != "adapters":
             raise ConfigError(f"tasks.joint_adapt is the adapters' protocol; learner.strategy is {self.config.strategy!r}")
@@ -296,6 +305,7 @@ class CodecLearner(Learner):
         if task.index == 0:
             self._source_set = task.train_set
         self._grow(task)
+        self._check_crop(task)
         self._set_trainable(task)
         self._freeze_quantiles()
         self.model.train()

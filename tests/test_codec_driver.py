@@ -122,3 +122,29 @@ def test_experiments_tool_plans_driver_runs(tmp_path):
     (tmp_path / "cawf_0.008").mkdir()
     (tmp_path / "cawf_0.008" / "config.yaml").write_text("{}")
     assert "--resume" in tool.command(jobs["cawf_0.008"]) and not tool.is_done(jobs["cawf_0.008"])
+
+
+def test_hyperprior_crop_not_multiple_of_64_refused(tmp_path, capsys, domains_root):
+    """A hyperprior needs crops in multiples of 64: a clear one-line error naming tasks.crop,
+    not a shape error inside compressai; the same crop trains a factorized codec."""
+    from codec.cli import main
+
+    base = ["--set", "train.iterations=1", "--set", "tasks.max_train_images=1", "--set", "tasks.max_eval_images=1",
+            "--set", "tasks.crop=32", "--set", "train.batch_size=1", "--set", "tasks.stop_after=1",
+            "--set", f"tasks.data_root={domains_root.parent}", "--set", "learner.N=8", "--quiet"]
+    rc = main(["train", str(CONFIGS / "tiny.yaml"), *base, "--set", "learner.arch=mean-scale-hyperprior",
+               "--out", str(tmp_path / "msh")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tasks.crop = 32" in err and "multiple of 64" in err and "Traceback" not in err
+    assert main(["train", str(CONFIGS / "tiny.yaml"), *base, "--out", str(tmp_path / "fact")]) == 0
+
+
+def test_export_and_bd_are_codec_subcommands(capsys):
+    from codec.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--half" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bd", "--help"])
+    assert "jpeg2000" in capsys.readouterr().out.lower()
