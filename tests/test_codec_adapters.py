@@ -115,6 +115,10 @@ def test_source_codec_files_decode_unchanged_by_the_adapted_codec(policy, tmp_pa
     save_checkpoint(tmp_path / "a.pt", a)
     a2, _ = load_codec(tmp_path / "a.pt")
     assert torch.equal(bs.decode(a2, f_src), rec_src)
+    # a source file naming a domain the adapted codec has no adapter for (the source codec takes
+    # any domain id, as information) decodes through the same source path
+    f_src7 = bs.encode(src, img, 7)
+    assert torch.equal(bs.decode(a2, f_src7, "src7.nic"), bs.decode(src, f_src7))
     # and the adapted codec's files differ from the source's (they carry gate bytes)
     f_ad = bs.encode(a2, img, 1)
     assert bs.parse(f_ad)[0].side_len > 0 and bs.parse(f_ad)[0].codec_id != bs.parse(f_src)[0].codec_id
