@@ -404,19 +404,26 @@ def parse(data: bytes, name: str = "<bytes>", limits: DecodeLimits = DEFAULT_LIM
                         f"{FORMAT_VERSION} and {FORMAT_VERSION_MULTI})")
     (crc,) = struct.unpack(">I", data[_FIELDS_SIZE:HEADER_SIZE])
     check_header_sizes(H, W, (c, lh, lw), payload_len, limits, name)
-    expected = HEADER_SIZE + side_len + payload_len
+    side, payload = _body(data, HEADER_SIZE, _FIELDS_SIZE, side_len, payload_len, crc, name)
+    hdr = Header(codec_id=codec_id, domain=domain, height=H, width=W, latent_shape=(c, lh, lw),
+                 side_len=side_len, payload_len=payload_len, version=version, flags=flags)
+    return hdr, side, payload
+
+
+def _body(data: bytes, start: int, fields_end: int, side_len: int, payload_len: int, crc: int, name: str) -> tuple:
+    """``(side, payload)`` after a header ending at ``start``: the file length must be exactly what
+    the header announces, and the CRC32 of ``data[:fields_end]`` + side + payload must match."""
+    expected = start + side_len + payload_len
     if len(data) < expected:
         raise DataError(f"{name}: truncated bitstream ({len(data)} bytes, header announces {expected})")
     if len(data) > expected:
         raise DataError(f"{name}: {len(data) - expected} trailing bytes after the payload (file damaged?)")
-    side = data[HEADER_SIZE:HEADER_SIZE + side_len]
-    payload = data[HEADER_SIZE + side_len:]
-    got = zlib.crc32(payload, zlib.crc32(side, zlib.crc32(data[:_FIELDS_SIZE])))
+    side = data[start:start + side_len]
+    payload = data[start + side_len:]
+    got = zlib.crc32(payload, zlib.crc32(side, zlib.crc32(data[:fields_end])))
     if got != crc:
         raise DataError(f"{name}: checksum mismatch (CRC32 {got:08x}, header says {crc:08x}): the file is corrupt")
-    hdr = Header(codec_id=codec_id, domain=domain, height=H, width=W, latent_shape=(c, lh, lw),
-                 side_len=side_len, payload_len=payload_len, version=version, flags=flags)
-    return hdr, side, payload
+    return side, payload
 
 
 def _parse_v2(data: bytes, name: str, limits: DecodeLimits) -> tuple:
@@ -440,16 +447,7 @@ def _parse_v2(data: bytes, name: str, limits: DecodeLimits) -> tuple:
     check_v2_sizes(H, W, streams, limits, name)
     start = table_end + 4
     payload_len = sum(n for _, n in streams)
-    expected = start + side_len + payload_len
-    if len(data) < expected:
-        raise DataError(f"{name}: truncated bitstream ({len(data)} bytes, header announces {expected})")
-    if len(data) > expected:
-        raise DataError(f"{name}: {len(data) - expected} trailing bytes after the payload (file damaged?)")
-    side = data[start:start + side_len]
-    payload = data[start + side_len:]
-    got = zlib.crc32(payload, zlib.crc32(side, zlib.crc32(data[:table_end])))
-    if got != crc:
-        raise DataError(f"{name}: checksum mismatch (CRC32 {got:08x}, header says {crc:08x}): the file is corrupt")
+    side, payload = _body(data, start, table_end, side_len, payload_len, crc, name)
     hdr = Header(codec_id=codec_id, domain=domain, height=H, width=W, latent_shape=streams[-1][0],
                  side_len=side_len, payload_len=payload_len, version=version, flags=flags, streams=streams)
     return hdr, side, payload
