@@ -74,11 +74,11 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from codec.entropy import is_updated
-from codec.model import pad_to_multiple
 from codec.rans import CorruptStream, decode_indexed, decode_symbols, max_payload_bytes
 from incdet.errors import ConfigError, DataError
 
@@ -180,6 +180,17 @@ class Header:
         out = struct.pack(V2_FORMAT, MAGIC, self.version, self.flags, self.codec_id, self.domain, self.height,
                           self.width, self.side_len, len(self.streams))
         return out + b"".join(struct.pack(STREAM_FORMAT, *shape, n) for shape, n in self.streams)
+
+
+def pad_to_multiple(x: Tensor, multiple: int = 16) -> tuple:
+    """Replicate-pad the right and bottom of ``x`` ``[B, C, H, W]`` to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    if ph or pw:
+        mode = "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
 
 
 def _check_model(model) -> None:

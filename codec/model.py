@@ -34,6 +34,7 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from codec.bitstream import pad_to_multiple  # noqa: F401  (re-exported: it lived here)
 from codec.entropy import cached_digest, entropy_model_tensors, resize_entropy_buffers
 from codec.registry import build_codec, register_codec
 from incdet.errors import CheckpointError
@@ -43,17 +44,6 @@ LAMBDAS = (0.002, 0.008, 0.016, 0.032)
 
 CKPT_FORMAT = "incdet-codec"
 CKPT_VERSION = 1
-
-
-def pad_to_multiple(x: Tensor, multiple: int = 16) -> Tuple[Tensor, Tuple[int, int]]:
-    """Replicate-pad the right and bottom of ``x`` ``[B, C, H, W]`` to multiples of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph = (-h) % multiple
-    pw = (-w) % multiple
-    if ph or pw:
-        mode = "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
 
 
 class ChannelAffine(nn.Module):
