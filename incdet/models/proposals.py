@@ -42,6 +42,7 @@ from torchvision.ops import nms
 
 from incdet.data.cocofile import read_coco_json
 from incdet.data.safeload import load_pickle, short_repr
+from incdet.engine.checkpoint import write_atomic
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -591,14 +592,7 @@ class ShardCache:
         return self.dir / self._name(str(image_id))
 
     def _write(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, lambda f: f.write(data), binary=True)
 
     def put(self, image_id: str, boxes: np.ndarray) -> None:
         """Store one image's boxes (atomically)."""
