@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from incdet.engine.cli import run_cli
-from incdet.errors import ConfigError, DataError
+from incdet.errors import ConfigError
 
 log = logging.getLogger("codec")
 
@@ -127,12 +127,7 @@ def cmd_rd(args) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images {args.max_images}: must be >= 1")
     model, _ = _load_model(args.model, args.device)
-    p = Path(args.images)
-    files = cdata.image_files(p) if p.is_dir() else cdata.domain_files(args.images, args.data_root)
-    if args.max_images:
-        files = files[: args.max_images]
-    if not files:
-        raise DataError(f"{args.images}: no images")
+    files = cdata.image_set_files(args.images, args.max_images, args.data_root)
     res = evaluate_codec(model, (read_image(f) for f in files), args.domain)
     print(json.dumps(res, indent=1))
     return 0

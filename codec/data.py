@@ -81,6 +81,18 @@ def photo_files(root) -> List[Path]:
     return files
 
 
+def image_set_files(images: str, max_images: Optional[int] = None, root=None) -> List[Path]:
+    """The files of ``images``: a folder, or a domain name (``kodak``, ``photos``, ...); the first
+    ``max_images``; none at all -> ``DataError``."""
+    p = Path(images)
+    files = image_files(p) if p.is_dir() else domain_files(images, root)
+    if max_images:
+        files = files[:max_images]
+    if not files:
+        raise DataError(f"{images}: no images")
+    return files
+
+
 def domain_files(name: str, root=None, natural_with_camvid: bool = False) -> List[Path]:
     """All image files of domain ``name`` (sorted). Unknown name -> ``DataError``; no files -> ``DataError``."""
     root = Path(root) if root is not None else default_data_root()

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from compressai.entropy_models import EntropyBottleneck, EntropyModel
 
-from incdet.errors import CheckpointError, ConfigError, DataError
+from incdet.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +115,7 @@ def load_images(images: str, max_images: Optional[int] = None, data_root=None) -
     from codec import data as cdata
     from codec.bitstream import read_image
 
-    p = Path(images)
-    files = cdata.image_files(p) if p.is_dir() else cdata.domain_files(images, data_root)
-    if max_images:
-        files = files[:max_images]
-    if not files:
-        raise DataError(f"{images}: no images")
-    return [read_image(f) for f in files]
+    return [read_image(f) for f in cdata.image_set_files(images, max_images, data_root)]
 
 
 def rd_point(model_ref: str, imgs: Sequence[torch.Tensor]) -> Dict[str, float]:
