@@ -139,12 +139,9 @@ def forged_files(draw) -> bytes:
     return assemble(fields, side, payload, trailing)
 
 
-@st.composite
-def mutated_files(draw) -> bytes:
-    """An honest file with byte flips / overwrites in header, side or payload, a payload cut
-    or extended, lengths fixed up (or not) and the CRC recomputed."""
-    data = bytearray(draw(st.sampled_from(honest_files())))
-    fields, body = data[: bs.HEADER_SIZE - 4], data[bs.HEADER_SIZE:]
+def _mutate(draw, head: bytearray, body: bytearray, first_field: int) -> None:
+    """Up to 4 in-place mutations: bit flips / overwrites / a cut / an extension of ``body``, or
+    an overwrite of a ``head`` byte from ``first_field`` on."""
     for _ in range(draw(st.integers(0, 4))):
         op = draw(st.sampled_from(["flip", "set", "cut", "extend", "field"]))
         if op == "flip" and body:
@@ -156,8 +153,17 @@ def mutated_files(draw) -> bytes:
             del body[draw(st.integers(0, len(body))):]
         elif op == "extend":
             body += draw(st.binary(min_size=1, max_size=12))
-        elif op == "field":  # any header byte but the magic
-            fields[draw(st.integers(4, len(fields) - 1))] = draw(st.integers(0, 255))
+        elif op == "field":
+            head[draw(st.integers(first_field, len(head) - 1))] = draw(st.integers(0, 255))
+
+
+@st.composite
+def mutated_files(draw) -> bytes:
+    """An honest file with byte flips / overwrites in header, side or payload, a payload cut
+    or extended, lengths fixed up (or not) and the CRC recomputed."""
+    data = bytearray(draw(st.sampled_from(honest_files())))
+    fields, body = data[: bs.HEADER_SIZE - 4], data[bs.HEADER_SIZE:]
+    _mutate(draw, fields, body, first_field=4)  # any header byte but the magic
     if draw(st.booleans()):  # make the lengths consistent with what is there
         side_len = struct.unpack(">H", bytes(fields[-6:-4]))[0]
         fields[-4:] = struct.pack(">I", max(0, len(body) - side_len))
@@ -198,19 +204,7 @@ def mutated_v2_files(draw) -> bytes:
     data = bytearray(draw(st.sampled_from(honest_v2_files())))
     table_end = bs._V2_FIELDS_SIZE + 2 * bs._STREAM_SIZE
     head, body = data[:table_end], data[table_end + 4:]
-    for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.sampled_from(["flip", "set", "cut", "extend", "field"]))
-        if op == "flip" and body:
-            i = draw(st.integers(0, len(body) - 1))
-            body[i] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set" and body:
-            body[draw(st.integers(0, len(body) - 1))] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del body[draw(st.integers(0, len(body))):]
-        elif op == "extend":
-            body += draw(st.binary(min_size=1, max_size=12))
-        elif op == "field":  # any header / stream-table byte but the magic and the version
-            head[draw(st.integers(5, len(head) - 1))] = draw(st.integers(0, 255))
+    _mutate(draw, head, body, first_field=5)  # any header / stream-table byte but the magic and the version
     head, body = bytes(head), bytes(body)
     return head + struct.pack(">I", zlib.crc32(body, zlib.crc32(head))) + body
 
