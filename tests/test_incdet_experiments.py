@@ -143,3 +143,50 @@ def test_thesis_steps_table_and_markdown(tool, tmp_path):
     assert "## Thesis tables 3.1-3.3 and 3.9 on VOC 2007" in text and "### Table 3.9" in text
     assert "| A(1-19) | not run yet | - | - | 68.4 | - | - |" in text
     assert "Distillation normalisation (`learner.distill_norm`): no finished run." in text
+
+
+def test_seed_rows_and_targets_by_hand(tool, tmp_path):
+    """Three seeds of A / +B distill / +B naive / joint over classes old = (a, b), new = (c):
+    mean, sample std and every target verdict worked out by hand."""
+    out = tmp_path / "exp"
+    for k, (a_old, d_old, n_old, j_all) in enumerate([(50.0, 47.0, 2.0, 60.0), (52.0, 48.0, 4.0, 62.0),
+                                                      (54.0, 49.0, 3.0, 64.0)]):
+        sfx = "" if k == 0 else f"_s{k}"
+        a = {"a": a_old, "b": a_old}
+        _write(out / f"15+5_distill{sfx}", [[a, None], [a, {"a": d_old, "b": d_old, "c": 40.0}]])
+        _write(out / f"15+5_naive{sfx}", [[a, None], [a, {"a": n_old, "b": n_old, "c": 50.0}]])
+        _write(out / f"joint{sfx}", [[{"a": j_all, "b": j_all, "c": j_all}]])
+    r = tool.seed_values(out)
+    assert r["A(1-15)"] == [50.0, 52.0, 54.0] and r["naive old"] == [2.0, 4.0, 3.0]
+    assert r["distill all"] == pytest.approx([(47 * 2 + 40) / 3, (48 * 2 + 40) / 3, (49 * 2 + 40) / 3])
+    m, sd, n = tool.mean_std(r["A(1-15)"])
+    assert (m, n) == (52.0, 3) and sd == pytest.approx(2.0)
+    t = tool.seeds_table(out).splitlines()
+    assert "| A(1-15) | 50.0 | 52.0 | 54.0 | 52.0 | 2.0 (3) |" in t
+    lines = "\n".join(tool.targets_lines(out))
+    # joint mean 62 >= 60; distill old 48 / A 52 = 92.3 % >= 90; distill all 45.33 / 62 = 73.1 % < 90;
+    # naive old 3 / 52 = 5.8 % <= 30; gap 45 > 5 x max(std 1.0, std 1.0) = 5
+    assert "A(1-20) >= 60 mAP: 62.0 (mean of 3 seeds): **met**" in lines
+    assert "old classes >= 90 % of A: 92.3 %: **met**" in lines
+    assert "all classes >= 90 % of joint: 73.1 %: **not met**" in lines
+    assert "old classes <= 30 % of A: 5.8 %: **met**" in lines
+    assert "(45.0) larger than 5x the seed spread (5 x 1.0): **met**" in lines
+    assert "10+10 distillation, all classes after the last step >= 85 % of joint: - %: not measured" in lines
+    # one seed missing: the mean is over what is there; std of one value is not a spread
+    import shutil
+    for k in (1, 2):
+        shutil.rmtree(out / f"15+5_naive_s{k}")
+    assert tool.mean_std(tool.seed_values(out)["naive old"])[2] == 1
+    assert "seed spread (5 x -): not measured" in "\n".join(tool.targets_lines(out))
+
+
+def test_shapes_19_1_rows_and_seed_runs(tool):
+    by = tool.BY_NAME
+    for suf in ("naive", "frozen_trunk", "all_frozen", "frozen_trunk_distill", "ce", "nobox"):
+        assert by[f"19+1_{suf}"].init_from == "19+1_distill" and by[f"19+1_{suf}"].split == "19+1"
+    assert by["19+1_frozen_trunk"].sets == ["learner.freeze=trunk", "learner.distill=none"]
+    assert by["10+10_ce"].sets == ["learner.distill=ce"]
+    assert by["15+5_naive_s2"].init_from == "15+5_distill_s2"
+    assert by["15+5_naive_s2"].sets == ["experiment.seed=2", "learner.distill=none"]
+    order = tool.RUN_ORDER
+    assert order.index("15+5_distill_s1") < order.index("15+5_naive_s1") and set(order) >= set(by) - set(tool.THESIS_ORDER)

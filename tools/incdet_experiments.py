@@ -53,6 +53,10 @@ class Experiment:
     label: str = ""  # row label
 
 
+#: seeds of the repeatability rows (``experiment.seed``); seed 0 is the config's own
+SEEDS = (0, 1, 2)
+
+
 def _exps() -> List[Experiment]:
     E = Experiment
     c155, c1010, c15x, cj = ("configs/incdet/shapes_15+5.yaml", "configs/incdet/shapes_10+10.yaml",
@@ -74,6 +78,27 @@ def _exps() -> List[Experiment]:
                          label="distillation, lambda = 10"))
             out.append(E("15+5_bnfrozen", cfg, ["learner.bn_stats=frozen"], init_from=base, split=split,
                          label="distillation, BatchNorm statistics frozen"))
+    out.append(E("10+10_ce", c1010, ["learner.distill=ce"], init_from="10+10_distill", split="10+10",
+                 label="cross-entropy distillation"))
+    # 19+1 (thesis table 3.1 analogue): every row of the table, one A(1-19)
+    c191 = "configs/incdet/shapes_19+1.yaml"
+    out.append(E("19+1_distill", c191, split="19+1", label="distillation (biased sampling)"))
+    for suf, label, sets in [variants[0],
+                             ("frozen_trunk", "frozen trunk (every conv layer fixed), w/o distillation",
+                              ["learner.freeze=trunk", "learner.distill=none"]),
+                             ("all_frozen", "all layers frozen but the new outputs",
+                              ["learner.freeze=all_but_new", "learner.distill=none"]),
+                             ("frozen_trunk_distill", "frozen trunk and distillation", ["learner.freeze=trunk"]),
+                             ("ce", "cross-entropy distillation", ["learner.distill=ce"]),
+                             variants[2]]:
+        out.append(E(f"19+1_{suf}", c191, sets, init_from="19+1_distill", split="19+1", label=label))
+    # repeatability (issue 13): the key rows again under seeds 1 and 2 (seed 0 = the rows above)
+    for k in SEEDS[1:]:
+        seed = [f"experiment.seed={k}"]
+        out.append(E(f"15+5_distill_s{k}", c155, seed, split="seeds", label=f"15+5 distillation, seed {k}"))
+        out.append(E(f"15+5_naive_s{k}", c155, seed + ["learner.distill=none"], init_from=f"15+5_distill_s{k}",
+                     split="seeds", label=f"15+5 naive, seed {k}"))
+        out.append(E(f"joint_s{k}", cj, seed, split="seeds", label=f"joint training, seed {k}"))
     # one class at a time re-uses the 15+5 run's A(1-15) (same classes, same data)
     out.append(E("15+1x5_distill", c15x, init_from="15+5_distill", split="15+1x5",
                  label="distillation (biased sampling)"))
@@ -192,9 +217,11 @@ THESIS_EXPERIMENTS: List[Experiment] = _thesis_exps()
 EXPERIMENTS: List[Experiment] = _exps() + THESIS_EXPERIMENTS
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: ``run`` order: the 15+5 table first (the main result), joint training and VOC last
-RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] +
+RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["joint"] +
+                        [e.name for e in EXPERIMENTS if e.split == "seeds"] +
                         [e.name for e in EXPERIMENTS if e.split == "15+1x5"] +
-                        [e.name for e in EXPERIMENTS if e.split == "10+10"] + ["joint", "voc100_10+10"])
+                        [e.name for e in EXPERIMENTS if e.split == "10+10"] +
+                        [e.name for e in EXPERIMENTS if e.split == "19+1"] + ["voc100_10+10"])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -450,6 +477,93 @@ def thesis_section(out: Path) -> List[str]:
     return parts
 
 
+def _seed_name(name: str, k: int) -> str:
+    return name if k == 0 else f"{name}_s{k}"
+
+
+def seed_values(out: Path) -> Dict[str, List[Optional[float]]]:
+    """Per seed (:data:`SEEDS`), the key rows of the 15+5 split: A(1-15) on its classes, +B with
+    and without distillation (old / new / all after B) and joint training A(1-20) split the same
+    way; None where a run is missing."""
+    rows: Dict[str, List[Optional[float]]] = {k: [] for k in (
+        "A(1-15)", "distill old", "distill new", "distill all", "naive old", "naive new", "naive all",
+        "joint old", "joint new", "joint all")}
+    for k in SEEDS:
+        d = _load(out / _seed_name("15+5_distill", k))
+        groups = _task_classes(d) if d is not None and d.get("all_metrics") else None
+        old = groups[0] if groups else None
+        new = [c for g in groups[1:] for c in g] if groups else None
+        a = None
+        if d is not None and d.get("all_metrics") and d["all_metrics"][0][0]:
+            a = _mean([class_aps(d["all_metrics"][0][0]).get(c) for c in old])
+        rows["A(1-15)"].append(a)
+        for key, name in (("distill", "15+5_distill"), ("naive", "15+5_naive"), ("joint", "joint")):
+            aps = _last_aps(_load(out / _seed_name(name, k)))
+            s = old_new_all(aps, old, new) if aps is not None and old is not None else {}
+            for part in ("old", "new", "all"):
+                rows[f"{key} {part}"].append(s.get(part))
+    return rows
+
+
+def mean_std(xs: Sequence[Optional[float]]) -> tuple:
+    """(mean, sample standard deviation (ddof 1), n) of the values that are there (None: absent)."""
+    v = [x for x in xs if x is not None and x == x]
+    if not v:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")), len(v)
+
+
+def seeds_table(out: Path) -> str:
+    rows = seed_values(out)
+    lines = ["| row | " + " | ".join(f"seed {k}" for k in SEEDS) + " | mean | std (n) |",
+             "|---" + "|---:" * (len(SEEDS) + 2) + "|"]
+    for key, vals in rows.items():
+        m, sd, n = mean_std(vals)
+        lines.append(f"| {key} | " + " | ".join(_f(v) for v in vals) + f" | {_f(m)} | {_f(sd)} ({n}) |")
+    return "\n".join(lines)
+
+
+def _all_after(out: Path, name: str) -> Optional[float]:
+    aps = _last_aps(_load(out / name))
+    return None if aps is None else _mean(list(aps.values()))
+
+
+def targets_lines(out: Path) -> List[str]:
+    """Issue 13's targets, each with the measured figure and met / not met / not measured (seed
+    means where seeds exist; spread = the larger sample std of the two compared rows)."""
+    r = seed_values(out)
+    ms = {k: mean_std(v) for k, v in r.items()}
+    a, jd = ms["A(1-15)"][0], ms["joint all"][0]
+
+    def verdict(ok: Optional[bool]) -> str:
+        return "not measured" if ok is None else ("**met**" if ok else "**not met**")
+
+    def have(*xs) -> bool:
+        return all(x is not None and x == x for x in xs)
+
+    out_l = []
+    out_l.append(f"- Joint training A(1-20) >= 60 mAP: {_f(jd)} (mean of {ms['joint all'][2]} seeds): "
+                 f"{verdict(jd >= 60 if have(jd) else None)}.")
+    do, no = ms["distill old"][0], ms["naive old"][0]
+    out_l.append(f"- 15+5 distillation, old classes >= 90 % of A: {_f(100 * do / a) if have(do, a) else '-'} %: "
+                 f"{verdict(do >= 0.9 * a if have(do, a) else None)}.")
+    dall = ms["distill all"][0]
+    out_l.append(f"- 15+5 distillation, all classes >= 90 % of joint: {_f(100 * dall / jd) if have(dall, jd) else '-'} %: "
+                 f"{verdict(dall >= 0.9 * jd if have(dall, jd) else None)}.")
+    out_l.append(f"- 15+5 naive fine-tuning, old classes <= 30 % of A: {_f(100 * no / a) if have(no, a) else '-'} %: "
+                 f"{verdict(no <= 0.3 * a if have(no, a) else None)}.")
+    sd = max(ms["distill old"][1], ms["naive old"][1]) if have(ms["distill old"][1], ms["naive old"][1]) else None
+    gap_ok = (do - no) > 5 * sd if have(do, no, sd) else None
+    out_l.append(f"- Gap distillation - naive on the old classes ({_f(do - no) if have(do, no) else '-'}) larger "
+                 f"than 5x the seed spread (5 x {_f(sd)}): {verdict(gap_ok)}.")
+    for split, name in (("10+10", "10+10_distill"), ("15+1x5", "15+1x5_distill")):
+        v = _all_after(out, name)
+        out_l.append(f"- {split} distillation, all classes after the last step >= 85 % of joint: "
+                     f"{_f(100 * v / jd) if have(v, jd) else '-'} %: {verdict(v >= 0.85 * jd if have(v, jd) else None)}"
+                     " (one seed).")
+    return out_l
+
+
 def commands_block(split: str, out: Path) -> str:
     cmds = [shlex.join(command_of(e, out)) for e in EXPERIMENTS if e.split in (split,)]
     return "```\n" + "\n".join(cmds) + "\n```"
@@ -477,11 +591,22 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               "mAP: mean of per-class VOC all-point AP (%) on the full shapes-voc test split "
               "(250 images); old = classes of the first task, new = classes added afterwards, "
               "all = both. Joint training A(1-20) is one model trained on all classes at once, split "
-              "the same way.", "", NORM_NOTE, "", PROTOCOL_NOTE, ""]
+              "the same way.", "",
+              "Trunk: every shapes-voc config starts from the model zoo's pretrained ResNet-18 "
+              "(`learner.model.weights: zoo:resnet18w16_shapes-pretrain`, docs/results/zoo.md: pretrained "
+              "on generated shapes that share no shape and no pattern with shapes-voc, the role ImageNet "
+              "plays in the thesis); all layers fine-tuned. The former tables, from random initialisation, "
+              "are in [incdet_from_scratch.md](incdet_from_scratch.md).", "", NORM_NOTE, "", PROTOCOL_NOTE, ""]
     titles = {"15+5": "## 15+5: classes 16-20 added at once (table 3.3 analogue)",
               "10+10": "## 10+10: classes 11-20 added at once (table 3.2 analogue)",
               "15+1x5": "## 15+1x5: classes 16, 17, ..., 20 added one at a time (tables 3.3 and 3.9 analogue)"}
-    for split in ("15+5", "10+10", "15+1x5"):
+    titles["19+1"] = "## 19+1: class 20 added alone (table 3.1 analogue: every row of the table)"
+    parts += ["## Repeatability: the 15+5 key rows under three seeds", "",
+              "`experiment.seed` 0 (the rows of the 15+5 table below), 1 and 2; each seed trains its own "
+              "A(1-15), its +B runs start from it. Same classes and test split as the 15+5 table.", "",
+              seeds_table(out), "", "Commands (seed 0: under the 15+5 table and joint training):", "",
+              commands_block("seeds", out), "", "### Targets of issue 13, measured", ""] + targets_lines(out) + [""]
+    for split in ("15+5", "10+10", "15+1x5", "19+1"):
         t = split_table(split, out)
         parts += [titles[split], ""]
         if t is None:
