@@ -91,23 +91,15 @@ def _eval_weights(args) -> int:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path`` (temp file in the same folder + ``os.replace``); OS errors -> DataError."""
-    import os
-    import tempfile
+    """``obj`` as JSON at ``path`` (:func:`incdet.engine.checkpoint.write_atomic`: temp file in
+    the same folder, fsync, ``os.replace``); OS errors -> DataError naming ``path``."""
+    from incdet.engine.checkpoint import write_atomic
 
     text = json.dumps(obj, indent=2, allow_nan=False)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.resolve().parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        tmp = None
+        write_atomic(path, lambda f: f.write(text))
     except OSError as e:
         raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _export(args) -> int:

@@ -11,13 +11,12 @@ written atomically. :class:`BlitzNetPredictor` also accepts a driver checkpoint
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from incdet.engine.checkpoint import save_atomic
 from incdet.errors import CheckpointError, ConfigError
 from incdet.vis import coco_results, palette, to_chw_uint8, write_outputs  # noqa: F401 (re-exported)
 
@@ -37,26 +36,18 @@ def weights_dict(model: BlitzNet, classes: Optional[Sequence[str]] = None) -> Di
 
 
 def save_weights(model: BlitzNet, path: Union[str, Path], classes: Optional[Sequence[str]] = None) -> None:
-    """Write a weights file atomically (temp file in the same folder + ``os.replace``); the
-    folder is created when missing. A target that is a folder, or a folder that cannot be
-    created or written, raises :class:`CheckpointError` naming the path (nothing is left behind)."""
+    """Write a weights file atomically (:func:`incdet.engine.checkpoint.save_atomic`: temp file
+    in the same folder, fsync, ``os.replace``); the folder is created when missing. A target
+    that is a folder, or a folder that cannot be created or written, raises
+    :class:`CheckpointError` naming the path (nothing is left behind)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; give the weights file's path")
+    weights = weights_dict(model, classes)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        save_atomic(weights, path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write the weights file ({e.strerror or e})") from None
-    os.close(fd)
-    try:
-        torch.save(weights_dict(model, classes), tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write the weights file ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_weights(path: Union[str, Path], device="cpu"):

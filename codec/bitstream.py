@@ -64,9 +64,7 @@ level in rare pixels (the file always decodes: the latents are exact).
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -576,16 +574,13 @@ def _check_output(dst: Path, what: str) -> Path:
 
 
 def _write_atomic(dst: Path, write) -> None:
-    """``write(tmp_path)`` then ``os.replace`` onto ``dst``: no partial file on failure."""
+    """``write(tmp_path)`` then fsync and ``os.replace`` onto ``dst``
+    (:func:`incdet.engine.checkpoint.write_atomic_path`; the folder is created when missing):
+    no partial file on failure."""
+    from incdet.engine.checkpoint import write_atomic_path
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic_path(dst, write)
 
 
 def _read_bitstream(src, limits: DecodeLimits) -> bytes:

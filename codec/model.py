@@ -22,8 +22,6 @@ interface used by :mod:`codec.bitstream` and the learner:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -314,21 +312,15 @@ def import_compressai(state_or_path, affine: bool = False) -> nn.Module:
 
 
 def save_checkpoint(path, model: nn.Module, extra: Optional[dict] = None) -> None:
-    """Write ``{"format", "version", "arch", "state_dict", **extra}`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``{"format", "version", "arch", "state_dict", **extra}`` atomically
+    (:func:`incdet.engine.checkpoint.save_atomic`; the folder is created when missing)."""
+    from incdet.engine.checkpoint import save_atomic
+
     obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": model.arch(),
            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if extra:
         obj.update(extra)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_atomic(obj, path)
 
 
 def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:

@@ -232,20 +232,13 @@ def make_report(run_dirs: Sequence, out_md, plots_dir=None, baselines: bool = Tr
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: no partial file."""
-    import os
-    import tempfile
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`incdet.engine.checkpoint.write_atomic`:
+    temp file beside it, fsync, rename): no partial file. The folder is created when missing."""
+    from incdet.engine.checkpoint import write_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda f: f.write(text))
 
 
 def bd_table(curves, labels, domains, eval_names, anchor_label: str, level: Optional[str] = None) -> List[str]:

@@ -13,10 +13,13 @@ A run checkpoint is a dict of tensors and builtins::
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
+import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import IO, Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -28,34 +31,69 @@ VERSION = 1
 
 
 def save_atomic(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
+    """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``
+    (:func:`write_atomic`; ``path``'s folder is created when missing): a reader (or a crash)
+    sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_atomic(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def _temp_path(path: Path, suffix: str = "") -> Path:
+    """The temp file beside ``path`` that this process and thread writes: ``.NAME.tmp-PID-TID``
+    + ``suffix`` (hidden; the ``.*.tmp-*`` pattern that run folders clean up matches it)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}{suffix}")
+
+
+def _remove_temp(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # gone already (replaced) or unremovable: keep the first error
+        tmp.unlink()
+
+
+def write_atomic(path: Union[str, Path], write: Callable[[IO], Any], binary: bool = False) -> None:
+    """Call ``write(f)`` on a temp file in ``path``'s folder (text mode, UTF-8, unless
+    ``binary``), flush and fsync it, then ``os.replace`` it onto ``path``: readers (and a
+    crash) see the old file or the new one, never half of one.
+
+    On any error (from ``write``, the disk or the replace) the exception propagates, the old
+    file is left as it was and the temp file is removed: nothing new is created. The folder
+    must exist. Temp names are unique per process and thread (:func:`_temp_path`), so
+    threads may write different files of one folder at once."""
+    path = Path(path)
+    tmp = _temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        _remove_temp(tmp)
 
 
-def write_atomic(path: Union[str, Path], write, binary: bool = False) -> None:
-    """Call ``write(f)`` on a temp file in ``path``'s folder, then ``os.replace`` it onto ``path``:
-    readers see the old file or the new one; on an error the temp file is removed."""
+def write_atomic_path(path: Union[str, Path], write: Callable[[Path], Any], suffix: Optional[str] = None) -> None:
+    """:func:`write_atomic` for writers that take a file name, not a file object
+    (``np.savez``, ``PIL.Image.save``): call ``write(tmp)`` with the temp
+    file's path, fsync the file it wrote, then ``os.replace`` it onto ``path``.
+
+    The temp name ends with ``suffix`` (default: ``path``'s own suffix, e.g. ``.npz``), for
+    writers that choose a format or append an extension by name. The same guarantees as
+    :func:`write_atomic`; a ``write`` that creates no file at ``tmp`` raises
+    ``FileNotFoundError`` naming ``path`` and ``tmp``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temp_path(path, path.suffix if suffix is None else suffix)
     try:
-        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write(f)
+        write(tmp)
+        if not tmp.is_file():
+            raise FileNotFoundError(errno.ENOENT, f"{path}: the writer created no temp file", str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        _remove_temp(tmp)
 
 
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:

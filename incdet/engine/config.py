@@ -517,10 +517,8 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunCon
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    import os
+    """Write the resolved config as YAML (atomically: :func:`incdet.engine.checkpoint.write_atomic`)."""
+    from incdet.engine.checkpoint import write_atomic
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    write_atomic(path, lambda f: f.write(text))

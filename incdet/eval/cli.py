@@ -413,10 +413,9 @@ def _cmd_eval_detections(args: argparse.Namespace) -> int:
     if args.json:
         d = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(d, exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, allow_nan=False)
-        os.replace(tmp, args.json)
+        from incdet.engine.checkpoint import write_atomic
+
+        write_atomic(args.json, lambda f: json.dump(result, f, indent=2, allow_nan=False))
     return 0
 
 

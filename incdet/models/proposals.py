@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -42,7 +41,7 @@ from torchvision.ops import nms
 
 from incdet.data.cocofile import read_coco_json
 from incdet.data.safeload import load_pickle, short_repr
-from incdet.engine.checkpoint import write_atomic
+from incdet.engine.checkpoint import write_atomic, write_atomic_path
 from incdet.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -213,14 +212,8 @@ def save_npz(path: Union[str, Path], proposals: Mapping, meta: Optional[dict] = 
         raise DataError(f"{path}: image id {META_KEY!r} is reserved")
     if meta is not None:
         arrays[META_KEY] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # temp name ends with .npz whatever path's suffix: np.savez appends one to any other name
+    write_atomic_path(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
 
 
 MAX_STORED_PROPOSALS = 100_000  # rows one image's array may declare in a proposal .npz
@@ -629,7 +622,8 @@ class ShardCache:
 
     def clear(self) -> None:
         """Delete the cache directory's shards, its parameter file and the directory (if empty)."""
-        for f in [*self.dir.glob("*.npz"), *self.dir.glob(".*.tmp"), self.dir / self.PARAMS]:
+        for f in [*self.dir.glob("*.npz"), *self.dir.glob(".*.tmp"), *self.dir.glob(".*.tmp-*"),
+                  self.dir / self.PARAMS]:  # .*.tmp-*: write_atomic's temp files of a killed run
             with contextlib.suppress(OSError):
                 f.unlink()
         with contextlib.suppress(OSError):
