@@ -1,6 +1,7 @@
 """Helpers shared by the experiment tools in ``tools/`` (not part of the package)."""
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,13 @@ def fmt_number(v, nd: int = 2, sign: bool = True) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def save_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON at ``path``, atomically (``incdet.engine.checkpoint.write_atomic``)."""
+    from incdet.engine.checkpoint import write_atomic
+
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1)))
 
 
 def save_markdown(path: Path, parts: Sequence[str], notes: Optional[str] = None) -> str:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import codec_detector_eval as de  # noqa: E402  (the evaluation harness)
-from _common import fmt_number, hardware_line  # noqa: E402  (shared doc helpers)
+from _common import fmt_number, hardware_line, save_json  # noqa: E402  (shared doc helpers)
 
 CONFIG = "configs/codec/shapes_cpu.yaml"
 LAMBDAS = (0.002, 0.008, 0.016, 0.032)
@@ -70,10 +70,7 @@ def _timing(out: Path) -> dict:
 def _save_timing(out: Path, key: str, seconds: float) -> None:
     t = _timing(out)
     t[key] = round(seconds, 1)
-    p = out / "detector_timing.json"
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(t, indent=1))
-    tmp.replace(p)
+    save_json(out / "detector_timing.json", t)
 
 
 def _env() -> dict:

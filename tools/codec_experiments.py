@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_number, hardware_line  # noqa: E402  (shared by the tools)
+from _common import fmt_number, hardware_line, save_json  # noqa: E402  (shared by the tools)
 
 LAMBDAS = (0.002, 0.008, 0.016, 0.032)
 STRATEGIES = ("naive", "selective", "cawf", "adapters")
@@ -183,10 +183,7 @@ def _load_timing(out: Path) -> dict:
 
 
 def _save_timing(out: Path, t: dict) -> None:
-    p = _timing_path(out)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(t, indent=1))
-    tmp.replace(p)
+    save_json(_timing_path(out), t)
 
 
 def run_jobs(a) -> int:
