@@ -248,3 +248,23 @@ def test_the_checks_catch_a_broken_learner(bug, tmp_path):
             check()
     finally:
         LEARNERS.unregister("test.broken")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_keys_name_config_fields(name):
+    """``eval_keys`` (the options ``evaluate`` depends on) are fields of the learner's config:
+    a misspelt key would silently let results measured differently be copied."""
+    import dataclasses
+
+    cls = LEARNERS.get(name)
+    keys = getattr(cls, "eval_keys", None)
+    if keys is None:
+        pytest.skip(f"{name} declares no eval_keys (every option counts)")
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    assert set(keys) <= fields, sorted(set(keys) - fields)
+
+
+def test_incdet_eval_keys_leave_out_training_options():
+    keys = set(LEARNERS.get("incdet.fastrcnn").eval_keys)
+    assert {"model", "proposals", "protocol", "use_07_metric"} <= keys
+    assert not keys & {"distill", "distill_weight", "freeze", "ewc_weight", "distill_sampling", "bn_stats"}

@@ -229,6 +229,14 @@ class FastRCNNLearner(Learner):
     primary_metric = "mAP"
     metrics = {"mAP": True, "mAP_old": True, "mAP_new": True, "mAP_all": True,
                "AP50": True, "AP50_old": True, "AP50_new": True, "AP50_all": True}  # AP50*: coco only
+    #: the options ``evaluate`` depends on (a run started from another run's checkpoint copies its
+    #: results rows when these agree): the detector (architecture, test-time thresholds), the
+    #: proposals, the annotations counted and the evaluation protocol; not the training options
+    #: (distillation, freezing, EWC, sampling), which change the next task's weights, not how a
+    #: checkpoint is measured
+    eval_keys = ("model", "proposals", "eval_proposals", "proposal_cache", "max_proposals", "proposal_nms",
+                 "proposal_max_side", "use_difficult", "eval_batch_size", "protocol", "eval_metric",
+                 "eval_score_thresh", "eval_nms_iou", "eval_detections_per_img", "use_07_metric")
 
     def __init__(self, config: Optional[FastRCNNLearnerConfig] = None, device="cpu"):
         super().__init__(config or FastRCNNLearnerConfig(), device)
