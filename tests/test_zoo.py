@@ -135,3 +135,28 @@ def test_blitznet_takes_zoo_references(zdir):
     (zdir / "r18.pt").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match the zoo manifest"):
         BlitzNet(BlitzNetConfig(num_classes=3, backbone="resnet18", backbone_weights="zoo:r18", input_size=64))
+
+
+def test_repository_zoo_commands_parse(monkeypatch):
+    """Every manifest entry's command is one of the project's commands with arguments its parser
+    accepts (parsed, not run: the commands train for minutes to hours)."""
+    import argparse
+    import shlex
+
+    from codec import cli as codec_cli
+    from incdet import cli as incdet_cli
+
+    progs = {"incdet": incdet_cli._registrars, "codec": codec_cli._registrars}
+    monkeypatch.delenv("INCDET_ZOO", raising=False)
+    for name, entry in zoo.read_manifest().items():
+        for cmd in entry.command.split(" && "):
+            argv = shlex.split(cmd)
+            if argv[:3] == ["python", "-m", "codec.export"]:
+                argv = ["codec"] + argv[3:]
+            assert argv[0] in progs, f"{name}: {cmd}"
+            parser = argparse.ArgumentParser(prog=argv[0], exit_on_error=False)
+            sub = parser.add_subparsers(dest="command", required=True)
+            for reg in progs[argv[0]]():
+                reg(sub)
+            args = parser.parse_args(argv[1:])
+            assert callable(args.func), f"{name}: {cmd}"
