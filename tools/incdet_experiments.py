@@ -92,6 +92,11 @@ def _exps() -> List[Experiment]:
                              ("ce", "cross-entropy distillation", ["learner.distill=ce"]),
                              variants[2]]:
         out.append(E(f"19+1_{suf}", c191, sets, init_from="19+1_distill", split="19+1", label=label))
+    # schedule probes (issue 13, "schedules that converge"): joint training 3x longer, and at 2x the lr
+    out.append(E("joint_6k", cj, ["train.first_task.iterations=6000", "train.first_task.lr_steps=[4800]"],
+                 split="schedule", label="joint training, 6000 iterations (lr x0.1 at 4800)"))
+    out.append(E("joint_lr4e-3", cj, ["train.first_task.lr=0.004"], split="schedule",
+                 label="joint training, lr 0.004"))
     # repeatability (issue 13): the key rows again under seeds 1 and 2 (seed 0 = the rows above)
     for k in SEEDS[1:]:
         seed = [f"experiment.seed={k}"]
@@ -221,7 +226,8 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["j
                         [e.name for e in EXPERIMENTS if e.split == "seeds"] +
                         [e.name for e in EXPERIMENTS if e.split == "15+1x5"] +
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] +
-                        [e.name for e in EXPERIMENTS if e.split == "19+1"] + ["voc100_10+10"])
+                        [e.name for e in EXPERIMENTS if e.split == "19+1"] +
+                        [e.name for e in EXPERIMENTS if e.split == "schedule"] + ["voc100_10+10"])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -523,6 +529,18 @@ def seeds_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def schedule_table(out: Path) -> str:
+    """Joint training A(1-20) under the config's schedule (``joint``, 2000 iterations) and the
+    schedule probes: mAP over all 20 classes and the wall time."""
+    lines = ["| joint training A(1-20) | all (20) | wall time |", "|---|---:|---:|"]
+    for name, label in [("joint", "the config's schedule: 2000 iterations, lr 0.002 (x0.1 at 1600)")] + [
+            (e.name, e.label.replace("joint training, ", "")) for e in EXPERIMENTS if e.split == "schedule"]:
+        d = _load(out / name)
+        v = _all_after(out, name)
+        lines.append(f"| {label} | {'not run' if v is None else _f(v)} | {_wt(d) if d else '-'} |")
+    return "\n".join(lines)
+
+
 def _all_after(out: Path, name: str) -> Optional[float]:
     aps = _last_aps(_load(out / name))
     return None if aps is None else _mean(list(aps.values()))
@@ -606,6 +624,8 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               "A(1-15), its +B runs start from it. Same classes and test split as the 15+5 table.", "",
               seeds_table(out), "", "Commands (seed 0: under the 15+5 table and joint training):", "",
               commands_block("seeds", out), "", "### Targets of issue 13, measured", ""] + targets_lines(out) + [""]
+    parts += ["### Schedule probes (joint training, seed 0)", "", schedule_table(out), "", "Commands:", "",
+              commands_block("schedule", out), ""]
     for split in ("15+5", "10+10", "15+1x5", "19+1"):
         t = split_table(split, out)
         parts += [titles[split], ""]
