@@ -114,6 +114,8 @@ def _exps() -> List[Experiment]:
         out.append(E(f"15+1x5_{suf}", c15x, sets, init_from="15+5_distill", split="15+1x5", label=label))
     out.append(E("15+1x5_lambda10", c15x, ["learner.distill_weight=10"], init_from="15+5_distill", split="15+1x5",
                  label="distillation, lambda = 10"))
+    out.append(E("15+1x5_ce", c15x, ["learner.distill=ce"], init_from="15+5_distill", split="15+1x5",
+                 label="cross-entropy distillation"))
     out.append(E("voc100_10+10", "configs/incdet/voc12-100_10+10.yaml", split="voc100",
                  label="distillation (VOC2012-100, smoke)"))
     return out
