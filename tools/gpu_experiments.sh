@@ -28,11 +28,21 @@ L="$OUT/logs"
     $I 15+5_naive 15+5_unbiased 15+5_nobox >"$L/i155a.log" 2>&1 &
     $I 15+5_ewc 15+5_lambda10 15+5_bnfrozen >"$L/i155b.log" 2>&1 &
     $I 15+1x5_distill 15+1x5_lambda10 >"$L/i15x5a.log" 2>&1 &
-    $I 15+1x5_naive 15+1x5_unbiased >"$L/i15x5b.log" 2>&1 &
+    $I 15+1x5_naive 15+1x5_unbiased 15+1x5_ce >"$L/i15x5b.log" 2>&1 &
     wait; } ) >"$L/i155.log" 2>&1 &
+for k in 1 2; do  # the repeatability seeds of the key rows
+    ( $I 15+5_distill_s$k && $I 15+5_naive_s$k 15+1x5_distill_s$k ) >"$L/iseed$k.log" 2>&1 &
+    $I joint_s$k 10+10_distill_s$k >"$L/iseedb$k.log" 2>&1 &
+done
+( $I 19+1_distill && {
+    $I 19+1_naive 19+1_frozen_trunk 19+1_all_frozen >"$L/i191a.log" 2>&1 &
+    $I 19+1_frozen_trunk_distill 19+1_ce 19+1_nobox >"$L/i191b.log" 2>&1 &
+    wait; } ) >"$L/i191.log" 2>&1 &
+$I joint_6k >"$L/ijoint6k.log" 2>&1 &
+$I joint_lr4e-3 >"$L/ijointlr.log" 2>&1 &
 ( $I 10+10_distill && {
     $I 10+10_naive 10+10_unbiased >"$L/i1010a.log" 2>&1 &
-    $I 10+10_nobox 10+10_ewc >"$L/i1010b.log" 2>&1 &
+    $I 10+10_nobox 10+10_ewc 10+10_ce >"$L/i1010b.log" 2>&1 &
     wait; } ) >"$L/i1010.log" 2>&1 &
 $I joint >"$L/ijoint.log" 2>&1 &
 ( $B inc15+5_distill && {
