@@ -190,3 +190,16 @@ def test_shapes_19_1_rows_and_seed_runs(tool):
     assert by["15+5_naive_s2"].sets == ["experiment.seed=2", "learner.distill=none"]
     order = tool.RUN_ORDER
     assert order.index("15+5_distill_s1") < order.index("15+5_naive_s1") and set(order) >= set(by) - set(tool.THESIS_ORDER)
+
+
+def test_long_schedule_table_by_hand(tool, tmp_path):
+    out = tmp_path / "exp"
+    a = {"a": 60.0, "b": 40.0}  # A(old) = 50
+    _write(out / "15+5_long_distill", [[a, None], [a, {"a": 48.0, "b": 42.0, "c": 30.0}]])
+    _write(out / "15+5_long_naive", [[a, None], [a, {"a": 2.0, "b": 0.0, "c": 40.0}]])
+    _write(out / "joint_6k", [[{"a": 60.0, "b": 60.0, "c": 60.0}]])
+    t = tool.long_table(out)
+    assert "| 2000 iterations (the configs) | not run | | | | | | |" in t
+    assert "| 6000 iterations | 50.0 | 45.0 | 30.0 | 40.0 | 1.0 | 40.0 | 14.0 |" in t
+    # 45 / 50 = 90 % of A; all 40 / joint 60 = 66.7 %
+    assert "keeps 90.0 % of A on the old classes; all classes 40.0 = 66.7 % of joint" in t

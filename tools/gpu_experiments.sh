@@ -39,6 +39,7 @@ done
     $I 19+1_frozen_trunk_distill 19+1_ce 19+1_nobox >"$L/i191b.log" 2>&1 &
     wait; } ) >"$L/i191.log" 2>&1 &
 $I joint_6k >"$L/ijoint6k.log" 2>&1 &
+( $I 15+5_long_distill && $I 15+5_long_naive ) >"$L/i155long.log" 2>&1 &
 $I joint_lr4e-3 >"$L/ijointlr.log" 2>&1 &
 ( $I 10+10_distill && {
     $I 10+10_naive 10+10_unbiased >"$L/i1010a.log" 2>&1 &

@@ -97,6 +97,11 @@ def _exps() -> List[Experiment]:
                  split="schedule", label="joint training, 6000 iterations (lr x0.1 at 4800)"))
     out.append(E("joint_lr4e-3", cj, ["train.first_task.lr=0.004"], split="schedule",
                  label="joint training, lr 0.004"))
+    long = ["train.first_task.iterations=6000", "train.first_task.lr_steps=[4800]"]
+    out.append(E("15+5_long_distill", c155, long, split="schedule_155",
+                 label="A(1-15) 6000 iterations, +B distillation"))
+    out.append(E("15+5_long_naive", c155, long + ["learner.distill=none"], init_from="15+5_long_distill",
+                 split="schedule_155", label="A(1-15) 6000 iterations, +B naive"))
     # repeatability (issue 13): the key rows again under seeds 1 and 2 (seed 0 = the rows above)
     for k in SEEDS[1:]:
         seed = [f"experiment.seed={k}"]
@@ -232,7 +237,7 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["j
                         [e.name for e in EXPERIMENTS if e.split == "15+1x5"] +
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] +
                         [e.name for e in EXPERIMENTS if e.split == "19+1"] +
-                        [e.name for e in EXPERIMENTS if e.split == "schedule"] + ["voc100_10+10"])
+                        [e.name for e in EXPERIMENTS if e.split in ("schedule", "schedule_155")] + ["voc100_10+10"])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -549,6 +554,39 @@ def schedule_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def long_table(out: Path) -> str:
+    """15+5 with A(1-15) trained 3x longer (6000 iterations; B unchanged), beside the config's
+    schedule (seed 0) and the targets against joint training of the same length (``joint_6k``)."""
+    lines = ["| A(1-15) schedule | A(1-15) | +B distill: old | new | all | +B naive: old | new | all |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    j = _all_after(out, "joint_6k")
+    notes = []
+    for label, dn, nn in (("2000 iterations (the configs)", "15+5_distill", "15+5_naive"),
+                          ("6000 iterations", "15+5_long_distill", "15+5_long_naive")):
+        d = _load(out / dn)
+        if d is None or not d.get("all_metrics") or not d["all_metrics"][0][0]:
+            lines.append(f"| {label} | not run | | | | | | |")
+            continue
+        groups = _task_classes(d)
+        old, new = groups[0], [c for g in groups[1:] for c in g]
+        a = _mean([class_aps(d["all_metrics"][0][0]).get(c) for c in old])
+        cells = []
+        for name in (dn, nn):
+            aps = _last_aps(_load(out / name))
+            s = old_new_all(aps, old, new) if aps is not None else {}
+            cells += [_f(s.get("old")), _f(s.get("new")), _f(s.get("all"))]
+        lines.append(f"| {label} | {_f(a)} | " + " | ".join(cells) + " |")
+        if dn == "15+5_long_distill":
+            aps = _last_aps(_load(out / dn))
+            if aps is not None:
+                s = old_new_all(aps, old, new)
+                notes.append(f"With the 6000-iteration A: distillation keeps {_f(100 * s['old'] / a)} % of A on the "
+                             f"old classes; all classes {_f(s['all'])} = "
+                             f"{_f(100 * s['all'] / j) if j is not None else '-'} % of joint training of the same "
+                             f"length ({_f(j)}, `joint_6k`); one seed.")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
 def _all_after(out: Path, name: str) -> Optional[float]:
     aps = _last_aps(_load(out / name))
     return None if aps is None else _mean(list(aps.values()))
@@ -634,7 +672,8 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               seeds_table(out), "", "Commands (seed 0: under the tables below):", "",
               commands_block("seeds", out), "", "### Targets of issue 13, measured", ""] + targets_lines(out) + [""]
     parts += ["### Schedule probes (joint training, seed 0)", "", schedule_table(out), "", "Commands:", "",
-              commands_block("schedule", out), ""]
+              commands_block("schedule", out), "", "### 15+5 with a 3x longer A (seed 0)", "", long_table(out), "",
+              "Commands:", "", commands_block("schedule_155", out), ""]
     for split in ("15+5", "10+10", "15+1x5", "19+1"):
         t = split_table(split, out)
         parts += [titles[split], ""]
