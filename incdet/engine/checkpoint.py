@@ -59,16 +59,11 @@ def write_atomic(path: Union[str, Path], write: Callable[[IO], Any], binary: boo
     file is left as it was and the temp file is removed: nothing new is created. The folder
     must exist. Temp names are unique per process and thread (:func:`_temp_path`), so
     threads may write different files of one folder at once."""
-    path = Path(path)
-    tmp = _temp_path(path)
-    try:
+    def write_file(tmp: Path) -> None:
         with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        _remove_temp(tmp)
+
+    write_atomic_path(path, write_file, suffix="")
 
 
 def write_atomic_path(path: Union[str, Path], write: Callable[[Path], Any], suffix: Optional[str] = None) -> None:
