@@ -199,7 +199,62 @@ def test_long_schedule_table_by_hand(tool, tmp_path):
     _write(out / "15+5_long_naive", [[a, None], [a, {"a": 2.0, "b": 0.0, "c": 40.0}]])
     _write(out / "joint_6k", [[{"a": 60.0, "b": 60.0, "c": 60.0}]])
     t = tool.long_table(out)
-    assert "| 2000 iterations (the configs) | not run | | | | | | |" in t
-    assert "| 6000 iterations | 50.0 | 45.0 | 30.0 | 40.0 | 1.0 | 40.0 | 14.0 |" in t
+    assert "| 2000 iterations (the former schedule) | not run | | | | | | |" in t
+    assert "| 6000 iterations (the configs now) | 50.0 | 45.0 | 30.0 | 40.0 | 1.0 | 40.0 | 14.0 |" in t
     # 45 / 50 = 90 % of A; all 40 / joint 60 = 66.7 %
     assert "keeps 90.0 % of A on the old classes; all classes 40.0 = 66.7 % of joint" in t
+
+
+def test_former_schedule_rows_say_so_and_configs_train_a_6000(tool):
+    """The page's rows were made with A at 2000 iterations: every A-training shapes row carries the
+    override; the configs' own schedule (6000) is what the ``converged`` rows run."""
+    import yaml
+
+    by = tool.BY_NAME
+    for name in ("15+5_distill", "10+10_distill", "19+1_distill", "joint", "15+5_distill_s1", "joint_lr4e-3"):
+        assert by[name].sets[:2] == tool.SHORT, name
+    assert by["joint_lr4e-3"].sets == tool.SHORT + ["train.first_task.lr=0.004"]
+    assert by["15+5_naive"].sets == ["learner.distill=none"]  # starts from 15+5_distill's A: no schedule of its own
+    assert by["joint_6k"].sets == ["train.first_task.iterations=6000", "train.first_task.lr_steps=[4800]"]
+    for k in tool.SEEDS:
+        assert by[f"6k_15+5_distill_s{k}"].sets == [f"experiment.seed={k}"]
+        assert by[f"6k_15+5_naive_s{k}"].init_from == f"6k_15+5_distill_s{k}"
+        assert by[f"6k_15+1x5_distill_s{k}"].init_from == f"6k_15+5_distill_s{k}"
+    root = Path(__file__).resolve().parents[1]
+    for split in ("15+5", "10+10", "15+1x5", "19+1", "joint"):
+        ft = yaml.safe_load((root / f"configs/incdet/shapes_{split}.yaml").read_text())["train"]["first_task"]
+        assert (ft["iterations"], ft["lr_steps"]) == (6000, [4800]), split
+
+
+def test_converged_page_by_hand_and_records(tool, tmp_path):
+    """The 6k rows (every seed suffixed) feed the same seed table and targets; ``table`` keeps the
+    finished runs' files under --records and reads a run from there once --out has lost it."""
+    out = tmp_path / "exp"
+    for k, (d_old, j_all) in enumerate([(45.0, 60.0), (46.0, 62.0), (47.0, 64.0)]):
+        a = {"a": 50.0, "b": 50.0}
+        _write(out / f"6k_15+5_distill_s{k}", [[a, None], [a, {"a": d_old, "b": d_old, "c": 40.0}]])
+        _write(out / f"6k_joint_s{k}", [[{"a": j_all, "b": j_all, "c": j_all}]])
+    (out / "6k_joint_s0" / "command.txt").write_text("incdet train x\n")
+    _write(out / "15+5_distill", [[{"a": 1.0, "b": 1.0}, None], [None, {"a": 1.0, "b": 1.0, "c": 1.0}]])  # other page
+    r = tool.seed_values(out, "6k_")
+    assert r["distill old"] == [45.0, 46.0, 47.0] and r["joint all"] == [60.0, 62.0, 64.0]
+    assert r["naive old"] == [None, None, None]
+    lines = "\n".join(tool.targets_lines(out, "6k_"))
+    # distill old 46 / A 50 = 92 %; joint mean 62
+    assert "A(1-20) >= 60 mAP: 62.0 (mean of 3 seeds): **met**" in lines
+    assert "old classes >= 90 % of A: 92.0 %: **met**" in lines
+    md, rec = tmp_path / "p.md", tmp_path / "records"
+    assert tool.main(["table", "--page", "6k", "--out", str(out), "--md", str(md), "--records", str(rec)]) == 0
+    text = md.read_text()
+    assert "| distill old | 45.0 | 46.0 | 47.0 | 46.0 | 1.0 (3) |" in text
+    assert f"--out {out}/6k_15+5_naive_s2" in text  # every row's command, run or not
+    assert (rec / "6k_joint_s0" / "command.txt").read_text() == "incdet train x\n"
+    assert sorted(p.name for p in (rec / "6k_joint_s1").iterdir()) == ["results.json", "wall.json"]
+    assert (rec / "15+5_distill" / "results.json").is_file()
+    import shutil
+    shutil.rmtree(out)
+    md2 = tmp_path / "p2.md"
+    assert tool.main(["table", "--page", "6k", "--out", str(out), "--md", str(md2), "--records", str(rec)]) == 0
+    assert md2.read_text() == text
+    tool.main(["table", "--page", "6k", "--out", str(out), "--md", str(md2), "--records", "none"])
+    assert "| distill old | - | - | - | " in md2.read_text()

@@ -55,6 +55,9 @@ class Experiment:
 
 #: seeds of the repeatability rows (``experiment.seed``); seed 0 is the config's own
 SEEDS = (0, 1, 2)
+#: the first task's schedule of the configs before it became 6000 iterations (the rows of
+#: ``docs/results/incdet.md`` made with it carry these overrides)
+SHORT = ["train.first_task.iterations=2000", "train.first_task.lr_steps=[1600]"]
 
 
 def _exps() -> List[Experiment]:
@@ -123,6 +126,22 @@ def _exps() -> List[Experiment]:
                  label="cross-entropy distillation"))
     out.append(E("voc100_10+10", "configs/incdet/voc12-100_10+10.yaml", split="voc100",
                  label="distillation (VOC2012-100, smoke)"))
+    # the rows above were run with the first task's former schedule (2000 iterations): their
+    # commands say so, the configs' own schedule is now 6000 iterations (the rows below)
+    shapes = {c155, c1010, c15x, cj, c191}
+    for e in out:
+        if e.config in shapes and e.init_from is None and not any("first_task.iterations" in s for s in e.sets):
+            e.sets = SHORT + e.sets
+    # the configs' schedule (A 6000 iterations, lr x0.1 at 4800): the key rows under three seeds
+    for k in SEEDS:
+        seed = [f"experiment.seed={k}"]
+        out.append(E(f"6k_15+5_distill_s{k}", c155, seed, split="converged", label=f"15+5 distillation, seed {k}"))
+        out.append(E(f"6k_15+5_naive_s{k}", c155, seed + ["learner.distill=none"], init_from=f"6k_15+5_distill_s{k}",
+                     split="converged", label=f"15+5 naive, seed {k}"))
+        out.append(E(f"6k_joint_s{k}", cj, seed, split="converged", label=f"joint training, seed {k}"))
+        out.append(E(f"6k_15+1x5_distill_s{k}", c15x, seed, init_from=f"6k_15+5_distill_s{k}", split="converged",
+                     label=f"15+1x5 distillation, seed {k}"))
+        out.append(E(f"6k_10+10_distill_s{k}", c1010, seed, split="converged", label=f"10+10 distillation, seed {k}"))
     return out
 
 
@@ -237,7 +256,8 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["j
                         [e.name for e in EXPERIMENTS if e.split == "15+1x5"] +
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] +
                         [e.name for e in EXPERIMENTS if e.split == "19+1"] +
-                        [e.name for e in EXPERIMENTS if e.split in ("schedule", "schedule_155")] + ["voc100_10+10"])
+                        [e.name for e in EXPERIMENTS if e.split in ("schedule", "schedule_155")] + ["voc100_10+10"] +
+                        [e.name for e in EXPERIMENTS if e.split == "converged"])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -291,8 +311,38 @@ def old_new_all(aps: Dict[str, float], old: Sequence[str], new: Sequence[str]) -
             "all": _mean([aps.get(c) for c in list(old) + list(new)])}
 
 
+#: kept copies of finished runs' small files (:data:`RECORD_FILES`), committed so that the pages
+#: can be regenerated on a machine without the runs; ``table`` refreshes them and reads a run from
+#: there when ``OUT/NAME`` has no result (None: only ``OUT``; the functions' default)
+RECORDS = ROOT / "docs" / "results" / "records" / "incdet"
+RECORD_FILES = ("results.json", "wall.json", "command.txt", "config.yaml")
+_records: Optional[Path] = None
+
+
+def keep_records(out: Path, dest: Path) -> List[str]:
+    """Copy :data:`RECORD_FILES` of every finished experiment under ``out`` to ``dest/NAME``
+    (atomically, file by file); returns the names copied."""
+    from incdet.engine.checkpoint import write_atomic_path
+
+    done = []
+    for e in EXPERIMENTS:
+        if not _finished(out / e.name):
+            continue
+        for f in RECORD_FILES:
+            src = out / e.name / f
+            if src.is_file():
+                (dest / e.name).mkdir(parents=True, exist_ok=True)
+                data = src.read_bytes()
+                write_atomic_path(dest / e.name / f, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        done.append(e.name)
+    return done
+
+
 def _load(run: Path) -> Optional[dict]:
     p = run / "results.json"
+    if not p.is_file() and _records is not None and (_records / run.name / "results.json").is_file():
+        run = _records / run.name
+        p = run / "results.json"
     if not p.is_file():
         return None
     d = json.loads(p.read_text())
@@ -372,6 +422,10 @@ def steps_table(name: str, out: Path) -> Optional[str]:
     return "\n".join(lines)
 
 
+SCHEDULE_NOTE = ("Schedule: the tables of this page were made with A (the first task) trained for 2000 "
+                 "iterations, the configs' former schedule (each command that trains A says so); the configs "
+                 "now train A for 6000 iterations (joint training 34.1 -> 64.6 mAP, below). The key rows at "
+                 "the configs' schedule, three seeds each: [incdet_6k.md](incdet_6k.md).")
 NORM_NOTE = ("Distillation normalisation: each table says which `learner.distill_norm` its runs used. Runs "
              "made before the switch existed (no `distill_norm` in their `config.yaml`) used the released "
              "code's plain means (`released_code`); the shapes-voc configs, the VOC2012-100 config and the demo "
@@ -493,20 +547,24 @@ def thesis_section(out: Path) -> List[str]:
     return parts
 
 
-def _seed_name(name: str, k: int) -> str:
+def _seed_name(name: str, k: int, prefix: str = "") -> str:
+    """The run of row ``name`` under seed ``k``: ``name`` / ``name_sK`` (the former schedule's
+    rows), or ``PREFIXname_sK`` for every seed when ``prefix`` is given (``6k_``: the configs')."""
+    if prefix:
+        return f"{prefix}{name}_s{k}"
     return name if k == 0 else f"{name}_s{k}"
 
 
-def seed_values(out: Path) -> Dict[str, List[Optional[float]]]:
+def seed_values(out: Path, prefix: str = "") -> Dict[str, List[Optional[float]]]:
     """Per seed (:data:`SEEDS`), the key rows of the 15+5 split: A(1-15) on its classes, +B with
     and without distillation (old / new / all after B) and joint training A(1-20) split the same
     way; and the all-class mAP after the last step of 10+10 and 15+1x5 with distillation; None
-    where a run is missing."""
+    where a run is missing. ``prefix``: which runs (:func:`_seed_name`)."""
     rows: Dict[str, List[Optional[float]]] = {k: [] for k in (
         "A(1-15)", "distill old", "distill new", "distill all", "naive old", "naive new", "naive all",
         "joint old", "joint new", "joint all")}
     for k in SEEDS:
-        d = _load(out / _seed_name("15+5_distill", k))
+        d = _load(out / _seed_name("15+5_distill", k, prefix))
         groups = _task_classes(d) if d is not None and d.get("all_metrics") else None
         old = groups[0] if groups else None
         new = [c for g in groups[1:] for c in g] if groups else None
@@ -515,12 +573,12 @@ def seed_values(out: Path) -> Dict[str, List[Optional[float]]]:
             a = _mean([class_aps(d["all_metrics"][0][0]).get(c) for c in old])
         rows["A(1-15)"].append(a)
         for key, name in (("distill", "15+5_distill"), ("naive", "15+5_naive"), ("joint", "joint")):
-            aps = _last_aps(_load(out / _seed_name(name, k)))
+            aps = _last_aps(_load(out / _seed_name(name, k, prefix)))
             s = old_new_all(aps, old, new) if aps is not None and old is not None else {}
             for part in ("old", "new", "all"):
                 rows[f"{key} {part}"].append(s.get(part))
-    rows["10+10 distill all"] = [_all_after(out, _seed_name("10+10_distill", k)) for k in SEEDS]
-    rows["15+1x5 distill all"] = [_all_after(out, _seed_name("15+1x5_distill", k)) for k in SEEDS]
+    rows["10+10 distill all"] = [_all_after(out, _seed_name("10+10_distill", k, prefix)) for k in SEEDS]
+    rows["15+1x5 distill all"] = [_all_after(out, _seed_name("15+1x5_distill", k, prefix)) for k in SEEDS]
     return rows
 
 
@@ -532,8 +590,8 @@ def mean_std(xs: Sequence[Optional[float]]) -> tuple:
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")), len(v)
 
 
-def seeds_table(out: Path) -> str:
-    rows = seed_values(out)
+def seeds_table(out: Path, prefix: str = "") -> str:
+    rows = seed_values(out, prefix)
     lines = ["| row | " + " | ".join(f"seed {k}" for k in SEEDS) + " | mean | std (n) |",
              "|---" + "|---:" * (len(SEEDS) + 2) + "|"]
     for key, vals in rows.items():
@@ -543,10 +601,10 @@ def seeds_table(out: Path) -> str:
 
 
 def schedule_table(out: Path) -> str:
-    """Joint training A(1-20) under the config's schedule (``joint``, 2000 iterations) and the
+    """Joint training A(1-20) under the former schedule (``joint``, 2000 iterations) and the
     schedule probes: mAP over all 20 classes and the wall time."""
     lines = ["| joint training A(1-20) | all (20) | wall time |", "|---|---:|---:|"]
-    for name, label in [("joint", "the config's schedule: 2000 iterations, lr 0.002 (x0.1 at 1600)")] + [
+    for name, label in [("joint", "the former schedule: 2000 iterations, lr 0.002 (x0.1 at 1600)")] + [
             (e.name, e.label.replace("joint training, ", "")) for e in EXPERIMENTS if e.split == "schedule"]:
         d = _load(out / name)
         v = _all_after(out, name)
@@ -561,8 +619,8 @@ def long_table(out: Path) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     j = _all_after(out, "joint_6k")
     notes = []
-    for label, dn, nn in (("2000 iterations (the configs)", "15+5_distill", "15+5_naive"),
-                          ("6000 iterations", "15+5_long_distill", "15+5_long_naive")):
+    for label, dn, nn in (("2000 iterations (the former schedule)", "15+5_distill", "15+5_naive"),
+                          ("6000 iterations (the configs now)", "15+5_long_distill", "15+5_long_naive")):
         d = _load(out / dn)
         if d is None or not d.get("all_metrics") or not d["all_metrics"][0][0]:
             lines.append(f"| {label} | not run | | | | | | |")
@@ -592,10 +650,10 @@ def _all_after(out: Path, name: str) -> Optional[float]:
     return None if aps is None else _mean(list(aps.values()))
 
 
-def targets_lines(out: Path) -> List[str]:
+def targets_lines(out: Path, prefix: str = "") -> List[str]:
     """Issue 13's targets, each with the measured figure and met / not met / not measured (seed
     means where seeds exist; spread = the larger sample std of the two compared rows)."""
-    r = seed_values(out)
+    r = seed_values(out, prefix)
     ms = {k: mean_std(v) for k, v in r.items()}
     a, jd = ms["A(1-15)"][0], ms["joint all"][0]
 
@@ -621,7 +679,7 @@ def targets_lines(out: Path) -> List[str]:
     out_l.append(f"- Gap distillation - naive on the old classes ({_f(do - no) if have(do, no) else '-'}) larger "
                  f"than 5x the seed spread (5 x {_f(sd)}): {verdict(gap_ok)}.")
     for split, name in (("10+10", "10+10_distill"), ("15+1x5", "15+1x5_distill")):
-        v, _, n = mean_std([_all_after(out, _seed_name(name, k)) for k in SEEDS])
+        v, _, n = mean_std([_all_after(out, _seed_name(name, k, prefix)) for k in SEEDS])
         out_l.append(f"- {split} distillation, all classes after the last step >= 85 % of joint: "
                      f"{_f(100 * v / jd) if have(v, jd) else '-'} % ({_f(v)} mAP, mean of {n} seed(s)): "
                      f"{verdict(v >= 0.85 * jd if have(v, jd) else None)}.")
@@ -633,15 +691,9 @@ def commands_block(split: str, out: Path) -> str:
     return "```\n" + "\n".join(cmds) + "\n```"
 
 
-def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str = "") -> str:
-    notes_arg = f" --notes {notes_path}" if notes_path else ""
-    parts = ["# incdet on shapes-voc: class-incremental Fast R-CNN (thesis chapter 3)", "",
-             "Produced by `python tools/incdet_experiments.py run --out runs/incdet_exp` "
-             "(trains every run below, one after another; resumable), or on a GPU machine by "
-             "`bash tools/gpu_experiments.sh runs` (the same runs, several at once), and "
-             f"`python tools/incdet_experiments.py table --out runs/incdet_exp{notes_arg}` (writes this "
-             "file). Each run is exactly the `incdet train` command listed under its table.", ""]
-    walls = [(_load(out / e.name) or {}).get("_wall", {}) for e in EXPERIMENTS]
+def hardware_line(names: Sequence[str], out: Path) -> str:
+    """Where the runs ``names`` ran (from their ``wall.json``) and their total wall time."""
+    walls = [(_load(out / n) or {}).get("_wall", {}) for n in names]
     secs = sum(w.get("seconds", 0) for w in walls)
     cpu = next((w.get("cpu") for w in walls if w.get("cpu")), cpu_name())
     thr = next((w.get("threads") for w in walls if w.get("threads")), None)
@@ -650,8 +702,41 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
     where = (f"{gpu} (several runs sharing it at once, see tools/gpu_experiments.sh), host CPU {cpu}"
              + ("; the runs marked CPU in the tables ran on the CPU alone" if mixed else "")
              if gpu else f"{cpu}, CPU only")
-    parts += [f"Hardware: {where}, {thr} torch thread(s) per run; total training + evaluation "
-              f"wall time {secs / 60:.0f} min.", "",
+    return (f"Hardware: {where}, {thr} torch thread(s) per run; total training + evaluation "
+            f"wall time {secs / 60:.0f} min.")
+
+
+def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str = "") -> str:
+    """``docs/results/incdet_6k.md``: the key rows at the configs' own schedule (split
+    ``converged``: A 6000 iterations), every seed, and issue 13's targets measured on them."""
+    names = [e.name for e in EXPERIMENTS if e.split == "converged"]
+    notes_arg = f" --notes {notes_path}" if notes_path else ""
+    parts = ["# incdet on shapes-voc at the configs' schedule: the key rows under three seeds", "",
+             "Produced by `python tools/incdet_experiments.py run --split converged --out runs/incdet_exp` "
+             "and `python tools/incdet_experiments.py table --page 6k --out runs/incdet_exp"
+             f"{notes_arg}` (writes this file). Each run is exactly the `incdet train` command listed "
+             "below; a run not finished yet reads `-`.", "",
+             hardware_line(names, out), "",
+             "The configs `configs/incdet/shapes_*.yaml` as they are: the zoo's pretrained trunk, the first "
+             "task (A) trained for 6000 iterations (lr 0.002, x0.1 at 4800), each incremental step for the "
+             "config's `train.iterations`. The tables of [incdet.md](incdet.md) were made with A trained for "
+             "2000 iterations (their commands say so). mAP: mean of per-class VOC all-point AP (%) on the "
+             "shapes-voc test split (250 images); old = classes of the first task, new = classes added "
+             "afterwards; joint training A(1-20) is split the same way.", "",
+             seeds_table(out, "6k_"), "", "### Targets of issue 13, measured", ""] + targets_lines(out, "6k_") + [
+             "", "Commands:", "", commands_block("converged", out), ""]
+    return save_markdown(md, parts, extra_notes)
+
+
+def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str = "") -> str:
+    notes_arg = f" --notes {notes_path}" if notes_path else ""
+    parts = ["# incdet on shapes-voc: class-incremental Fast R-CNN (thesis chapter 3)", "",
+             "Produced by `python tools/incdet_experiments.py run --out runs/incdet_exp` "
+             "(trains every run below, one after another; resumable), or on a GPU machine by "
+             "`bash tools/gpu_experiments.sh runs` (the same runs, several at once), and "
+             f"`python tools/incdet_experiments.py table --out runs/incdet_exp{notes_arg}` (writes this "
+             "file). Each run is exactly the `incdet train` command listed under its table.", ""]
+    parts += [hardware_line([e.name for e in EXPERIMENTS], out), "",
               "mAP: mean of per-class VOC all-point AP (%) on the full shapes-voc test split "
               "(250 images); old = classes of the first task, new = classes added afterwards, "
               "all = both. Joint training A(1-20) is one model trained on all classes at once, split "
@@ -660,7 +745,8 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               "(`learner.model.weights: zoo:resnet18w16_shapes-pretrain`, docs/results/zoo.md: pretrained "
               "on generated shapes that share no shape and no pattern with shapes-voc, the role ImageNet "
               "plays in the thesis); all layers fine-tuned. The former tables, from random initialisation, "
-              "are in [incdet_from_scratch.md](incdet_from_scratch.md).", "", NORM_NOTE, "", PROTOCOL_NOTE, ""]
+              "are in [incdet_from_scratch.md](incdet_from_scratch.md).", "", SCHEDULE_NOTE, "", NORM_NOTE, "",
+              PROTOCOL_NOTE, ""]
     titles = {"15+5": "## 15+5: classes 16-20 added at once (table 3.3 analogue)",
               "10+10": "## 10+10: classes 11-20 added at once (table 3.2 analogue)",
               "15+1x5": "## 15+1x5: classes 16, 17, ..., 20 added one at a time (tables 3.3 and 3.9 analogue)"}
@@ -712,14 +798,21 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="train the experiments that are not finished yet")
     r.add_argument("--out", default="runs/incdet_exp")
     r.add_argument("--only", nargs="*", default=[], choices=sorted(BY_NAME), metavar="NAME")
+    r.add_argument("--split", default=None, choices=sorted({e.split for e in EXPERIMENTS}),
+                   help="the experiments of one table (e.g. converged: the configs' schedule, three seeds)")
     r.add_argument("--thesis", action="store_true",
                    help="the VOC 2007 runs of the thesis tables (GPU, VOC 2007, ResNet-50 weights) instead of shapes-voc")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--device", default="auto")
     t = sub.add_parser("table", help="write docs/results/incdet.md from finished runs")
     t.add_argument("--out", default="runs/incdet_exp")
-    t.add_argument("--md", default=str(ROOT / "docs" / "results" / "incdet.md"))
+    t.add_argument("--page", choices=("main", "6k"), default="main",
+                   help="main: docs/results/incdet.md; 6k: docs/results/incdet_6k.md (the configs' schedule)")
+    t.add_argument("--md", default=None, help="output file (default: the page's)")
     t.add_argument("--notes", default=None, help="a markdown file appended to the tables")
+    t.add_argument("--records", default=str(RECORDS),
+                   help="where finished runs' small files are kept (copied there first; a run missing from "
+                        "--out is read from there); 'none': only --out")
     sub.add_parser("list", help="list the experiments and their commands")
     a = p.parse_args(argv)
     if a.cmd == "list":
@@ -727,9 +820,22 @@ def main(argv=None) -> int:
             print(f"{e.name:18s} {shlex.join(command_of(e, Path('runs/incdet_exp')))}")
         return 0
     if a.cmd == "run":
-        return run(a.only or (THESIS_ORDER if a.thesis else []), Path(a.out), a.threads, a.device)
+        names = list(a.only)
+        if a.split:  # every split has experiments (the choices are taken from them)
+            names += [n for n in RUN_ORDER + THESIS_ORDER if BY_NAME[n].split == a.split and n not in names]
+        return run(names or (THESIS_ORDER if a.thesis else []), Path(a.out), a.threads, a.device)
+    global _records
+    if a.records != "none":
+        kept = keep_records(Path(a.out), Path(a.records))
+        print(f"records of {len(kept)} finished run(s) kept in {a.records}", file=sys.stderr)
     notes = Path(a.notes).read_text() if a.notes else ""
-    print(write_markdown(Path(a.out), Path(a.md), notes, a.notes or ""))
+    md = Path(a.md) if a.md else ROOT / "docs" / "results" / ("incdet.md" if a.page == "main" else "incdet_6k.md")
+    write = write_markdown if a.page == "main" else write_converged_markdown
+    _records = None if a.records == "none" else Path(a.records)
+    try:
+        print(write(Path(a.out), md, notes, a.notes or ""))
+    finally:
+        _records = None
     return 0
 
 
