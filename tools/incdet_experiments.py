@@ -142,6 +142,14 @@ def _exps() -> List[Experiment]:
         out.append(E(f"6k_15+1x5_distill_s{k}", c15x, seed, init_from=f"6k_15+5_distill_s{k}", split="converged",
                      label=f"15+1x5 distillation, seed {k}"))
         out.append(E(f"6k_10+10_distill_s{k}", c1010, seed, split="converged", label=f"10+10 distillation, seed {k}"))
+    # 15+1x5 loses the old classes step after step (docs/results/incdet.md); probes of the incremental
+    # steps' optimiser on seed 0's A: Adam's coupled L2 decay moves every weight by ~lr per step
+    # whatever its gradient, the thesis' B uses SGD at 1/10 of A's lr
+    for suf, label, sets in (("sgd1e-2", "SGD lr 0.01 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.01"]),
+                             ("sgd1e-3", "SGD lr 0.001 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.001"]),
+                             ("wd0", "Adam without weight decay", ["train.weight_decay=0"])):
+        out.append(E(f"6k_15+1x5_{suf}_s0", c15x, ["experiment.seed=0"] + sets, init_from="6k_15+5_distill_s0",
+                     split="probe_15x5", label=f"distillation, {label}"))
     return out
 
 
@@ -257,7 +265,7 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["j
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] +
                         [e.name for e in EXPERIMENTS if e.split == "19+1"] +
                         [e.name for e in EXPERIMENTS if e.split in ("schedule", "schedule_155")] + ["voc100_10+10"] +
-                        [e.name for e in EXPERIMENTS if e.split == "converged"])
+                        [e.name for e in EXPERIMENTS if e.split in ("converged", "probe_15x5")])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -370,8 +378,10 @@ def _f(x) -> str:
     return "-" if x is None or x != x else f"{x:.1f}"
 
 
-def split_table(split: str, out: Path) -> Optional[str]:
-    rows = [e for e in EXPERIMENTS if e.split == split]
+def split_table(split: str, out: Path, names: Optional[Sequence[str]] = None, joint: str = "joint") -> Optional[str]:
+    """old / new / all after the last task for the rows of ``split`` (or the runs ``names``; the
+    first one's evaluation after task 0 gives A's row), and joint training (run ``joint``)."""
+    rows = [e for e in EXPERIMENTS if e.split == split] if names is None else [BY_NAME[n] for n in names]
     base = _load(out / rows[0].name)
     if base is None:
         return None
@@ -391,7 +401,7 @@ def split_table(split: str, out: Path) -> Optional[str]:
         s = old_new_all(class_aps(last), old, new)
         lines.append(f"| +B {e.label} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
                      f"{_wt(d)} |")
-    j = _load(out / "joint")
+    j = _load(out / joint)
     if j is not None and j["matrix"] and j["matrix"][-1][-1] is not None:
         s = old_new_all(class_aps(j["all_metrics"][-1][-1]), old, new)
         lines.append(f"| joint training A(1-20) | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
@@ -725,6 +735,18 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
              "afterwards; joint training A(1-20) is split the same way.", "",
              seeds_table(out, "6k_"), "", "### Targets of issue 13, measured", ""] + targets_lines(out, "6k_") + [
              "", "Commands:", "", commands_block("converged", out), ""]
+    probes = ["6k_15+1x5_distill_s0"] + [e.name for e in EXPERIMENTS if e.split == "probe_15x5"]
+    parts += ["## 15+1x5 on seed 0's A: the incremental steps' optimiser", "",
+              "Classes 16-20 added one at a time, each step `train.iterations` of the config on the images "
+              "that contain the step's class; the configs' Adam (lr 2e-4, L2 weight decay 1e-4 added to the "
+              "gradient) against SGD with Nesterov momentum, as the thesis trains B, and Adam without decay.", ""]
+    t = split_table("probe_15x5", out, names=probes, joint="6k_joint_s0")
+    parts += [t if t is not None else "Not run yet.", ""]
+    for n in probes:
+        st = steps_table(n, out)
+        if st:
+            parts += [f"Per step, {BY_NAME[n].label} (`{n}`):", "", st, ""]
+    parts += ["Commands (the first row's: above):", "", commands_block("probe_15x5", out), ""]
     return save_markdown(md, parts, extra_notes)
 
 
