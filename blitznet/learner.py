@@ -114,6 +114,12 @@ class BlitzNetLearner(Learner):
     Config = BlitzNetLearnerConfig
     metrics = {"mAP": True, "mAP_seen": True, "mIoU": True, "mIoU_seen": True}
     primary_metric = "mAP"
+    #: the options ``evaluate`` depends on (a run started from another run's checkpoint copies its
+    #: results rows when these agree): the network and the post-processing; not the training options
+    #: (augmentation, losses, distillation), which change the next task's weights, not how a
+    #: checkpoint is measured
+    eval_keys = ("model", "eval_batch_size", "score_thresh", "pre_nms_top", "nms_iou", "per_class", "max_det",
+                 "nms_method", "use_07_metric")
 
     def __init__(self, config: BlitzNetLearnerConfig, device):
         if isinstance(config, dict):

@@ -268,3 +268,10 @@ def test_incdet_eval_keys_leave_out_training_options():
     keys = set(LEARNERS.get("incdet.fastrcnn").eval_keys)
     assert {"model", "proposals", "protocol", "use_07_metric"} <= keys
     assert not keys & {"distill", "distill_weight", "freeze", "ewc_weight", "distill_sampling", "bn_stats"}
+
+
+def test_blitznet_eval_keys_leave_out_training_options():
+    keys = set(LEARNERS.get("blitznet").eval_keys)
+    assert {"model", "score_thresh", "nms_iou", "max_det", "use_07_metric"} <= keys
+    assert not keys & {"augment", "distill", "distill_weight", "distill_seg_weight", "det_weight", "seg_weight",
+                       "neg_pos_ratio", "difficult_as_positive"}
