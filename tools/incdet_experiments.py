@@ -150,6 +150,12 @@ def _exps() -> List[Experiment]:
                              ("wd0", "Adam without weight decay", ["train.weight_decay=0"])):
         out.append(E(f"6k_15+1x5_{suf}_s0", c15x, ["experiment.seed=0"] + sets, init_from="6k_15+5_distill_s0",
                      split="probe_15x5", label=f"distillation, {label}"))
+    # 15+5's B is 500 iterations where the thesis trains B as long as A when many classes are added
+    longb = ["train.iterations=2000", "train.lr_steps=[1600]"]
+    out.append(E("6k_15+5_b2000_distill_s0", c155, ["experiment.seed=0"] + longb, init_from="6k_15+5_distill_s0",
+                 split="probe_b", label="distillation, B 2000 iterations (lr x0.1 at 1600)"))
+    out.append(E("6k_15+5_b2000_naive_s0", c155, ["experiment.seed=0"] + longb + ["learner.distill=none"],
+                 init_from="6k_15+5_distill_s0", split="probe_b", label="w/o distillation, B 2000 iterations"))
     return out
 
 
@@ -265,7 +271,7 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["j
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] +
                         [e.name for e in EXPERIMENTS if e.split == "19+1"] +
                         [e.name for e in EXPERIMENTS if e.split in ("schedule", "schedule_155")] + ["voc100_10+10"] +
-                        [e.name for e in EXPERIMENTS if e.split in ("converged", "probe_15x5")])
+                        [e.name for e in EXPERIMENTS if e.split in ("converged", "probe_15x5", "probe_b")])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -735,6 +741,13 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
              "afterwards; joint training A(1-20) is split the same way.", "",
              seeds_table(out, "6k_"), "", "### Targets of issue 13, measured", ""] + targets_lines(out, "6k_") + [
              "", "Commands:", "", commands_block("converged", out), ""]
+    b = ["6k_15+5_distill_s0", "6k_15+5_naive_s0"] + [e.name for e in EXPERIMENTS if e.split == "probe_b"]
+    parts += ["## 15+5 on seed 0's A: B trained longer", "",
+              "The configs train B (classes 16-20) for 500 iterations; the thesis trains B as long as A when "
+              "several classes are added at once. Same A (seed 0), B for 2000 iterations.", ""]
+    t = split_table("probe_b", out, names=b, joint="6k_joint_s0")
+    parts += [t if t is not None else "Not run yet.", "", "Commands (the first two rows': above):", "",
+              commands_block("probe_b", out), ""]
     probes = ["6k_15+1x5_distill_s0"] + [e.name for e in EXPERIMENTS if e.split == "probe_15x5"]
     parts += ["## 15+1x5 on seed 0's A: the incremental steps' optimiser", "",
               "Classes 16-20 added one at a time, each step `train.iterations` of the config on the images "
