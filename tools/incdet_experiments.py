@@ -147,7 +147,8 @@ def _exps() -> List[Experiment]:
     # whatever its gradient, the thesis' B uses SGD at 1/10 of A's lr
     for suf, label, sets in (("sgd1e-2", "SGD lr 0.01 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.01"]),
                              ("sgd1e-3", "SGD lr 0.001 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.001"]),
-                             ("wd0", "Adam without weight decay", ["train.weight_decay=0"])):
+                             ("wd0", "Adam without weight decay", ["train.weight_decay=0"]),
+                             ("bnfrozen", "BatchNorm statistics frozen", ["learner.bn_stats=frozen"])):
         out.append(E(f"6k_15+1x5_{suf}_s0", c15x, ["experiment.seed=0"] + sets, init_from="6k_15+5_distill_s0",
                      split="probe_15x5", label=f"distillation, {label}"))
     # 15+5's B is 500 iterations where the thesis trains B as long as A when many classes are added
