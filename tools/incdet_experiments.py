@@ -148,7 +148,9 @@ def _exps() -> List[Experiment]:
     for suf, label, sets in (("sgd1e-2", "SGD lr 0.01 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.01"]),
                              ("sgd1e-3", "SGD lr 0.001 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.001"]),
                              ("wd0", "Adam without weight decay", ["train.weight_decay=0"]),
-                             ("bnfrozen", "BatchNorm statistics frozen", ["learner.bn_stats=frozen"])):
+                             ("bnfrozen", "BatchNorm statistics frozen", ["learner.bn_stats=frozen"]),
+                             ("bglo01", "background RoIs from IoU [0.1, 0.5) (py-faster-rcnn) instead of [0, 0.5)",
+                              ["learner.model.bg_iou_lo=0.1"])):
         out.append(E(f"6k_15+1x5_{suf}_s0", c15x, ["experiment.seed=0"] + sets, init_from="6k_15+5_distill_s0",
                      split="probe_15x5", label=f"distillation, {label}"))
     # 15+5's B is 500 iterations where the thesis trains B as long as A when many classes are added
