@@ -258,3 +258,19 @@ def test_converged_page_by_hand_and_records(tool, tmp_path):
     assert md2.read_text() == text
     tool.main(["table", "--page", "6k", "--out", str(out), "--md", str(md2), "--records", "none"])
     assert "| distill old | - | - | - | " in md2.read_text()
+
+
+def test_gpu_script_names_only_known_experiments(tool):
+    """Every name that tools/gpu_experiments.sh passes to ``$I`` is an experiment of the tool (a
+    misspelt name would be refused by ``run --only`` on the lent machine, after its start-up)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "tools" / "gpu_experiments.sh").read_text()
+    names = set()
+    for ks, body in re.findall(r"for k in ([\d ]+); do(.*?)\ndone", text, flags=re.S):  # loops: each k
+        for args in re.findall(r"\$I ([^&>)\n]+)", body):
+            names |= {tok.replace("$k", k) for tok in args.split() for k in ks.split()}
+    for args in re.findall(r"\$I ([^&>)\n]+)", re.sub(r"for k in [\d ]+; do.*?\ndone", "", text, flags=re.S)):
+        names |= set(args.split())
+    assert "6k_15+5_distill_s0" in names and "15+5_distill" in names
+    assert names <= set(tool.BY_NAME), sorted(names - set(tool.BY_NAME))

@@ -7,6 +7,7 @@
 #
 # then, on any machine:
 #   python tools/incdet_experiments.py table --out OUT/incdet_exp [--notes NOTES.md]
+#   python tools/incdet_experiments.py table --page 6k --out OUT/incdet_exp [--notes NOTES.md]
 #   python tools/blitznet_experiments.py table --out OUT/blitznet_exp --profile gpu [--notes NOTES.md]
 #
 # Needs data/shapes-voc with its selective-search proposals already computed
@@ -38,6 +39,13 @@ done
     $I 19+1_naive 19+1_frozen_trunk 19+1_all_frozen >"$L/i191a.log" 2>&1 &
     $I 19+1_frozen_trunk_distill 19+1_ce 19+1_nobox >"$L/i191b.log" 2>&1 &
     wait; } ) >"$L/i191.log" 2>&1 &
+for k in 0 1 2; do  # the configs' schedule (A 6000 iterations): docs/results/incdet_6k.md
+    ( $I 6k_15+5_distill_s$k && $I 6k_15+5_naive_s$k 6k_15+1x5_distill_s$k ) >"$L/i6k$k.log" 2>&1 &
+    $I 6k_joint_s$k 6k_10+10_distill_s$k >"$L/i6kb$k.log" 2>&1 &
+done
+( while [ ! -f "$OUT/incdet_exp/6k_15+5_distill_s0/checkpoints/task0.pt" ]; do sleep 20; done
+  $I 6k_15+5_b2000_distill_s0 6k_15+5_b2000_naive_s0 6k_15+1x5_sgd1e-2_s0 6k_15+1x5_bnfrozen_s0 6k_15+1x5_bglo01_s0
+) >"$L/i6kprobes.log" 2>&1 &
 $I joint_6k >"$L/ijoint6k.log" 2>&1 &
 ( $I 15+5_long_distill && $I 15+5_long_naive ) >"$L/i155long.log" 2>&1 &
 $I joint_lr4e-3 >"$L/ijointlr.log" 2>&1 &

@@ -728,7 +728,7 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
     ``converged``: A 6000 iterations), every seed, and issue 13's targets measured on them."""
     names = [e.name for e in EXPERIMENTS if e.split == "converged"]
     notes_arg = f" --notes {notes_path}" if notes_path else ""
-    parts = ["# incdet on shapes-voc at the configs' schedule: the key rows under three seeds", "",
+    parts = ["# incdet on shapes-voc at the configs' schedule: the key rows, seed by seed", "",
              "Produced by `python tools/incdet_experiments.py run --split converged --out runs/incdet_exp` "
              "and `python tools/incdet_experiments.py table --page 6k --out runs/incdet_exp"
              f"{notes_arg}` (writes this file). Each run is exactly the `incdet train` command listed "
