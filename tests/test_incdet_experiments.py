@@ -274,3 +274,15 @@ def test_gpu_script_names_only_known_experiments(tool):
         names |= set(args.split())
     assert "6k_15+5_distill_s0" in names and "15+5_distill" in names
     assert names <= set(tool.BY_NAME), sorted(names - set(tool.BY_NAME))
+
+
+def test_run_split_selects_that_tables_runs_in_order(tool, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(tool, "run", lambda names, out, threads, device: seen.setdefault("names", list(names)) and 0)
+    tool.main(["run", "--split", "probe_b"])
+    assert seen["names"] == ["6k_15+5_b2000_distill_s0", "6k_15+5_b2000_naive_s0"]
+    seen.clear()
+    tool.main(["run", "--split", "converged", "--only", "joint"])
+    names = seen["names"]
+    assert names[0] == "joint" and set(names[1:]) == {e.name for e in tool.EXPERIMENTS if e.split == "converged"}
+    assert names.index("6k_15+5_distill_s1") < names.index("6k_15+5_naive_s1")
