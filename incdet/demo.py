@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: The demo's run config (the settings of configs/incdet/shapes_15+5.yaml, except A's schedule:
 #: 2000 iterations, not the config's 6000, so that the demo stays under 15 minutes on 2 CPU cores;
-#: 6000 single-thread iterations alone took ~22 min on the 2-core machine of 2026-12-07;
+#: one thread ran 4.5 iterations/s on the 2-core machine of 2026-12-07, i.e. ~22 min for 6000;
 #: ``root``, ``proposal_cache`` and ``out`` are filled in by :func:`run_demo`).
 BASE_CONFIG: dict = {
     "experiment": {"name": "demo", "seed": 0, "device": "auto"},

@@ -337,18 +337,18 @@ _records: Optional[Path] = None
 def keep_records(out: Path, dest: Path) -> List[str]:
     """Copy :data:`RECORD_FILES` of every finished experiment under ``out`` to ``dest/NAME``
     (atomically, file by file); returns the names copied."""
-    from incdet.engine.checkpoint import write_atomic_path
+    from incdet.engine.checkpoint import write_atomic
 
     done = []
     for e in EXPERIMENTS:
         if not _finished(out / e.name):
             continue
+        (dest / e.name).mkdir(parents=True, exist_ok=True)
         for f in RECORD_FILES:
             src = out / e.name / f
             if src.is_file():
-                (dest / e.name).mkdir(parents=True, exist_ok=True)
                 data = src.read_bytes()
-                write_atomic_path(dest / e.name / f, lambda tmp, data=data: Path(tmp).write_bytes(data))
+                write_atomic(dest / e.name / f, lambda fh, data=data: fh.write(data), binary=True)
         done.append(e.name)
     return done
 

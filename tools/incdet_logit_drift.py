@@ -99,18 +99,15 @@ def measure(run: Path, images: int = 40, iou: float = 0.7, ap: bool = False, dev
         st = drift_stats(torch.cat(lg_all) if lg_all else torch.zeros(0, 1 + n_old),
                          torch.cat(lab_all) if lab_all else torch.zeros(0, dtype=torch.long), n_old)
         row = {"checkpoint": str(ck), "after": tasks[k].name, "rois": int(sum(len(x) for x in lab_all)), **st}
-        if ap:
-            old = tasks[0].seen_classes
-            for label, thr in (("map_old", None), ("map_old_thr0", 0.0)):
-                d = dict(raw)
-                d["learner"] = {**raw["learner"], **({} if thr is None else {"eval_score_thresh": thr})}
-                c2 = config_from_dict(d, source=str(cpath))
-                lr2 = LEARNERS.get(c2.learner.name)(c2.learner.options, device)
-                lr2.load_state_dict(ckpt["learner"])
-                lr2.resume_task(tasks[k])
+        if ap:  # the configured threshold with this learner; threshold 0 with one built for it
+            c0 = config_from_dict({**raw, "learner": {**raw["learner"], "eval_score_thresh": 0.0}}, source=str(cpath))
+            all_kept = LEARNERS.get(c0.learner.name)(c0.learner.options, device)
+            all_kept.load_state_dict(ckpt["learner"])
+            all_kept.resume_task(tasks[k])
+            for label, lr in (("map_old", learner), ("map_old_thr0", all_kept)):
                 with torch.no_grad():
-                    m = lr2.evaluate(tasks[k])
-                aps = [m.get(f"AP/{c}") for c in old]
+                    m = lr.evaluate(tasks[k])
+                aps = [m.get(f"AP/{c}") for c in tasks[0].seen_classes]
                 aps = [float(a) for a in aps if a is not None and a == a]
                 row[label] = sum(aps) / len(aps) if aps else float("nan")
         rows.append(row)
