@@ -278,3 +278,52 @@ def test_ewc_variant_can_start_from_a_run_trained_without_ewc(tmp_path):
     assert any("loss_ewc" in s for s in steps if s.get("task") == 1)
     # the weights moved away from A's in the first step, so the penalty is positive afterwards
     assert [s["loss_ewc"] for s in steps if s.get("task") == 1 and "loss_ewc" in s][-1] > 0
+
+
+def test_unbiased_background_loss_by_hand():
+    """bg_classes=K: a background RoI's loss is -log(p_0 + ... + p_K), a foreground RoI's is -log p_y
+    (worked out here with explicit softmax sums); K=0 is plain cross-entropy."""
+    from incdet.models.fastrcnn import FastRCNN
+
+    net = FastRCNN(tiny_model_config())
+    net.add_classes(3)  # background + classes 1, 2 (old) and 3 (new)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0],   # background RoI
+                           [0.0, 0.0, 0.0, 3.0]])   # RoI of class 3
+    labels = torch.tensor([0, 3])
+    deltas = torch.zeros(2, 12)
+    targets = torch.zeros(2, 4)
+    p = logits.softmax(1)
+    want = -(torch.log(p[0, :3].sum()) + torch.log(p[1, 3])) / 2
+    got = net.fastrcnn_loss(logits, deltas, labels, targets, bg_classes=2)["loss_cls"]
+    assert torch.allclose(got, want, atol=1e-6)
+    plain = net.fastrcnn_loss(logits, deltas, labels, targets)["loss_cls"]
+    assert torch.allclose(plain, -(torch.log(p[0, 0]) + torch.log(p[1, 3])) / 2, atol=1e-6)
+    assert got < plain  # the old classes' share no longer counts against a background RoI
+
+
+def test_unbiased_background_loss_only_in_incremental_steps(tmp_path, tasks):
+    """learner.bg_loss=unbiased: the first task's loss is plain cross-entropy; in the incremental step
+    the old classes' probability counts as background (loss lower than the standard one on the same
+    batch and weights)."""
+    t0, t1 = tasks
+    torch.manual_seed(0)
+    std = _learner(tmp_path, tasks, distill="none")
+    unb = _learner(tmp_path, tasks, distill="none", bg_loss="unbiased")
+    for L in (std, unb):
+        L.begin_task(t0)
+    unb.net.load_state_dict(std.net.state_dict())
+    b0 = _batch(std, t0)
+    torch.manual_seed(1)
+    a = std.training_step(b0)["loss_cls"]
+    torch.manual_seed(1)
+    b = unb.training_step(b0)["loss_cls"]
+    assert torch.allclose(a, b)
+    for L in (std, unb):
+        L.begin_task(t1)
+    unb.net.load_state_dict(std.net.state_dict())
+    b1 = _batch(std, t1)
+    torch.manual_seed(2)
+    a = std.training_step(b1)["loss_cls"]
+    torch.manual_seed(2)
+    b = unb.training_step(b1)["loss_cls"]
+    assert b < a - 1e-4

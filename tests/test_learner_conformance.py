@@ -267,7 +267,7 @@ def test_eval_keys_name_config_fields(name):
 def test_incdet_eval_keys_leave_out_training_options():
     keys = set(LEARNERS.get("incdet.fastrcnn").eval_keys)
     assert {"model", "proposals", "protocol", "use_07_metric"} <= keys
-    assert not keys & {"distill", "distill_weight", "freeze", "ewc_weight", "distill_sampling", "bn_stats"}
+    assert not keys & {"distill", "distill_weight", "freeze", "ewc_weight", "distill_sampling", "bn_stats", "bg_loss"}
 
 
 def test_blitznet_eval_keys_leave_out_training_options():

@@ -148,7 +148,15 @@ def _exps() -> List[Experiment]:
     for suf, label, sets in (("sgd1e-2", "SGD lr 0.01 (Nesterov momentum 0.9)", ["train.optimizer=sgd", "train.lr=0.01"]),
                              ("bnfrozen", "BatchNorm statistics frozen", ["learner.bn_stats=frozen"]),
                              ("bglo01", "background RoIs from IoU [0.1, 0.5) (py-faster-rcnn) instead of [0, 0.5)",
-                              ["learner.model.bg_iou_lo=0.1"])):
+                              ["learner.model.bg_iou_lo=0.1"]),
+                             ("lambda10", "lambda = 10", ["learner.distill_weight=10"]),
+                             # ~100 proposals per shapes-voc image: the 128-candidate pool is every
+                             # proposal, so "biased" sampling is not biased; 32 of ~100 plays the role
+                             # of the thesis' 128 of 2,000 (the proposals on objects)
+                             ("pool32", "distillation on the 32 lowest-background proposals (pool 32, 32 RoIs)",
+                              ["learner.distill_pool=32", "learner.distill_rois=32"]),
+                             ("unbiasedbg", "unbiased background loss (not in the thesis: Cermelli et al. 2022)",
+                              ["learner.bg_loss=unbiased"])):
         out.append(E(f"6k_15+1x5_{suf}_s0", c15x, ["experiment.seed=0"] + sets, init_from="6k_15+5_distill_s0",
                      split="probe_15x5", label=f"distillation, {label}"))
     # 15+5's B is 500 iterations where the thesis trains B as long as A when many classes are added
@@ -157,6 +165,9 @@ def _exps() -> List[Experiment]:
                  split="probe_b", label="distillation, B 2000 iterations (lr x0.1 at 1600)"))
     out.append(E("6k_15+5_b2000_naive_s0", c155, ["experiment.seed=0"] + longb + ["learner.distill=none"],
                  init_from="6k_15+5_distill_s0", split="probe_b", label="w/o distillation, B 2000 iterations"))
+    out.append(E("6k_15+5_unbiasedbg_s0", c155, ["experiment.seed=0", "learner.bg_loss=unbiased"],
+                 init_from="6k_15+5_distill_s0", split="probe_b",
+                 label="distillation, unbiased background loss (B 500 iterations)"))
     return out
 
 

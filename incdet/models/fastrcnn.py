@@ -450,16 +450,16 @@ class FastRCNN(nn.Module):
             parts.append(torch.cat([torch.full((b.shape[0], 1), float(i), device=device), b], 1))
         return torch.cat(parts, 0) if parts else torch.zeros((0, 5), device=device)
 
-    def forward(self, images, proposals, targets=None, distill_rois=None):
+    def forward(self, images, proposals, targets=None, distill_rois=None, bg_classes: int = 0):
         if not self.cls_score.chunks:
             raise RuntimeError("FastRCNN has no output classes yet: call add_classes(n) first")
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets")
-            return self._forward_train(images, proposals, targets, distill_rois)
+            return self._forward_train(images, proposals, targets, distill_rois, bg_classes)
         return self.detect(images, proposals)
 
-    def _forward_train(self, images, proposals, targets, distill_rois):
+    def _forward_train(self, images, proposals, targets, distill_rois, bg_classes: int = 0):
         batch, scales, _ = self.transform(images)
         dev = batch.device
         sampler = self.cfg.sampler()
@@ -483,18 +483,30 @@ class FastRCNN(nn.Module):
         else:
             logits, deltas = self.head(feats, rois)
         losses = self.fastrcnn_loss(logits[:n_train], deltas[:n_train],
-                                    torch.cat([s.labels for s in sampled]), torch.cat([s.targets for s in sampled]))
+                                    torch.cat([s.labels for s in sampled]), torch.cat([s.targets for s in sampled]),
+                                    bg_classes=bg_classes)
         self.last_stats = {"num_fg": sum(s.num_fg for s in sampled), "num_rois": n_train, "num_reused": n_reused}
         if distill_rois is not None:
             return losses, (logits[n_train:], deltas[n_train:])
         return losses
 
-    def fastrcnn_loss(self, logits: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor) -> Dict[str, Tensor]:
-        """Cross-entropy + smooth-L1 (eq. 3.1) averaged over the sampled RoIs."""
+    def fastrcnn_loss(self, logits: Tensor, deltas: Tensor, labels: Tensor, targets: Tensor,
+                      bg_classes: int = 0) -> Dict[str, Tensor]:
+        """Cross-entropy + smooth-L1 (eq. 3.1) averaged over the sampled RoIs.
+
+        ``bg_classes`` > 0: the unbiased cross-entropy for missing annotations (Cermelli et al.
+        2022): a background RoI's loss is ``-log(p_0 + p_1 + ... + p_bg_classes)`` (background or
+        one of the first ``bg_classes`` classes, the old ones); foreground RoIs are unchanged."""
         if labels.numel() == 0:
             z = logits.sum() * 0.0
             return {"loss_cls": z, "loss_box": z}
-        loss_cls = F.cross_entropy(logits.float(), labels)
+        if bg_classes > 0:
+            lf = logits.float()
+            own = lf.gather(1, labels[:, None]).squeeze(1)
+            bg_or_old = torch.logsumexp(lf[:, : 1 + bg_classes], dim=1)
+            loss_cls = (torch.logsumexp(lf, dim=1) - torch.where(labels == 0, bg_or_old, own)).mean()
+        else:
+            loss_cls = F.cross_entropy(logits.float(), labels)
         fg = torch.nonzero(labels > 0).flatten()
         if fg.numel():
             d = deltas[fg].float().reshape(fg.numel(), -1, 4)[torch.arange(fg.numel(), device=fg.device), labels[fg] - 1]

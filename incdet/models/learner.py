@@ -115,6 +115,12 @@ class FastRCNNLearnerConfig:
     # BatchNorm running statistics in steps after the first: "update" (plain train mode) or
     # "frozen" (kept at the end-of-A values: new-class-only batches do not shift them)
     bn_stats: str = "update"
+    # classification loss of the background RoIs in steps after the first: "standard" (thesis eq. 3.1:
+    # -log p_bg, so an unlabelled old object under a background RoI is pushed to background) or
+    # "unbiased" (not in the thesis: Cermelli et al. 2022's unbiased cross-entropy for missing
+    # annotations, -log(p_bg + sum of the old classes' p): the new step does not teach that old
+    # objects are background; docs/results/incdet_6k.md measures it on 15+1x5)
+    bg_loss: str = "standard"
     ewc_batches: int = 50
     eval_batch_size: int = 2
     # evaluation protocol (see EVAL_PROTOCOLS and docs/results/incdet.md): the preset fills the keys
@@ -153,6 +159,7 @@ class FastRCNNLearnerConfig:
         check_choice(S, "freeze", self.freeze, ("none", "trunk", "all_but_new"))
         check_range(S, "ewc_weight", self.ewc_weight, 0)
         check_choice(S, "bn_stats", self.bn_stats, ("update", "frozen"))
+        check_choice(S, "bg_loss", self.bg_loss, ("standard", "unbiased"))
         check_range(S, "ewc_batches", self.ewc_batches, 1)
         check_range(S, "eval_batch_size", self.eval_batch_size, 1)
         check_choice(S, "protocol", self.protocol, tuple(EVAL_PROTOCOLS))
@@ -400,12 +407,17 @@ class FastRCNNLearner(Learner):
         proposals = [p.to(dev) for p in batch["proposals"]]
         targets = [{"boxes": b.to(dev), "labels": l.to(dev)} for b, l in zip(batch["boxes"], batch["labels"])]
         dts: List[DistillTargets] = []
+        task = getattr(self, "task", None)
+        bg_classes = 0
+        if self.config.bg_loss == "unbiased" and task is not None and self._incremental(task):
+            bg_classes = task.n_old
         if self.teacher is not None and self.config.distill != "none":
             keys = [(str(i), bool(f)) for i, f in zip(batch["image_id"], batch["flipped"])]
             dts = self.teacher_targets(images, proposals, keys)
-            losses, outs = self.model(images, proposals, targets, distill_rois=[d.rois for d in dts])
+            losses, outs = self.model(images, proposals, targets, distill_rois=[d.rois for d in dts],
+                                      bg_classes=bg_classes)
             return losses, outs, dts
-        return self.model(images, proposals, targets), None, dts
+        return self.model(images, proposals, targets, bg_classes=bg_classes), None, dts
 
     def training_step(self, batch) -> Dict[str, Tensor]:
         if self.net.training is False:
