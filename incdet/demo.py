@@ -6,11 +6,12 @@ What it does (thesis table 3.3, first rows, on the synthetic shapes-voc data):
     1. builds shapes-voc in ``--data`` on first use (re-used afterwards; no download) and
        computes selective-search proposals once (cached next to the data);
     2. trains A(1-15) on the first 15 classes, starting from the zoo's pretrained trunk
-       (``--backbone``, default ``zoo:resnet18w16_shapes-pretrain``; ``none``: random init),
-       then adds classes 16-20 *with distillation*
-       (run ``OUT/distill``, which holds A's checkpoint ``checkpoints/task0.pt``);
-    3. adds classes 16-20 to the same A *without distillation* (naive fine-tuning; run
-       ``OUT/naive``, started from ``OUT/distill/checkpoints/task0.pt`` via ``tasks.init_from``);
+       (``--backbone``, default ``zoo:resnet18w16_shapes-pretrain``; ``none``: random init)
+       (run ``OUT/A``, ``tasks.stop_after: 1``; A's checkpoint ``OUT/A/checkpoints/task0.pt``);
+    3. adds classes 16-20 to A *with distillation* (run ``OUT/distill``) and *without* (naive
+       fine-tuning, run ``OUT/naive``), both started from A's checkpoint (``tasks.init_from``);
+       with 2 or more CPUs the naive run trains in a second process beside the distillation run
+       (each at ``--threads`` threads);
     4. prints the old (1-15) / new (16-20) / all mAP table and writes it to ``OUT/table.md``
        and ``OUT/table.json`` (with the wall time of each stage).
 
@@ -103,6 +104,18 @@ def demo_config(data: Path, run_dir: Path, quick: bool, device: str = "auto",
     return cfg
 
 
+def _train_child(cfg: dict, run_dir: str, threads: Optional[int]) -> None:
+    """A run of the demo in a second process (spawned: nothing of the parent's state is shared)."""
+    import torch
+
+    from incdet.engine.config import config_from_dict
+    from incdet.engine.trainer import run_training
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    run_training(config_from_dict(cfg, source="incdet demo (naive)"), run_dir=run_dir, quiet=True)
+
+
 def _fmt(x: Optional[float]) -> str:
     return "-" if x is None or x != x else f"{x:.1f}"
 
@@ -148,16 +161,21 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
         cfg["learner"]["proposal_cache"] = None
     if max_proposals:
         cfg["learner"]["max_proposals"] = int(max_proposals)
-    ncfg = copy.deepcopy(cfg)  # +B without distillation, from the distillation run's A
+    acfg = copy.deepcopy(cfg)  # A(1-15) alone; both +B runs start from its checkpoint
+    acfg["tasks"]["stop_after"] = 1
+    a_ckpt = out_p / "A" / "checkpoints" / "task0.pt"
+    dcfg = copy.deepcopy(cfg)
+    dcfg["tasks"]["init_from"] = str(a_ckpt)
+    ncfg = copy.deepcopy(dcfg)  # +B without distillation
     ncfg["learner"]["distill"] = "none"
-    ncfg["tasks"]["init_from"] = str(out_p / "distill" / "checkpoints" / "task0.pt")
-    # both configs are validated (e.g. --iters-a -1) before anything is built or deleted
-    run_cfg = config_from_dict(copy.deepcopy(cfg), source="incdet demo")
-    naive_cfg = config_from_dict(ncfg, source="incdet demo (naive)")
+    # the configs are validated (e.g. --iters-a -1) before anything is built or deleted
+    a_run_cfg = config_from_dict(copy.deepcopy(acfg), source="incdet demo")
+    run_cfg = config_from_dict(copy.deepcopy(dcfg), source="incdet demo (distillation)")
+    naive_cfg = config_from_dict(copy.deepcopy(ncfg), source="incdet demo (naive)")
     if out_p.exists():
         if not overwrite:
             raise ConfigError(f"{out_p}: already exists (remove it or choose another --out)")
-        for sub in ("distill", "naive"):
+        for sub in ("A", "distill", "naive"):
             if (out_p / sub).exists():
                 shutil.rmtree(out_p / sub)
     out_p.mkdir(parents=True, exist_ok=True)
@@ -172,26 +190,49 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
                   **cfg["tasks"].get("shapes", {}))
     times["data"] = time.perf_counter() - t0
 
-    # 2. A(1-15), then +B(16-20) with distillation (the driver trains both tasks in one run)
+    # 2. A(1-15)
     t0 = time.perf_counter()
     a_it = cfg["train"]["first_task"]["iterations"]
     b_it = cfg["train"]["iterations"]
-    echo(f"[demo] 2/4 training A(1-15) ({a_it} iterations), then +B(16-20) with distillation "
-         f"({b_it} iterations); selective-search proposals are computed first if not cached -> {out_p / 'distill'}")
-    rd = run_training(run_cfg, run_dir=out_p / "distill",
-                      quiet=False)
-    times["A_and_distill"] = time.perf_counter() - t0
-    a = rd.all_metrics[0][0]
-    d = rd.all_metrics[1][1]
-    echo(f"[demo]     A(1-15) mAP {_fmt(a['mAP'])}; +B w/ distillation: old {_fmt(d.get('mAP_old'))} "
-         f"new {_fmt(d.get('mAP_new'))} all {_fmt(d.get('mAP_all'))} ({times['A_and_distill']:.0f} s)")
+    echo(f"[demo] 2/4 training A(1-15) ({a_it} iterations); selective-search proposals are computed first "
+         f"if not cached -> {out_p / 'A'}")
+    ra = run_training(a_run_cfg, run_dir=out_p / "A", quiet=False)
+    times["A"] = time.perf_counter() - t0
+    a = ra.all_metrics[0][0]
+    echo(f"[demo]     A(1-15) mAP {_fmt(a['mAP'])} ({times['A']:.0f} s)")
 
-    # 3. +B(16-20) without distillation from the same A
+    # 3. +B(16-20) with and without distillation from the same A (side by side with >= 2 CPUs)
     t0 = time.perf_counter()
-    echo(f"[demo] 3/4 +B(16-20) without distillation (naive fine-tuning, {b_it} iterations) from the same A "
-         f"-> {out_p / 'naive'}")
-    rn = run_training(naive_cfg, run_dir=out_p / "naive", quiet=False)
-    times["naive"] = time.perf_counter() - t0
+    parallel = (os.cpu_count() or 1) >= 2
+    echo(f"[demo] 3/4 +B(16-20) with distillation -> {out_p / 'distill'} and without (naive fine-tuning) -> "
+         f"{out_p / 'naive'}, {b_it} iterations each, from the same A"
+         + (" (the naive run in a second process)" if parallel else ""))
+    child = None
+    if parallel:
+        import multiprocessing as mp
+
+        child = mp.get_context("spawn").Process(target=_train_child, args=(ncfg, str(out_p / "naive"), threads),
+                                                name="incdet-demo-naive")
+        child.start()
+    try:
+        rd = run_training(run_cfg, run_dir=out_p / "distill", quiet=False)
+    except BaseException:
+        if child is not None:  # do not leave the naive run training alone
+            child.terminate()
+            child.join()
+        raise
+    if child is not None:
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"incdet demo: the naive run in {out_p / 'naive'} failed (exit code {child.exitcode}; "
+                               "its error is printed above)")
+        from incdet.engine.results import load_results
+
+        rn = load_results(out_p / "naive" / "results.json")
+    else:
+        rn = run_training(naive_cfg, run_dir=out_p / "naive", quiet=False)
+    times["B_distill_and_naive"] = time.perf_counter() - t0
+    d = rd.all_metrics[1][1]
     n = rn.all_metrics[1][1]
 
     # 4. the table
@@ -210,7 +251,8 @@ def run_demo(data: str = "data/shapes-voc", out: str = "runs/demo", quick: bool 
     md = f"# incdet demo: shapes-voc 15+5\n\n{table}\n\n{note}\n\nCommand: `incdet demo{' --quick' if quick else ''}`\n"
     result = {"rows": rows, "seconds": {k: round(v, 1) for k, v in times.items()}, "quick": quick,
               "device": dev, "threads": torch.get_num_threads(), "iterations": {"A": a_it, "B": b_it},
-              "runs": {"distill": str(out_p / "distill"), "naive": str(out_p / "naive")}}
+              "runs": {"A": str(out_p / "A"), "distill": str(out_p / "distill"), "naive": str(out_p / "naive")},
+              "parallel_b": parallel}
     (out_p / "table.md").write_text(md)
     (out_p / "table.json").write_text(json.dumps(result, indent=1))
     echo("[demo] 4/4 results (old = classes 1-15, new = 16-20, all = 1-20; mAP in %):")
@@ -231,7 +273,7 @@ def register(sub) -> None:
                                     "without distillation, old/new/all mAP table (~15 min on 2 CPU cores)")
     p.add_argument("--data", default="data/shapes-voc", help="where shapes-voc is built / found (default %(default)s; "
                    "--quick uses DIR-quick)")
-    p.add_argument("--out", default="runs/demo", help="run directory (default %(default)s; its distill/ and naive/ "
+    p.add_argument("--out", default="runs/demo", help="run directory (default %(default)s; its A/, distill/ and naive/ "
                    "runs are replaced)")
     p.add_argument("--quick", action="store_true", help="1-2 minute smoke version (tiny data, few iterations)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

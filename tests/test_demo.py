@@ -39,7 +39,8 @@ def _check_result(res, out):
             assert r[k] is not None and (math.isnan(r[k]) or 0.0 <= r[k] <= 100.0)
     assert (out / "table.md").read_text().count("|") > 10
     assert json.loads((out / "table.json").read_text())["rows"] == json.loads(json.dumps(res["rows"]))
-    assert (out / "distill" / "checkpoints" / "task0.pt").is_file()
+    assert (out / "A" / "checkpoints" / "task0.pt").is_file()
+    assert "task0.pt" in (out / "distill" / "config.yaml").read_text()
     assert (out / "naive" / "results.json").is_file()
     naive_cfg = (out / "naive" / "config.yaml").read_text()
     assert "distill: none" in naive_cfg and "task0.pt" in naive_cfg
