@@ -309,21 +309,19 @@ def test_unbiased_background_loss_only_in_incremental_steps(tmp_path, tasks):
     torch.manual_seed(0)
     std = _learner(tmp_path, tasks, distill="none")
     unb = _learner(tmp_path, tasks, distill="none", bg_loss="unbiased")
-    for L in (std, unb):
-        L.begin_task(t0)
-    unb.net.load_state_dict(std.net.state_dict())
-    b0 = _batch(std, t0)
-    torch.manual_seed(1)
-    a = std.training_step(b0)["loss_cls"]
-    torch.manual_seed(1)
-    b = unb.training_step(b0)["loss_cls"]
+
+    def both_losses(task, seed):
+        for L in (std, unb):
+            L.begin_task(task)
+        unb.net.load_state_dict(std.net.state_dict())
+        batch = _batch(std, task)
+        out = []
+        for L in (std, unb):
+            torch.manual_seed(seed)  # the same RoIs sampled for both
+            out.append(L.training_step(batch)["loss_cls"])
+        return out
+
+    a, b = both_losses(t0, 1)
     assert torch.allclose(a, b)
-    for L in (std, unb):
-        L.begin_task(t1)
-    unb.net.load_state_dict(std.net.state_dict())
-    b1 = _batch(std, t1)
-    torch.manual_seed(2)
-    a = std.training_step(b1)["loss_cls"]
-    torch.manual_seed(2)
-    b = unb.training_step(b1)["loss_cls"]
+    a, b = both_losses(t1, 2)
     assert b < a - 1e-4
