@@ -47,7 +47,7 @@ done
   $I 6k_15+5_b2000_distill_s0 6k_15+5_b2000_naive_s0 6k_15+1x5_sgd1e-2_s0 6k_15+1x5_bnfrozen_s0 6k_15+1x5_bglo01_s0
 ) >"$L/i6kprobes.log" 2>&1 &
 ( while [ ! -f "$OUT/incdet_exp/6k_15+5_distill_s0/checkpoints/task0.pt" ]; do sleep 20; done
-  $I 6k_15+1x5_lambda10_s0 6k_15+1x5_pool32_s0 6k_15+1x5_unbiasedbg_s0 6k_15+1x5_unbiasedbg_pool32_s0 6k_15+5_unbiasedbg_s0
+  $I 6k_15+1x5_lambda10_s0 6k_15+1x5_pool32_s0 6k_15+1x5_unbiasedbg_s0 6k_15+1x5_unbiasedbg_pool32_s0 6k_15+5_unbiasedbg_s0 6k_15+5_b2000_unbiasedbg_s0
 ) >"$L/i6kprobes2.log" 2>&1 &
 for k in 1 2; do  # beyond the thesis: the unbiased background loss on each seed's A
   ( while [ ! -f "$OUT/incdet_exp/6k_15+5_distill_s$k/checkpoints/task0.pt" ]; do sleep 20; done

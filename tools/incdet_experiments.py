@@ -172,6 +172,9 @@ def _exps() -> List[Experiment]:
     out.append(E("6k_15+5_unbiasedbg_s0", c155, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_15+5_distill_s0", split="probe_b",
                  label="distillation, unbiased background loss (B 500 iterations)"))
+    out.append(E("6k_15+5_b2000_unbiasedbg_s0", c155, ["experiment.seed=0"] + longb + ["learner.bg_loss=unbiased"],
+                 init_from="6k_15+5_distill_s0", split="probe_b",
+                 label="distillation, unbiased background loss, B 2000 iterations"))
     # beyond the thesis: the unbiased background loss (learner.bg_loss, Cermelli et al. 2022), on the
     # seeds' own A checkpoints (seed 0's runs are the probes above)
     for k in SEEDS[1:]:
