@@ -48,13 +48,14 @@ done
 ) >"$L/i6kprobes.log" 2>&1 &
 ( while [ ! -f "$OUT/incdet_exp/6k_15+5_distill_s0/checkpoints/task0.pt" ]; do sleep 20; done
   $I 6k_15+1x5_lambda10_s0 6k_15+1x5_pool32_s0 6k_15+1x5_unbiasedbg_s0 6k_15+1x5_unbiasedbg_pool32_s0 6k_15+5_unbiasedbg_s0 6k_15+5_b2000_unbiasedbg_s0
+  $I 6k_15+1x5_unbiasedbg_pool32_b600_s0
 ) >"$L/i6kprobes2.log" 2>&1 &
 for k in 1 2; do  # beyond the thesis: the unbiased background loss on each seed's A
   ( while [ ! -f "$OUT/incdet_exp/6k_15+5_distill_s$k/checkpoints/task0.pt" ]; do sleep 20; done
     $I 6k_15+1x5_unbiasedbg_pool32_s$k 6k_15+5_unbiasedbg_s$k ) >"$L/i6kremedy$k.log" 2>&1 &
 done
 ( while [ ! -f "$OUT/incdet_exp/6k_10+10_distill_s0/checkpoints/task0.pt" ]; do sleep 20; done
-  $I 6k_10+10_unbiasedbg_s0 ) >"$L/i6kremedy1010.log" 2>&1 &
+  $I 6k_10+10_unbiasedbg_s0 6k_10+10_b2000_unbiasedbg_s0 ) >"$L/i6kremedy1010.log" 2>&1 &
 $I joint_6k >"$L/ijoint6k.log" 2>&1 &
 ( $I 15+5_long_distill && $I 15+5_long_naive ) >"$L/i155long.log" 2>&1 &
 $I joint_lr4e-3 >"$L/ijointlr.log" 2>&1 &

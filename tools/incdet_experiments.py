@@ -160,7 +160,9 @@ def _exps() -> List[Experiment]:
                               ["learner.distill_pool=32", "learner.distill_rois=32"]),
                              ("unbiasedbg", "unbiased background loss (not in the thesis: Cermelli et al. 2022)",
                               ["learner.bg_loss=unbiased"]),
-                             ("unbiasedbg_pool32", "unbiased background loss and pool 32", UNBIASED_POOL32)):
+                             ("unbiasedbg_pool32", "unbiased background loss and pool 32", UNBIASED_POOL32),
+                             ("unbiasedbg_pool32_b600", "unbiased background loss and pool 32, 600 iterations per step",
+                              UNBIASED_POOL32 + ["train.iterations=600", "train.lr_steps=[480]"])):
         out.append(E(f"6k_15+1x5_{suf}_s0", c15x, ["experiment.seed=0"] + sets, init_from="6k_15+5_distill_s0",
                      split="probe_15x5", label=f"distillation, {label}"))
     # 15+5's B is 500 iterations where the thesis trains B as long as A when many classes are added
@@ -188,6 +190,10 @@ def _exps() -> List[Experiment]:
     out.append(E("6k_10+10_unbiasedbg_s0", c1010, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_10+10_distill_s0", split="remedy",
                  label="10+10 distillation, unbiased background loss, seed 0"))
+    out.append(E("6k_10+10_b2000_unbiasedbg_s0", c1010, ["experiment.seed=0", "learner.bg_loss=unbiased",
+                                                         "train.iterations=2000", "train.lr_steps=[1600]"],
+                 init_from="6k_10+10_distill_s0", split="probe_1010",
+                 label="distillation, unbiased background loss, B 2000 iterations"))
     return out
 
 
@@ -303,7 +309,7 @@ RUN_ORDER: List[str] = ([e.name for e in EXPERIMENTS if e.split == "15+5"] + ["j
                         [e.name for e in EXPERIMENTS if e.split == "10+10"] +
                         [e.name for e in EXPERIMENTS if e.split == "19+1"] +
                         [e.name for e in EXPERIMENTS if e.split in ("schedule", "schedule_155")] + ["voc100_10+10"] +
-                        [e.name for e in EXPERIMENTS if e.split in ("converged", "probe_15x5", "probe_b", "remedy")])
+                        [e.name for e in EXPERIMENTS if e.split in ("converged", "probe_15x5", "probe_b", "remedy", "probe_1010")])
 #: ``run --thesis``: the VOC 2007 runs of the thesis tables (A-training runs before their variants)
 THESIS_ORDER: List[str] = [e.name for e in THESIS_EXPERIMENTS]
 
@@ -832,6 +838,13 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
         if st:
             parts += [f"Per step, {BY_NAME[n].label} (`{n}`):", "", st, ""]
     parts += ["Commands (the first row's: above):", "", commands_block("probe_15x5", out), ""]
+    p1010 = ["6k_10+10_distill_s0", "6k_10+10_unbiasedbg_s0", "6k_10+10_b2000_unbiasedbg_s0"]
+    parts += ["## 10+10 on seed 0's A: B's length", "",
+              "Classes 11-20 added at once: the config's B (500 iterations), the unbiased background loss, and "
+              "both with B trained 2000 iterations (lr x0.1 at 1600).", ""]
+    t = split_table("probe_1010", out, names=p1010, joint="6k_joint_s0")
+    parts += [t if t is not None else "Not run yet.", "", "Command (the others': above and below):", "",
+              commands_block("probe_1010", out), ""]
     parts += ["## Beyond the thesis: the unbiased background loss, seed by seed", "",
               "`learner.bg_loss: unbiased` (not in the thesis; Cermelli et al. 2022, *Modeling missing annotations "
               "for incremental learning in object detection*): in a step after the first, a background RoI's "
