@@ -74,6 +74,7 @@ class BlitzNetConfig:
     num_classes: int = 20
     backbone: str = "resnet50"
     backbone_weights: Optional[str] = None  # torchvision ResNet state_dict (.pth) or zoo:NAME (sha256-checked)
+    backbone_width: int = 64  # channels of the stem; 64 = torchvision's ResNet, 16 = the zoo's shapes trunk
     input_size: int = 300
     final_stride: int = 4
     n_extra: Optional[int] = None
@@ -100,6 +101,9 @@ class BlitzNetConfig:
         if not (self.detection or self.segmentation):
             raise ConfigError(f"{S}: at least one of detection / segmentation must be enabled")
         check_range(S, "num_classes", self.num_classes, 1)
+        check_range(S, "backbone_width", self.backbone_width, 8)
+        if self.backbone_width % 8:
+            raise ConfigError(f"{S}.backbone_width must be a multiple of 8, got {self.backbone_width}")
         check_range(S, "input_size", self.input_size, 32)
         check_range(S, "n_extra", self.n_extra, 0, allow_none=True)
         check_range(S, "channels", self.channels, 1)
@@ -287,8 +291,7 @@ class BlitzNet(nn.Module):
     def __init__(self, config: BlitzNetConfig):
         super().__init__()
         self.config = config = config.validate()
-        fn, chans = _BACKBONES[config.backbone]
-        net = fn(weights=None)
+        net, chans = _make_backbone(config.backbone, config.backbone_width)
         if config.backbone_weights:
             from incdet import zoo
 
@@ -481,6 +484,18 @@ class BlitzNet(nn.Module):
         return results
 
 
+def _make_backbone(name: str, width: int) -> Tuple[nn.Module, Tuple[int, ...]]:
+    """A randomly initialised ResNet with torchvision's module names and its stage channels.
+    Width 64 is torchvision's own network; another width is incdet's :class:`ResNetC4` (the
+    layout ``incdet pretrain`` writes, e.g. the zoo's width-16 shapes trunk)."""
+    fn, chans = _BACKBONES[name]
+    if width == 64:
+        return fn(weights=None), chans
+    from incdet.models.fastrcnn import ResNetC4
+
+    return ResNetC4(int(name[len("resnet"):]), width, "bn", res5_stride=2), tuple(c * width // 64 for c in chans)
+
+
 def _load_backbone(net: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: backbone weights file not found")
@@ -491,6 +506,12 @@ def _load_backbone(net: nn.Module, path: str) -> None:
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    own = net.state_dict()
+    bad = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: ResNet weights of another width or depth ({bad[0]}: "
+                              f"{tuple(sd[bad[0]].shape)} in the file, the network has {tuple(own[bad[0]].shape)}); "
+                              "set learner.model.backbone / backbone_width to the file's")
     missing, unexpected = net.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:

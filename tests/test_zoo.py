@@ -160,3 +160,28 @@ def test_repository_zoo_commands_parse(monkeypatch):
                 reg(sub)
             args = parser.parse_args(argv[1:])
             assert callable(args.func), f"{name}: {cmd}"
+
+
+def test_blitznet_takes_a_narrow_zoo_trunk(zdir):
+    """``learner.model.backbone_width`` builds incdet's ResNet layout at that width, so a trunk
+    written by ``incdet pretrain --width 16`` (the zoo's shapes trunk) loads into BlitzNet; a
+    file of another width is refused with the key to set, not a size-mismatch traceback."""
+    from blitznet.model import BlitzNet, BlitzNetConfig
+    from incdet.models import pretrain as pt
+
+    cfg = pt.PretrainConfig(width=16, size=32, iterations=1, batch_size=2, warmup_iters=0, val_images=30,
+                            checkpoint_every=1, num_workers=0)
+    pt.pretrain(cfg, zdir / "run", zdir / "r18w16.pt", torch.device("cpu"))
+    zoo.add("r18w16", zdir / "r18w16.pt", command="incdet pretrain --width 16 ...", hardware="cpu", wall_s=1)
+    net = BlitzNet(BlitzNetConfig(num_classes=3, backbone="resnet18", backbone_width=16, backbone_weights="zoo:r18w16",
+                                  input_size=64, channels=16, seg_channels=4))
+    state = torch.load(zdir / "r18w16.pt", weights_only=True)
+    assert torch.equal(net.stages[3][1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert net.down_channels[:4] == [16, 32, 64, 128]
+    out = net(torch.zeros(2, 3, 64, 64))
+    assert out["seg_logits"].shape == (2, 4, 16, 16)
+    with pytest.raises(CheckpointError, match="another width.*backbone_width"):
+        BlitzNet(BlitzNetConfig(num_classes=3, backbone="resnet18", backbone_weights="zoo:r18w16", input_size=64,
+                                channels=16, seg_channels=4))
+    with pytest.raises(ConfigError, match="backbone_width must be a multiple of 8"):
+        BlitzNetConfig(backbone_width=12)
