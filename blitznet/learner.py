@@ -109,6 +109,16 @@ def collate(items):
     return torch.stack([im for im, _ in items]), [t for _, t in items]
 
 
+def _rebuild(saved_config: Dict[str, Any], weights: Dict[str, Any], device) -> BlitzNet:
+    """A network from a saved config and its weights. The weights hold every parameter, so the
+    backbone weights file the config names is not read again (it may be absent here); the
+    config keeps naming it, as a record of where the trunk came from."""
+    net = BlitzNet(BlitzNetConfig.from_saved(dict(saved_config, backbone_weights=None))).to(device)
+    net.load_state_dict(weights)
+    net.config.backbone_weights = saved_config.get("backbone_weights")
+    return net
+
+
 @LEARNERS.register("blitznet")
 class BlitzNetLearner(Learner):
     Config = BlitzNetLearnerConfig
@@ -295,14 +305,10 @@ class BlitzNetLearner(Learner):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         try:
             # the state dict holds every weight: do not re-read a backbone weights file
-            cfg = BlitzNetConfig.from_saved(dict(state["model_config"], backbone_weights=None))
-            self.model = BlitzNet(cfg).to(self.device)
-            self.model.load_state_dict(state["model"])
+            self.model = _rebuild(state["model_config"], state["model"], self.device)
             self.teacher = None
             if state.get("teacher") is not None:
-                t = BlitzNet(BlitzNetConfig.from_saved(dict(state["teacher_config"], backbone_weights=None))).to(self.device)
-                t.load_state_dict(state["teacher"])
-                self.teacher = t.eval().requires_grad_(False)
+                self.teacher = _rebuild(state["teacher_config"], state["teacher"], self.device).eval().requires_grad_(False)
         except (KeyError, RuntimeError) as e:
             raise CheckpointError(f"not a blitznet learner state: {e}") from e
         self.classes = list(state.get("classes", []))
