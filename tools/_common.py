@@ -139,6 +139,30 @@ def fmt_number(v, nd: int = 2, sign: bool = True) -> str:
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
 
 
+#: the small files of a finished run that the experiment tools keep in git (docs/results/records/)
+RECORD_FILES = ("results.json", "wall.json", "command.txt", "config.yaml")
+
+
+def keep_records(out: Path, dest: Path, names: Sequence[str]) -> List[str]:
+    """Copy :data:`RECORD_FILES` of every finished run ``out/NAME`` (``NAME`` in ``names``) to
+    ``dest/NAME`` (atomically, file by file), so a results page can be written again on a
+    machine without the runs; returns the names copied."""
+    from incdet.engine.checkpoint import write_atomic
+
+    done = []
+    for name in names:
+        if not run_finished(out / name):
+            continue
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        for f in RECORD_FILES:
+            src = out / name / f
+            if src.is_file():
+                data = src.read_bytes()
+                write_atomic(dest / name / f, lambda fh, data=data: fh.write(data), binary=True)
+        done.append(name)
+    return done
+
+
 def save_json(path: Path, obj) -> None:
     """``obj`` as indented JSON at ``path``, atomically (``incdet.engine.checkpoint.write_atomic``)."""
     from incdet.engine.checkpoint import write_atomic

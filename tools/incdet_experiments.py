@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
+from _common import keep_records as _keep_records  # noqa: E402
 
 
 @dataclass
@@ -363,31 +364,16 @@ def old_new_all(aps: Dict[str, float], old: Sequence[str], new: Sequence[str]) -
             "all": _mean([aps.get(c) for c in list(old) + list(new)])}
 
 
-#: kept copies of finished runs' small files (:data:`RECORD_FILES`), committed so that the pages
+#: kept copies of finished runs' small files (:data:`_common.RECORD_FILES`), committed so that the pages
 #: can be regenerated on a machine without the runs; ``table`` refreshes them and reads a run from
 #: there when ``OUT/NAME`` has no result (None: only ``OUT``; the functions' default)
 RECORDS = ROOT / "docs" / "results" / "records" / "incdet"
-RECORD_FILES = ("results.json", "wall.json", "command.txt", "config.yaml")
 _records: Optional[Path] = None
 
 
 def keep_records(out: Path, dest: Path) -> List[str]:
-    """Copy :data:`RECORD_FILES` of every finished experiment under ``out`` to ``dest/NAME``
-    (atomically, file by file); returns the names copied."""
-    from incdet.engine.checkpoint import write_atomic
-
-    done = []
-    for e in EXPERIMENTS:
-        if not _finished(out / e.name):
-            continue
-        (dest / e.name).mkdir(parents=True, exist_ok=True)
-        for f in RECORD_FILES:
-            src = out / e.name / f
-            if src.is_file():
-                data = src.read_bytes()
-                write_atomic(dest / e.name / f, lambda fh, data=data: fh.write(data), binary=True)
-        done.append(e.name)
-    return done
+    """:func:`_common.keep_records` for every experiment of this tool."""
+    return _keep_records(out, dest, [e.name for e in EXPERIMENTS])
 
 
 def _load(run: Path) -> Optional[dict]:
