@@ -53,16 +53,50 @@ def write(request):
 def test_c3_c8_tables(tool, tmp_path, write):
     out = tmp_path / "exp"
     write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25, "aps": {"a": 0.6, "b": 0.4}}]], seconds=90,
-           command="blitznet train X --out joint")
+          command="blitznet train X --out joint")
     write(out / "det_only", [[{"mAP": 0.45, "mIoU": None}]])
     write(out / "seg_only", [[{"mAP": None, "mIoU": 0.2}]])
     lines = tool.c3_table(out).splitlines()
-    assert lines[2] == "| detection only | 45.0 | - | 2.0 min |"
-    assert lines[3] == "| segmentation only | - | 20.0 | 2.0 min |"
-    assert lines[4] == "| detection + segmentation | 50.0 | 25.0 | 1.5 min |"
+    assert lines[2] == "| detection only | 45.0 / not run / not run | 45.0 | - / not run / not run | - | 2.0 min |"
+    assert lines[3] == "| segmentation only | - / not run / not run | - | 20.0 / not run / not run | 20.0 | 2.0 min |"
+    assert lines[4] == "| detection + segmentation | 50.0 / not run / not run | 50.0 | 25.0 / not run / not run | 25.0 | 1.5 min |"
     c8 = tool.c8_table(out).splitlines()
-    assert c8[2].endswith("| 50.0 | 25.0 | 1.5 min |") and "not run" in c8[3] and "not run" in c8[4]
+    assert c8[2].endswith("| 50.0 | 25.0 | 1.5 min |") and all("not run" in c8[i] for i in (3, 4, 5))
     assert tool.voc_table(out) is None and tool.inc_table(out) is None
+
+
+def test_c3_seeds_and_targets_by_hand(tool, tmp_path, write):
+    """Three seeds: mean and sample std per row; the targets' lines from the means.
+    joint mAP 50, 52, 54 (mean 52, std 2); detection only 51, 52, 56 (mean 53, std 2.65);
+    joint mIoU 60, 62, 61 (mean 61)."""
+    out = tmp_path / "exp"
+    for k, (jm, ji, dm) in enumerate([(0.50, 0.60, 0.51), (0.52, 0.62, 0.52), (0.54, 0.61, 0.56)]):
+        write(out / tool.seed_run("joint", k), [[{"mAP": jm, "mIoU": ji}]])
+        write(out / tool.seed_run("det_only", k), [[{"mAP": dm, "mIoU": None}]])
+    lines = tool.c3_table(out).splitlines()
+    assert lines[2] == "| detection only | 51.0 / 52.0 / 56.0 | 53.0 (2.6) | - / - / - | - | 2.0 min |"
+    assert lines[3] == "| segmentation only | not run | | | | |"
+    assert lines[4] == "| detection + segmentation | 50.0 / 52.0 / 54.0 | 52.0 (2.0) | 60.0 / 62.0 / 61.0 | 61.0 (1.0) | 2.0 min |"
+    t = tool.c3_targets(out)
+    assert t[0] == "- mIoU of joint training: 61.0 % (mean of 3 seed(s)); target >= 60: **met**."
+    assert t[1].startswith("- Detection mAP, joint minus detection only: -1.0 points (means of 3 and 3 seed(s); "
+                           "the larger seed std is 2.6;") and t[1].endswith("**not met**.")
+
+
+def test_table_reads_kept_records(tool, tmp_path):
+    """``table`` copies finished runs to the records folder and writes the same page from there
+    when the runs are gone; ``--records none`` reads only --out."""
+    out, rec = tmp_path / "exp", tmp_path / "records"
+    _write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25}]], command="blitznet train CFG --out J")
+    md1, md2, md3 = (tmp_path / f"{i}.md" for i in range(3))
+    assert tool.main(["table", "--out", str(out), "--md", str(md1), "--records", str(rec)]) == 0
+    assert sorted(p.name for p in (rec / "joint").iterdir()) == ["command.txt", "results.json", "wall.json"]
+    import shutil
+    shutil.rmtree(out / "joint")
+    assert tool.main(["table", "--out", str(out), "--md", str(md2), "--records", str(rec)]) == 0
+    assert md1.read_text() == md2.read_text() and "| 50.0 / not run / not run |" in md2.read_text()
+    assert tool.main(["table", "--out", str(out), "--md", str(md3), "--records", "none"]) == 0
+    assert "50.0" not in md3.read_text()
 
 
 def test_incremental_table_by_hand(tool, tmp_path, write):
@@ -94,6 +128,7 @@ def test_unfinished_run_is_ignored_and_markdown(tool, tmp_path):
     assert md.read_text() == text
     assert "test cpu" in text and "blitznet train CFG --out J" in text and text.rstrip().endswith("hello")
     assert text.count("Not run yet.") == 2  # VOC and 15+5 (needs its A run); C.3 and C.8 show the joint row
+    assert "mIoU of joint training: 25.0 %" in text and "**not met**" in text
     # the command of a missing run is the one the tool would run
     assert "fusion_plain --quiet" in text and "learner.model.fusion=plain" in text
 
@@ -105,3 +140,18 @@ def test_cli_list_and_profiles(tool, capsys):
     assert set(tool.RUN_ORDER) == set(tool.BY_NAME)
     for prof in tool.PROFILES.values():
         assert set(prof) == {"shapes", "inc", "voc"}
+
+
+def test_gpu_script_names_are_experiments(tool):
+    """Every name tools/gpu_experiments.sh passes to ``$B`` (directly or through its ``for n in``
+    loop) is an experiment of this tool, and every C.3 seed run is among them."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "tools" / "gpu_experiments.sh").read_text()
+    names = set()
+    for loop in re.findall(r"for n in (.*?); do\s*\n\s*\$B \$n", text, flags=re.S):
+        names |= set(loop.replace("\\", " ").split())
+    for args in re.findall(r"\$B ([^$&>)\n]+)", text):
+        names |= set(args.split())
+    assert names <= set(tool.BY_NAME), sorted(names - set(tool.BY_NAME))
+    assert {tool.seed_run(b, k) for b in tool.BASE_SETS for k in tool.SEEDS} <= names

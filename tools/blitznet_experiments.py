@@ -20,8 +20,8 @@ written to ``OUT/NAME/command.txt`` and the wall time, threads and CPU to ``OUT/
   joint A(1-20): old / new / all mAP (incdet's forgetting-table layout) and mIoU;
 - VOC2012-100 end to end (BlitzNet300: ResNet-50, 512 channels, 300 px): mAP and mIoU.
 
-Profiles (:data:`PROFILES`) hold the schedules as ``--set`` overrides: ``cpu`` is sized for one
-CPU core and ~1.5 h for the whole set; ``paper`` keeps the configs' own schedules (GPU); ``gpu``
+Profiles (:data:`PROFILES`) hold the schedules as ``--set`` overrides: ``cpu`` is sized for two
+CPU cores (two runs at a time) and ~3 h for the whole set; ``paper`` keeps the configs' own schedules (GPU); ``gpu``
 is 2/3 of them, for ~10 runs sharing one GPU (``tools/gpu_experiments.sh``);
 ``quick`` is a few iterations on a few images (a smoke test of the plumbing).
 mAP / mIoU are percentages, as the learner reports them (runs this tool recorded before the
@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
+from _common import keep_records as _keep_records  # noqa: E402
 
 JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
 INC_CFG = "configs/blitznet/shapes_15+5.yaml"
@@ -57,11 +58,16 @@ class Experiment:
     label: str = ""
 
 
+#: the C.3 rows' own overrides (seed 0 runs are named ``joint``, ``det_only``, ``seg_only``)
+BASE_SETS: Dict[str, List[str]] = {"joint": [], "det_only": ["learner.model.segmentation=false"],
+                                   "seg_only": ["learner.model.detection=false", "eval.metric=mIoU"]}
+BASE_LABELS = {"joint": "detection + segmentation", "det_only": "detection only", "seg_only": "segmentation only"}
+SEEDS = (0, 1, 2)
+
 EXPERIMENTS: List[Experiment] = [
     Experiment("joint", JOINT_CFG, "shapes", [], label="joint (detection + segmentation), ResSkip"),
-    Experiment("det_only", JOINT_CFG, "shapes", ["learner.model.segmentation=false"], label="detection only"),
-    Experiment("seg_only", JOINT_CFG, "shapes", ["learner.model.detection=false", "eval.metric=mIoU"],
-               label="segmentation only"),
+    Experiment("det_only", JOINT_CFG, "shapes", BASE_SETS["det_only"], label="detection only"),
+    Experiment("seg_only", JOINT_CFG, "shapes", BASE_SETS["seg_only"], label="segmentation only"),
     Experiment("fusion_plain", JOINT_CFG, "shapes", ["learner.model.fusion=plain"],
                label="plain (ResSkip without the residual)"),
     Experiment("fusion_hourglass", JOINT_CFG, "shapes", ["learner.model.fusion=hourglass"], label="hourglass"),
@@ -71,28 +77,38 @@ EXPERIMENTS: List[Experiment] = [
     # probe (not in the paper): distillation terms x10, same A
     Experiment("inc15+5_distill_w10", INC_CFG, "inc", ["learner.distill_weight=10", "learner.distill_seg_weight=10"],
                init_from="inc15+5_distill", label="+B(16-20) with distillation, weights x10 (probe)"),
-    # probe: the joint run again with another seed (run-to-run spread of the C.3 / C.8 numbers)
-    Experiment("joint_seed1", JOINT_CFG, "shapes", ["experiment.seed=1"],
-               label="detection + segmentation, seed 1 (noise probe)"),
+    # seeds 1 and 2 of the C.3 rows (the spread of the C.3 / C.8 numbers)
+    *[Experiment(f"{base}_seed{k}", JOINT_CFG, "shapes", [f"experiment.seed={k}"] + BASE_SETS[base],
+                 label=f"{BASE_LABELS[base]}, seed {k}")
+      for k in (1, 2) for base in ("joint", "det_only", "seg_only")],
+    # C.8 with ResSkip's residual branch as it was before issue 15 (a 1x1 conv + BN projection)
+    Experiment("fusion_resskip_proj", JOINT_CFG, "shapes", ["learner.model.resskip_projection=always"],
+               label="ResSkip with a 1x1 conv + BN projection of the upsampled input"),
     Experiment("voc100", VOC_CFG, "voc", [], label="BlitzNet300-s4, VOC2012-100"),
 ]
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
-#: the main results first (joint, incremental), the VOC path, then the ablations
-RUN_ORDER: List[str] = ["joint", "inc15+5_distill", "inc15+5_naive", "voc100", "det_only", "seg_only",
-                        "fusion_plain", "fusion_hourglass", "inc15+5_distill_w10",
-                        "joint_seed1"]
+#: the C.3 rows and the incremental runs first, then the other seeds, the C.8 ablations, the probe, VOC
+RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc15+5_naive",
+                        "joint_seed1", "det_only_seed1", "seg_only_seed1",
+                        "joint_seed2", "det_only_seed2", "seg_only_seed2",
+                        "fusion_plain", "fusion_hourglass", "fusion_resskip_proj", "inc15+5_distill_w10", "voc100"]
+
+
+def seed_run(base: str, seed: int) -> str:
+    """The run name of a C.3 row (``joint``, ``det_only``, ``seg_only``) at ``seed``."""
+    return base if seed == 0 else f"{base}_seed{seed}"
 
 _NW = ["train.num_workers=0"]  # one core: data loading in the training process
 PROFILES: Dict[str, Dict[str, List[str]]] = {
-    # measured on this machine (one thread, the other core busy with another job): ~1.5 s per
-    # shapes iteration at batch 8 (160 px, ResNet-18, 128 ch), ~6.5 s per VOC iteration at
-    # batch 4 (300 px, ResNet-50, 512 ch); the whole set takes ~80 min
+    # measured on this machine (one thread, the other core busy with another job): ~0.6 s per
+    # joint shapes iteration at batch 8 (160 px, the zoo's width-16 ResNet-18, 64 ch), ~0.45 s
+    # segmentation only; ~6.5 s per VOC iteration at batch 4 (300 px, ResNet-50, 512 ch)
     "cpu": {
-        "shapes": ["train.iterations=400", "train.lr_steps=[280,360]", "train.warmup_iters=40",
-                   "train.checkpoint_every=200", "train.log_every=20"] + _NW,
-        "inc": ["train.first_task.iterations=400", "train.first_task.lr_steps=[280,360]",
-                "train.first_task.warmup_iters=40", "train.iterations=200", "train.lr_steps=[160]",
-                "train.checkpoint_every=200", "train.log_every=20"] + _NW,
+        "shapes": ["train.iterations=2000", "train.lr_steps=[1400,1800]", "train.warmup_iters=100",
+                   "train.checkpoint_every=500", "train.log_every=100"] + _NW,
+        "inc": ["train.first_task.iterations=2000", "train.first_task.lr_steps=[1400,1800]",
+                "train.first_task.warmup_iters=100", "train.iterations=1000", "train.lr_steps=[800]",
+                "train.checkpoint_every=500", "train.log_every=100"] + _NW,
         "voc": ["train.iterations=60", "train.batch_size=4", "train.lr=1e-3", "train.lr_steps=[48]",
                 "train.warmup_iters=6", "train.checkpoint_every=30", "train.log_every=6"] + _NW,
     },
@@ -177,9 +193,24 @@ def class_aps(metrics: dict) -> Dict[str, float]:
     return {k[3:]: _num(v) for k, v in (metrics or {}).items() if k.startswith("AP/")}
 
 
+#: kept copies of finished runs' small files (:data:`_common.RECORD_FILES`), committed so that
+#: the page can be written again on a machine without the runs; ``table`` refreshes them and
+#: reads a run from there when ``OUT/NAME`` has no finished result (None: only ``OUT``)
+RECORDS = ROOT / "docs" / "results" / "records" / "blitznet"
+_records: Optional[Path] = None
+
+
+def keep_records(out: Path, dest: Path) -> List[str]:
+    """:func:`_common.keep_records` for every experiment of this tool."""
+    return _keep_records(out, dest, [e.name for e in EXPERIMENTS])
+
+
 def load_run(run: Path) -> Optional[dict]:
-    """``results.json`` of a finished run with ``_wall`` (wall.json) and ``_command`` added, or None.
+    """``results.json`` of a finished run with ``_wall`` (wall.json) and ``_command`` added, or None
+    (read from the kept records when ``run`` is not finished and ``_records`` is set).
     Metrics are in % (older runs of this tool, whose ``wall.json`` has no ``metric_unit``, are scaled)."""
+    if not _finished(run) and _records is not None and _finished(_records / run.name):
+        run = _records / run.name
     if not _finished(run):
         return None
     d = json.loads((run / "results.json").read_text())
@@ -222,21 +253,81 @@ def _map_miou_table(first: str, rows, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _std(xs) -> float:
+    """Sample standard deviation of the finite values (NaN for fewer than two)."""
+    xs = [x for x in xs if x is not None and x == x]
+    if len(xs) < 2:
+        return float("nan")
+    m = sum(xs) / len(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
+
+
+def c3_seeds(out: Path) -> Dict[str, Dict[str, List[float]]]:
+    """``{row: {"mAP": [per seed], "mIoU": [per seed]}}`` of the C.3 rows' finished runs (seeds
+    :data:`SEEDS`; a run not finished is left out)."""
+    res: Dict[str, Dict[str, List[float]]] = {}
+    for base in BASE_SETS:
+        runs = [load_run(out / seed_run(base, k)) for k in SEEDS]
+        ms = [_last(d) for d in runs if d is not None]
+        res[base] = {"mAP": [_num(m.get("mAP")) for m in ms], "mIoU": [_num(m.get("mIoU")) for m in ms]}
+    return res
+
+
+def _mean_std(xs: Sequence[float]) -> str:
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return "-"
+    sd = _std(xs)
+    return f"{_mean(xs):.1f}" + ("" if sd != sd else f" ({sd:.1f})")
+
+
 def c3_table(out: Path) -> Optional[str]:
-    """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint."""
-    rows = [("det_only", "detection only"), ("seg_only", "segmentation only"), ("joint", "detection + segmentation")]
-    if all(load_run(out / n) is None for n, _ in rows):
+    """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint, per seed
+    (:data:`SEEDS`), with the mean and the sample standard deviation."""
+    if all(load_run(out / seed_run(b, k)) is None for b in BASE_SETS for k in SEEDS):
         return None
-    if load_run(out / "joint_seed1") is not None:
-        rows.append(("joint_seed1", BY_NAME["joint_seed1"].label))
-    return _map_miou_table("trained for", rows, out)
+    seeds = c3_seeds(out)
+    lines = ["| trained for | mAP (%) per seed | mAP mean (std) | mIoU (%) per seed | mIoU mean (std) | wall time, seed 0 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for base in ("det_only", "seg_only", "joint"):
+        per = [load_run(out / seed_run(base, k)) for k in SEEDS]
+        if all(d is None for d in per):
+            lines.append(f"| {BASE_LABELS[base]} | not run | | | | |")
+            continue
+        cells = {k: " / ".join(_f(_num(_last(d).get(k))) if d else "not run" for d in per) for k in ("mAP", "mIoU")}
+        lines.append(f"| {BASE_LABELS[base]} | {cells['mAP']} | {_mean_std(seeds[base]['mAP'])} | "
+                     f"{cells['mIoU']} | {_mean_std(seeds[base]['mIoU'])} | {_wall(per[0])} |")
+    return "\n".join(lines)
+
+
+def c3_targets(out: Path) -> List[str]:
+    """Issue 13's BlitzNet targets, computed from the C.3 runs: joint mIoU >= 60 %, and joint
+    training at least as good as detection alone on detection mAP (means over the seeds)."""
+    seeds = c3_seeds(out)
+    lines = []
+    miou = [x for x in seeds["joint"]["mIoU"] if x == x]
+    if miou:
+        m = _mean(miou)
+        lines.append(f"- mIoU of joint training: {m:.1f} % (mean of {len(miou)} seed(s)); target >= 60: "
+                     f"**{'met' if m >= 60 else 'not met'}**.")
+    j = [x for x in seeds["joint"]["mAP"] if x == x]
+    d = [x for x in seeds["det_only"]["mAP"] if x == x]
+    if j and d:
+        diff = _mean(j) - _mean(d)
+        spread = max([v for v in (_std(j), _std(d)) if v == v], default=float("nan"))
+        sp = "" if spread != spread else f"; the larger seed std is {spread:.1f}"
+        lines.append(f"- Detection mAP, joint minus detection only: {diff:+.1f} points (means of {len(j)} and "
+                     f"{len(d)} seed(s){sp}; the thesis, C.3: +0.6); target >= 0: "
+                     f"**{'met' if diff >= 0 else 'not met'}**.")
+    return lines
 
 
 def c8_table(out: Path) -> Optional[str]:
     """Table C.8 analogue: fusion block of the upscale stream, joint training."""
-    rows = [("joint", "ResSkip (bilinear up, concat skip, 1x1-3x3-1x1, + 1x1 projection)"),
+    rows = [("joint", "ResSkip (bilinear up, concat skip, 1x1-3x3-1x1, + the upsampled input; C.3.3)"),
             ("fusion_plain", "plain (the same block without the residual)"),
-            ("fusion_hourglass", "hourglass (a residual block on the skip map added to the upsampled stream)")]
+            ("fusion_hourglass", "hourglass (a residual block on the skip map added to the upsampled stream)"),
+            ("fusion_resskip_proj", BY_NAME["fusion_resskip_proj"].label + " (before issue 15)")]
     if all(load_run(out / n) is None for n, _ in rows):
         return None
     return _map_miou_table("fusion block", rows, out)
@@ -328,15 +419,15 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
              hw, "",
              "mAP: mean of per-class VOC all-point AP, mIoU: mean IoU over background and the classes "
              "(both in %), on the full shapes-voc test split (250 images, 160 px) unless said otherwise. "
-             "All models start from random initialisation (no pretrained weights exist here).", ""]
+             "The shapes models start from the zoo's pretrained trunk (`zoo:resnet18w16_shapes-pretrain`: "
+             "ResNet-18 at width 16, pretrained by `incdet pretrain` on shapes and patterns that share no "
+             "class with shapes-voc; docs/results/zoo.md) with 64 channels in both streams; the VOC run "
+             "starts from random initialisation (no pretrained ResNet-50 exists here). The runs made "
+             "from random initialisation before the zoo existed are in `blitznet_from_scratch.md`.", ""]
     if profile == "cpu":
-        parts += ["**Schedules are CPU-sized and short** (the `cpu` profile of the tool: 400 iterations at "
-                  "batch 8 = 4 epochs of the 800 shapes training images for a shapes model, against 3000 in "
-                  "the configs and ~10^5 in the paper). Absolute numbers are therefore low and a difference "
-                  "of a few points between rows can be run-to-run noise (one seed per row; the joint run "
-                  "is repeated with a second seed to show the spread); read the tables for the direction "
-                  "of large effects only. Wall times vary with the load of the other job sharing the "
-                  "machine.", ""]
+        parts += ["**Schedules are CPU-sized** (the `cpu` profile of the tool: 2000 iterations at batch 8 = "
+                  "20 epochs of the 800 shapes training images for a shapes model, B 1000; against ~10^5 in "
+                  "the paper). Wall times vary with the load of the other job sharing the machine.", ""]
     elif profile == "gpu":
         parts += ["**Schedules are short** (the `gpu` profile of the tool: 2000 iterations at batch 8 = 20 "
                   "epochs of the 800 shapes training images for a shapes model, 2/3 of the configs' 3000 and "
@@ -344,9 +435,9 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
                   "seed to show the run-to-run spread. Wall times are of runs sharing one GPU.", ""]
     sections = [
         ("## Detection, segmentation, or both (table C.3 analogue)", c3_table(out),
-         ["det_only", "seg_only", "joint"] + (["joint_seed1"] if load_run(out / "joint_seed1") else [])),
+         [seed_run(b, k) for k in SEEDS for b in ("det_only", "seg_only", "joint")]),
         ("## Fusion block of the upscale stream (table C.8 analogue, joint training)", c8_table(out),
-         ["joint", "fusion_plain", "fusion_hourglass"]),
+         ["joint", "fusion_plain", "fusion_hourglass", "fusion_resskip_proj"]),
         ("## Class-incremental BlitzNet, shapes 15+5 (thesis 7.1.1 on an SSD-style detector)", inc_table(out),
          ["inc15+5_distill", "inc15+5_naive", "inc15+5_distill_w10", "joint"]),
         ("## End to end on VOC2012-100 (detection + segmentation, short schedule)", voc_table(out), ["voc100"]),
@@ -357,6 +448,10 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
             parts += ["Not run yet.", ""]
             continue
         parts += ["Commands:", "", _cmds(names, out, profile), "", _hardware(out, names), "", table, ""]
+        if names[0] == "det_only":
+            targets = c3_targets(out)
+            if targets:
+                parts += ["Issue 13's BlitzNet targets, computed from these runs:", ""] + targets + [""]
         if names[0] == "inc15+5_distill":
             parts += ["old = classes 1-15 (task A), new = 16-20 (task B). The naive and the x10 runs start "
                       "from the distillation run's A checkpoint (`tasks.init_from`), so all +B rows share A "
@@ -417,6 +512,9 @@ def main(argv=None) -> int:
         if name in ("table", "all"):
             s.add_argument("--md", default=str(ROOT / "docs" / "results" / "blitznet.md"))
             s.add_argument("--notes", default=None, help="a markdown file appended after the tables")
+            s.add_argument("--records", default=str(RECORDS),
+                           help="folder of kept run records: refreshed from --out, read where --out lacks a run "
+                                "('none': only --out)")
     a = p.parse_args(argv)
     out = Path(a.out)
     if a.cmd == "list":
@@ -430,8 +528,16 @@ def main(argv=None) -> int:
     if a.cmd in ("run", "all"):
         rc = run(a.only, out, a.profile, a.threads, a.device)
     if a.cmd in ("table", "all"):
-        notes = Path(a.notes).read_text() if a.notes else ""
-        write_markdown(out, Path(a.md), a.profile, notes, a.notes or "")
+        global _records
+        if a.records != "none":
+            kept = keep_records(out, Path(a.records))
+            print(f"records of {len(kept)} finished run(s) kept in {a.records}", file=sys.stderr)
+        _records = None if a.records == "none" else Path(a.records)
+        try:
+            notes = Path(a.notes).read_text() if a.notes else ""
+            write_markdown(out, Path(a.md), a.profile, notes, a.notes or "")
+        finally:
+            _records = None
         print(f"wrote {a.md}")
     return rc
 

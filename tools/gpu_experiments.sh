@@ -68,7 +68,8 @@ $I joint >"$L/ijoint.log" 2>&1 &
     $B inc15+5_naive >"$L/binca.log" 2>&1 &
     $B inc15+5_distill_w10 >"$L/bincb.log" 2>&1 &
     wait; } ) >"$L/binc.log" 2>&1 &
-for n in joint det_only seg_only fusion_plain fusion_hourglass joint_seed1; do
+for n in joint det_only seg_only fusion_plain fusion_hourglass fusion_resskip_proj \
+         joint_seed1 det_only_seed1 seg_only_seed1 joint_seed2 det_only_seed2 seg_only_seed2; do
     $B $n >"$L/b_$n.log" 2>&1 &
 done
 
