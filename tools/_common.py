@@ -167,6 +167,7 @@ def save_json(path: Path, obj) -> None:
     """``obj`` as indented JSON at ``path``, atomically (``incdet.engine.checkpoint.write_atomic``)."""
     from incdet.engine.checkpoint import write_atomic
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1)))
 
 
