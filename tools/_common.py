@@ -139,6 +139,16 @@ def fmt_number(v, nd: int = 2, sign: bool = True) -> str:
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
 
 
+def mean_std(xs: Sequence[Optional[float]]) -> tuple:
+    """(mean, sample standard deviation (ddof 1), n) of the values that are there (None/NaN: absent)."""
+    v = [float(x) for x in xs if x is not None and x == x]
+    if not v:
+        return float("nan"), float("nan"), 0
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else float("nan")
+    return m, sd, len(v)
+
+
 #: the small files of a finished run that the experiment tools keep in git (docs/results/records/)
 RECORD_FILES = ("results.json", "wall.json", "command.txt", "config.yaml")
 

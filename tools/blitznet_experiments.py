@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
-from _common import keep_records as _keep_records  # noqa: E402
+from _common import keep_records as _keep_records, mean_std  # noqa: E402
 
 JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
 INC_CFG = "configs/blitznet/shapes_15+5.yaml"
@@ -253,15 +253,6 @@ def _map_miou_table(first: str, rows, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _std(xs) -> float:
-    """Sample standard deviation of the finite values (NaN for fewer than two)."""
-    xs = [x for x in xs if x is not None and x == x]
-    if len(xs) < 2:
-        return float("nan")
-    m = sum(xs) / len(xs)
-    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
-
-
 def c3_seeds(out: Path) -> Dict[str, Dict[str, List[float]]]:
     """``{row: {"mAP": [per seed], "mIoU": [per seed]}}`` of the C.3 rows' finished runs (seeds
     :data:`SEEDS`; a run not finished is left out)."""
@@ -274,11 +265,10 @@ def c3_seeds(out: Path) -> Dict[str, Dict[str, List[float]]]:
 
 
 def _mean_std(xs: Sequence[float]) -> str:
-    xs = [x for x in xs if x == x]
-    if not xs:
+    m, sd, n = mean_std(xs)
+    if not n:
         return "-"
-    sd = _std(xs)
-    return f"{_mean(xs):.1f}" + ("" if sd != sd else f" ({sd:.1f})")
+    return f"{m:.1f}" + ("" if sd != sd else f" ({sd:.1f})")
 
 
 def c3_table(out: Path) -> Optional[str]:
@@ -314,7 +304,7 @@ def c3_targets(out: Path) -> List[str]:
     d = [x for x in seeds["det_only"]["mAP"] if x == x]
     if j and d:
         diff = _mean(j) - _mean(d)
-        spread = max([v for v in (_std(j), _std(d)) if v == v], default=float("nan"))
+        spread = max([v for v in (mean_std(j)[1], mean_std(d)[1]) if v == v], default=float("nan"))
         sp = "" if spread != spread else f"; the larger seed std is {spread:.1f}"
         lines.append(f"- Detection mAP, joint minus detection only: {diff:+.1f} points (means of {len(j)} and "
                      f"{len(d)} seed(s){sp}; the thesis, C.3: +0.6); target >= 0: "

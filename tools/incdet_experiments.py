@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
-from _common import keep_records as _keep_records  # noqa: E402
+from _common import keep_records as _keep_records, mean_std  # noqa: E402
 
 
 @dataclass
@@ -620,14 +620,6 @@ def seed_values(out: Path, prefix: str = "") -> Dict[str, List[Optional[float]]]
     rows["10+10 distill all"] = [_all_after(out, _seed_name("10+10_distill", k, prefix)) for k in SEEDS]
     rows["15+1x5 distill all"] = [_all_after(out, _seed_name("15+1x5_distill", k, prefix)) for k in SEEDS]
     return rows
-
-
-def mean_std(xs: Sequence[Optional[float]]) -> tuple:
-    """(mean, sample standard deviation (ddof 1), n) of the values that are there (None: absent)."""
-    v = [x for x in xs if x is not None and x == x]
-    if not v:
-        return float("nan"), float("nan"), 0
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")), len(v)
 
 
 def seeds_table(out: Path, prefix: str = "") -> str:
