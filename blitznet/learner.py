@@ -250,9 +250,27 @@ class BlitzNetLearner(Learner):
             preds[s.image_id] = self._cache[s.image_id]
         return gts, preds
 
+    def _confusion(self, gts, preds) -> tuple:
+        """Pixel confusion matrix over the samples with a mask (classes the network does not
+        know count as background) and the number of those samples."""
+        from incdet.eval.segmentation import ConfusionMatrix
+
+        nc = self.unwrapped.config.num_classes
+        cm, n_masks = ConfusionMatrix(nc + 1), 0
+        for s in gts:
+            if s.mask is not None:
+                tgt = s.mask.clone()
+                tgt[(tgt > nc) & (tgt != 255)] = 0
+                cm.update(preds[s.image_id]["mask"], tgt)
+                n_masks += 1
+        return cm, n_masks
+
+    def segmentation_confusion(self, task: Task):
+        """The :class:`incdet.eval.segmentation.ConfusionMatrix` behind ``evaluate(task)``'s mIoU."""
+        return self._confusion(*self._predictions(task.eval_set))[0]
+
     def evaluate(self, task: Task) -> Dict[str, float]:
         from incdet.eval.groups import group_map, to_percent
-        from incdet.eval.segmentation import ConfusionMatrix
         from incdet.eval.voc import voc_evaluate
 
         if self.model is None:
@@ -276,14 +294,7 @@ class BlitzNetLearner(Learner):
             for k in seen_idx:
                 res[f"AP/{names[k - 1]}"] = to_percent(r.ap[names[k - 1]])
         if m.config.segmentation:
-            cm = ConfusionMatrix(m.config.num_classes + 1)
-            n_masks = 0
-            for s in gts:
-                if s.mask is not None:
-                    tgt = s.mask.clone()
-                    tgt[(tgt > m.config.num_classes) & (tgt != 255)] = 0
-                    cm.update(preds[s.image_id]["mask"], tgt)
-                    n_masks += 1
+            cm, n_masks = self._confusion(gts, preds)
             if n_masks:
                 iou = dict(enumerate(cm.compute().iou))
                 res["mIoU"] = group_map(iou, [0] + new_idx)

@@ -51,7 +51,6 @@ def measure(run: Path, device: str = "cpu") -> dict:
     from incdet.engine.builders import build_tasks
     from incdet.engine.checkpoint import load_checkpoint
     from incdet.engine.config import config_from_dict, load_yaml
-    from incdet.eval.segmentation import ConfusionMatrix
 
     cpath, ck = run / "config.yaml", run / "checkpoint.pt"
     if not cpath.is_file() or not ck.is_file():
@@ -65,16 +64,10 @@ def measure(run: Path, device: str = "cpu") -> dict:
     net = learner.unwrapped
     if not net.config.segmentation:
         raise SystemExit(f"{run}: the network has no segmentation head")
-    gts, preds = learner._predictions(task.eval_set)
-    cm = ConfusionMatrix(net.config.num_classes + 1)
-    for s in gts:
-        if s.mask is not None:
-            tgt = s.mask.clone()
-            tgt[(tgt > net.config.num_classes) & (tgt != 255)] = 0
-            cm.update(preds[s.image_id]["mask"], tgt)
+    cm = learner.segmentation_confusion(task)
     res = cm.compute()
     names = ["background"] + list(learner.classes)
-    return {"run": str(run), "images": len(gts), "mIoU": 100.0 * res.miou,
+    return {"run": str(run), "images": len(task.eval_set), "mIoU": 100.0 * res.miou,
             **{k: 100.0 * v for k, v in fg_summary(cm.matrix).items()},
             "iou": {n: (None if v != v else 100.0 * float(v)) for n, v in zip(names, res.iou)}}
 
