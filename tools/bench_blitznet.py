@@ -16,7 +16,8 @@
    post-processing is timed both ways: batched (one capped NMS call for the batch, what
    ``BlitzNet.postprocess`` does) and the former per-image loop (``per_image=True``); the
    ratio and NMS share are given for both. ``--channels-last``, ``--amp bf16|fp16`` (CUDA
-   only) and ``--compile`` apply to BlitzNet's network (SSD300 stays fp32, eager).
+   only) and ``--compile`` apply to BlitzNet's network (SSD300 stays fp32, eager); with
+   ``--channels-last`` SSD300 is also timed in NHWC, and the ratio against that is given too.
 3. Post-processing alone, batched vs per-image loop, on random BlitzNet300-sized outputs
    (45,390 anchors x 20 classes, peaked scores) at each ``--batches`` size; checks that both
    give the same detections.
@@ -28,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -203,8 +205,11 @@ def bench_speed(args, device) -> List[Dict]:
     blitz = BlitzNet(blitznet300(num_classes=20)).to(device).eval()
     ssd = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
     net = blitz
+    ssd_cl = None
     if args.channels_last:
         blitz = blitz.to(memory_format=torch.channels_last)
+        # the peer in the same memory format too, so the ratio is not only the format's gain
+        ssd_cl = copy.deepcopy(ssd).to(memory_format=torch.channels_last)
     if args.compile:
         net = torch.compile(blitz)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
@@ -231,6 +236,8 @@ def bench_speed(args, device) -> List[Dict]:
         xs = [im / 255 for im in x]
         reps = args.reps_speed
         parts = {"fwd": [], "det_post": [], "det_post_per_image": [], "seg_post": [], "fwd_noseg": [], "ssd": []}
+        if ssd_cl is not None:
+            parts["ssd_cl"] = []
         with torch.no_grad():
             for _ in range(2):  # warm-up at every batch size (cuDNN picks kernels per shape)
                 blitz.postprocess(fwd(x), (300, 300))
@@ -240,6 +247,8 @@ def bench_speed(args, device) -> List[Dict]:
                 finally:
                     blitz.config.segmentation = True
                 ssd(xs)
+                if ssd_cl is not None:
+                    ssd_cl(xs)
             for _ in range(reps):
                 t, out = clock(lambda: fwd(x))
                 parts["fwd"].append(t)
@@ -255,6 +264,8 @@ def bench_speed(args, device) -> List[Dict]:
                 finally:
                     blitz.config.segmentation = True
                 parts["ssd"].append(clock(lambda: ssd(xs))[0])
+                if ssd_cl is not None:
+                    parts["ssd_cl"].append(clock(lambda: ssd_cl(xs))[0])
         med = {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
         t_blitz = med["fwd"] + med["det_post"] + med["seg_post"]
         t_old = med["fwd"] + med["det_post_per_image"] + med["seg_post"]
@@ -268,6 +279,9 @@ def bench_speed(args, device) -> List[Dict]:
             "blitz_seg_share": seg_time / t_blitz,
             "blitz_total_ms": 1000 * t_blitz, "ssd_total_ms": 1000 * med["ssd"],
         })
+        if ssd_cl is not None:
+            rows[-1].update({"ssd300_channels_last_img_s": bs / med["ssd_cl"],
+                             "ratio_vs_ssd_channels_last": med["ssd_cl"] / t_blitz})
     return rows
 
 
