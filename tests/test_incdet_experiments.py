@@ -39,11 +39,27 @@ def test_split_table_by_hand(tool, tmp_path):
     _write(out / "joint", [[{"a": 50.0, "b": 30.0, "c": 10.0}]])
     t = tool.split_table("15+5", out)
     lines = t.splitlines()
-    assert lines[2].startswith("| A(2 old classes) | 30.0 |")
-    assert "| +B distillation (biased sampling) | 27.0 | 9.0 | 21.0 | 12 s (CPU) |" in lines
-    assert "| +B w/o distillation (naive fine-tuning) | 1.0 | 12.0 | 4.7 | 12 s (CPU) |" in lines
-    assert "| +B distillation, unbiased sampling | not run | | | |" in lines
-    assert "| joint training A(1-20) | 40.0 | 10.0 | 30.0 | 12 s (CPU) |" in lines
+    # 15+5 is thesis table 3.3's analogue: the thesis' VOC 2007 old | new | all of the same row beside ours
+    assert lines[0].endswith("| wall time | thesis (VOC 2007): old | new | all |")
+    assert lines[2] == "| A(2 old classes) | 30.0 | - | - | (in the next row) | 70.5 | - | - |"
+    assert "| +B distillation (biased sampling) | 27.0 | 9.0 | 21.0 | 12 s (CPU) | 68.4 | 58.4 | 65.9 |" in lines
+    # the thesis has no naive row in table 3.3
+    assert "| +B w/o distillation (naive fine-tuning) | 1.0 | 12.0 | 4.7 | 12 s (CPU) | - | - | - |" in lines
+    assert "| +B distillation, unbiased sampling | not run | | | | - | - | - |" in lines
+    assert "| joint training A(1-20) | 40.0 | 10.0 | 30.0 | 12 s (CPU) | 70.9 | 66.7 | 69.8 |" in lines
+    assert all(ln.count("|") == lines[1].count("|") for ln in lines)
+
+
+def test_thesis_cells_per_table(tool):
+    # table 3.1 (19+1): the naive row and its own A(1-20) row; table 3.2 (10+10): EWC
+    assert tool.thesis_cells("19+1", "19+1_naive") == " 25.0 | 52.1 | 26.4 |"
+    assert tool.thesis_cells("19+1", "joint") == " 69.6 | 73.9 | 69.8 |"
+    assert tool.thesis_cells("10+10", "joint") == " 68.4 | 71.3 | 69.8 |"
+    assert tool.thesis_cells("10+10", "10+10_ewc") == " 31.6 | 61.0 | 46.3 |"
+    assert tool.thesis_cells("10+10", "10+10_ce") == " - | - | - |"  # our extra row: not in the thesis' table
+    assert tool.thesis_cells("15+1x5", "15+1x5_unbiased") == " 45.8 | 46.5 | 46.0 |"
+    assert tool.thesis_cells("19+1", "A") == " 68.4 | - | - |"
+    assert tool.thesis_cells("probe_b", "joint") == ""
 
 
 def test_steps_table_and_markdown(tool, tmp_path):
@@ -57,10 +73,28 @@ def test_steps_table_and_markdown(tool, tmp_path):
     assert st[2] == "| t0 | 30.0 |  |  | 30.0 |"
     assert st[3] == "| t1 | 25.0 | 10.0 |  | 20.0 |"
     assert st[4] == "| t2 | 15.0 | 5.0 | 8.0 | 10.8 |"
+    # thesis table 3.9's columns only for a run with as many steps (6): not this 3-task one
+    assert tool.steps_table("15+1x5_distill", out, thesis=True).splitlines() == st
     md = tmp_path / "incdet.md"
     text = tool.write_markdown(out, md)
     assert md.read_text() == text and "test cpu" in text and "## 15+5" in text and "Not run yet." in text
 
+
+
+def test_steps_table_thesis_columns_for_six_steps(tool, tmp_path):
+    out = tmp_path / "exp"
+    classes = ["c1", "c2", "c3", "c4", "c5"]
+    rows = []
+    for i in range(6):  # step i has seen the old class "a" (AP 50 - 10 i) and classes c1..ci (AP 10)
+        aps = {"a": 50.0 - 10 * i, **{c: 10.0 for c in classes[:i]}}
+        rows.append([aps if j == i else None for j in range(6)])
+    _write(out / "15+1x5_distill", rows)
+    st = tool.steps_table("15+1x5_distill", out, thesis=True).splitlines()
+    assert st[0].endswith("| all seen | thesis (VOC 2007): old (1-15) | all seen |")
+    assert st[1].count("|") == st[0].count("|")
+    assert st[2] == "| t0 | 50.0 |  |  |  |  |  | 50.0 | 70.5 | 70.5 |"
+    assert st[3] == "| t1 | 40.0 | 10.0 |  |  |  |  | 25.0 | 69.7 | 67.0 |"
+    assert st[7] == "| t5 | 0.0 | 10.0 | 10.0 | 10.0 | 10.0 | 10.0 | 8.3 | 66.0 | 62.4 |"
 
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
        "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]

@@ -408,9 +408,31 @@ def _f(x) -> str:
     return "-" if x is None or x != x else f"{x:.1f}"
 
 
+#: the thesis table each shapes-voc split is the analogue of (``THESIS_TABLES`` index)
+THESIS_TABLE_OF = {"19+1": 0, "10+10": 1, "15+5": 2, "15+1x5": 2}
+
+
+def thesis_cells(split: str, name: str) -> str:
+    """The thesis' VOC 2007 (old | new | all) for our run ``name`` of ``split``: the row of the
+    split's thesis table whose VOC 2007 run is ``voc07_<name>`` (``joint``: its A(1-20) row; ``A``:
+    the first task); ``- | - | -`` where the thesis has no such row."""
+    k = THESIS_TABLE_OF.get(split)
+    if k is None:
+        return ""
+    t = THESIS_TABLES[k]
+    if name == "A":
+        return f" {_f(t.a_thesis)} | - | - |"
+    for r in t.rows:
+        if r.name == V + name and r.thesis:
+            return " " + " | ".join(_f(x) for x in r.thesis) + " |"
+    return " - | - | - |"
+
+
 def split_table(split: str, out: Path, names: Optional[Sequence[str]] = None, joint: str = "joint") -> Optional[str]:
     """old / new / all after the last task for the rows of ``split`` (or the runs ``names``; the
-    first one's evaluation after task 0 gives A's row), and joint training (run ``joint``)."""
+    first one's evaluation after task 0 gives A's row), and joint training (run ``joint``). Splits
+    that are the analogue of a thesis table get the thesis' VOC 2007 numbers of the same row beside
+    ours (:func:`thesis_cells`), for comparison of kind."""
     rows = [e for e in EXPERIMENTS if e.split == split] if names is None else [BY_NAME[n] for n in names]
     base = _load(out / rows[0].name)
     if base is None:
@@ -419,37 +441,44 @@ def split_table(split: str, out: Path, names: Optional[Sequence[str]] = None, jo
     old = groups[0]
     new = [c for g in groups[1:] for c in g]
     a_aps = class_aps(base["all_metrics"][0][0])
-    lines = [f"| method | old ({len(old)} classes) | new ({len(new)}) | all ({len(old) + len(new)}) | wall time |",
-             "|---|---:|---:|---:|---:|"]
-    lines.append(f"| A({len(old)} old classes) | {_f(_mean([a_aps.get(c) for c in old]))} | - | - | (in the next row) |")
+    th = split in THESIS_TABLE_OF and names is None
+    lines = [f"| method | old ({len(old)} classes) | new ({len(new)}) | all ({len(old) + len(new)}) | wall time |"
+             + (" thesis (VOC 2007): old | new | all |" if th else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if th else "")]
+    cells = (lambda n: thesis_cells(split, n)) if th else (lambda n: "")
+    lines.append(f"| A({len(old)} old classes) | {_f(_mean([a_aps.get(c) for c in old]))} | - | - | (in the next row) |"
+                 + cells("A"))
     for e in rows:
         d = _load(out / e.name)
         if d is None or not d["matrix"] or d["matrix"][-1][-1] is None:
-            lines.append(f"| +B {e.label} | not run | | | |")
+            lines.append(f"| +B {e.label} | not run | | | |" + cells(e.name))
             continue
         last = d["all_metrics"][-1][-1]
         s = old_new_all(class_aps(last), old, new)
         lines.append(f"| +B {e.label} | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
-                     f"{_wt(d)} |")
+                     f"{_wt(d)} |" + cells(e.name))
     j = _load(out / joint)
     if j is not None and j["matrix"] and j["matrix"][-1][-1] is not None:
         s = old_new_all(class_aps(j["all_metrics"][-1][-1]), old, new)
         lines.append(f"| joint training A(1-20) | {_f(s['old'])} | {_f(s['new'])} | {_f(s['all'])} | "
-                     f"{_wt(j)} |")
+                     f"{_wt(j)} |" + cells("joint"))
     return "\n".join(lines)
 
 
-def steps_table(name: str, out: Path) -> Optional[str]:
+def steps_table(name: str, out: Path, thesis: bool = False) -> Optional[str]:
     """Thesis table 3.9: after each step, mAP on the first task's classes, AP of the class added
-    by each step, and the mAP of all classes seen so far."""
+    by each step, and the mAP of all classes seen so far. ``thesis``: the thesis' VOC 2007 old
+    and all-seen mAP after the same step beside ours (:data:`THESIS_STEPS`; its classes differ)."""
     d = _load(out / name)
     if d is None:
         return None
     groups = _task_classes(d)
     old = groups[0]
     added = [c for g in groups[1:] for c in g]
+    th = thesis and len(d["tasks"]) == len(THESIS_STEPS)
     head = "| after | old (1-%d) | " % len(old) + " | ".join(added) + " | all seen |"
-    lines = [head, "|---" * (len(added) + 3) + "|"]
+    lines = [head + (" thesis (VOC 2007): old (1-15) | all seen |" if th else ""),
+             "|---" * (len(added) + 3 + 2 * th) + "|"]
     for i, t in enumerate(d["tasks"]):
         m = d["all_metrics"][i][i] if d["all_metrics"][i][i] else None
         if m is None:
@@ -458,7 +487,8 @@ def steps_table(name: str, out: Path) -> Optional[str]:
         cells = [_f(aps.get(c)) if c in aps else "" for c in added]
         seen = old + [c for g in groups[1:i + 1] for c in g]
         lines.append(f"| {t} | {_f(_mean([aps.get(c) for c in old]))} | " + " | ".join(cells) +
-                     f" | {_f(_mean([aps.get(c) for c in seen]))} |")
+                     f" | {_f(_mean([aps.get(c) for c in seen]))} |" +
+                     (f" {_f(THESIS_STEPS[i][1])} | {_f(THESIS_STEPS[i][3])} |" if th else ""))
     return "\n".join(lines)
 
 
@@ -848,6 +878,9 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
               "(250 images); old = classes of the first task, new = classes added afterwards, "
               "all = both. Joint training A(1-20) is one model trained on all classes at once, split "
               "the same way.", "",
+              "Thesis columns: beside each row of a table that is the analogue of a thesis table, the thesis' "
+              "VOC 2007 test numbers of the same row (ResNet-50-C4 from ImageNet, 11-point AP, the VOC "
+              "classes; section at the end), for comparison of kind only: classes, network and data differ.", "",
               "Trunk: every shapes-voc config starts from the model zoo's pretrained ResNet-18 "
               "(`learner.model.weights: zoo:resnet18w16_shapes-pretrain`, docs/results/zoo.md: pretrained "
               "on generated shapes that share no shape and no pattern with shapes-voc, the role ImageNet "
@@ -878,7 +911,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
         if split == "15+1x5":
             for e in EXPERIMENTS:
                 if e.split == "15+1x5":
-                    st = steps_table(e.name, out)
+                    st = steps_table(e.name, out, thesis=e.name == "15+1x5_distill")
                     if st:
                         parts += [f"Per step, {e.label} (`{e.name}`):", "", st, ""]
     parts += ["Joint training: `" + shlex.join(command_of(BY_NAME["joint"], out)) + "`", ""]
