@@ -42,7 +42,7 @@
 # mean-scale rate points (58 MiB) fill one call by themselves (PARTS=codec
 # CODEC_MODELS="codec_mbt2018-mean_q1 ..."), and a continued zoo file travels there too.
 #
-# Knobs (environment): ITERS_W16, ITERS_W64, BATCH, SIZE, DEVICE (default cuda), LIMIT_S (per
+# Knobs (environment): ITERS_W16, ITERS_W64, BATCH, SIZE, SEED (2: new shapes-pretrain images), DEVICE (default cuda), LIMIT_S (per
 # detector run), PARTS, CODEC_MODELS, CODEC_TRAIN_S (default 330), CODEC_CROP (256), CODEC_BATCH
 # (8), CODEC_LR (5e-4: continuing the CPU q3 base 1,500 steps, 5e-4 gave 0.403 bpp / 27.36 dB on
 # Kodak against 0.481 / 27.29 at compressai's 1e-4, docs/results/zoo.md), CODEC_CKPT (checkpoint every, 200), CODEC_DATA, WORK (run folders, default /tmp/gpu_zoo).
@@ -81,6 +81,7 @@ ITERS_W16=${ITERS_W16:-5000}
 ITERS_W64=${ITERS_W64:-4000}
 BATCH=${BATCH:-128}
 SIZE=${SIZE:-64}
+SEED=${SEED:-2}   # shapes-pretrain streams: v1 of resnet18w16 used seed 0, v2 seed 1; a continuation sees new images
 LIMIT_S=${LIMIT_S:-450}
 NCPU=$(nproc)
 case " $PARTS " in *" codec "*) SHARE=4 ;; *) SHARE=2 ;; esac   # detector runs: 1/4 or 1/2 of the cores each
@@ -101,11 +102,11 @@ train() {  # NAME WIDTH ITERS HALF(0|1)
     [ "$half" = 1 ] && flags="--half"
     local cmd="incdet pretrain --run-dir runs/pretrain_$name --out zoo/$name.pt --width $width --size $SIZE \
 --iterations $iters --batch-size $BATCH --lr 0.1 --warmup-iters 200 --eval-every 1000 --checkpoint-every 500 \
---val-images 3000 --num-workers $WORKERS --device $DEVICE $init $flags"
+--val-images 3000 --seed $SEED --num-workers $WORKERS --device $DEVICE $init $flags"
     local t0=$SECONDS
     timeout "$LIMIT_S" python -m incdet pretrain --run-dir "$WORK/run_$name" --out "$OUT/$name.pt" --width "$width" \
         --size "$SIZE" --iterations "$iters" --batch-size "$BATCH" --lr 0.1 --warmup-iters 200 --eval-every 1000 \
-        --checkpoint-every 500 --val-images 3000 --num-workers "$WORKERS" --device "$DEVICE" $init $flags \
+        --checkpoint-every 500 --val-images 3000 --seed "$SEED" --num-workers "$WORKERS" --device "$DEVICE" $init $flags \
         > "$WORK/meta/$name.log" 2>&1
     local rc=$?
     if [ $rc -ne 0 ] || [ ! -f "$OUT/$name.pt" ]; then
