@@ -445,7 +445,9 @@ def split_table(split: str, out: Path, names: Optional[Sequence[str]] = None, jo
     lines = [f"| method | old ({len(old)} classes) | new ({len(new)}) | all ({len(old) + len(new)}) | wall time |"
              + (" thesis (VOC 2007): old | new | all |" if th else ""),
              "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if th else "")]
-    cells = (lambda n: thesis_cells(split, n)) if th else (lambda n: "")
+    def cells(name: str) -> str:
+        return thesis_cells(split, name) if th else ""
+
     lines.append(f"| A({len(old)} old classes) | {_f(_mean([a_aps.get(c) for c in old]))} | - | - | (in the next row) |"
                  + cells("A"))
     for e in rows:
@@ -911,7 +913,7 @@ def write_markdown(out: Path, md: Path, extra_notes: str = "", notes_path: str =
         if split == "15+1x5":
             for e in EXPERIMENTS:
                 if e.split == "15+1x5":
-                    st = steps_table(e.name, out, thesis=e.name == "15+1x5_distill")
+                    st = steps_table(e.name, out, thesis=V + e.name == THESIS_STEPS_RUN)
                     if st:
                         parts += [f"Per step, {e.label} (`{e.name}`):", "", st, ""]
     parts += ["Joint training: `" + shlex.join(command_of(BY_NAME["joint"], out)) + "`", ""]
