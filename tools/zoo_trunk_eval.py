@@ -26,12 +26,12 @@ def score(weights: Sequence[str], seeds: Sequence[int], val_images: int = 1500, 
           size: int = 64, device: str = "cpu") -> Dict[str, Dict[str, object]]:
     """``{weights: {"sha256": ..., "top1_val_seed<k>": %, ...}}`` for every weights file and seed."""
     from incdet.data.shapes_pretrain import PRETRAIN_CLASSES
-    from incdet.models.pretrain import Classifier, PretrainConfig, _load_init, evaluate
+    from incdet.models.pretrain import Classifier, PretrainConfig, load_init, evaluate
 
     out: Dict[str, Dict[str, object]] = {}
     for spec in weights:
         model = Classifier(depth, width, len(PRETRAIN_CLASSES)).to(device)
-        row: Dict[str, object] = {"sha256": _load_init(model, spec)}
+        row: Dict[str, object] = {"sha256": load_init(model, spec)}
         for s in seeds:
             c = PretrainConfig(depth=depth, width=width, size=size, seed=int(s), val_images=val_images, num_workers=0)
             row[f"top1_val_seed{s}"] = evaluate(model, c.validate(), torch.device(device))

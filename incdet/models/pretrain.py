@@ -123,7 +123,7 @@ def evaluate(model: Classifier, c: PretrainConfig, device: torch.device) -> floa
     return 100.0 * right / len(ds)
 
 
-def _load_init(model: Classifier, spec: str) -> str:
+def load_init(model: Classifier, spec: str) -> str:
     """Load weights from a path or ``zoo:NAME`` into ``model``; return the file's sha256."""
     from incdet import zoo
 
@@ -194,7 +194,7 @@ def pretrain(c: PretrainConfig, run_dir: Path, out: Optional[Path], device: torc
         step, history, init_sha, wall0 = ck["step"], list(ck["history"]), ck.get("init_sha256"), float(ck["wall_s"])
         set_rng_state(ck["rng"])
     elif init:
-        init_sha = _load_init(model, init)
+        init_sha = load_init(model, init)
     (run_dir / "config.json").write_text(json.dumps(asdict(c), indent=2) + "\n")
 
     # An endless stream of fresh images: step s draws images [s*B, (s+1)*B) of the training stream,
