@@ -90,14 +90,16 @@ class BlitzNetPredictor:
     ``channels_last`` (NHWC network and inputs; any device), ``amp`` (``"bf16"`` or ``"fp16"``
     autocast of the network; CUDA only -- on another device it raises :class:`ConfigError`),
     ``compile_model`` (``torch.compile`` of the network; the first batch of every new shape
-    pays the compilation). Post-processing always runs in fp32, batched over the batch.
+    pays the compilation), ``fold_bn`` (every BatchNorm folded into the convolution before it,
+    :func:`blitznet.model.fold_batchnorm`: the same function up to float rounding, one memory
+    pass fewer per layer). Post-processing always runs in fp32, batched over the batch.
     """
 
     AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
     def __init__(self, weights: Union[str, Path], device: str = "auto", score_thresh: float = 0.01,
                  nms_method: str = "auto", batch_size: int = 8, channels_last: bool = False,
-                 amp: Optional[str] = None, compile_model: bool = False, **nms_kw):
+                 amp: Optional[str] = None, compile_model: bool = False, fold_bn: bool = False, **nms_kw):
         from incdet.engine.distributed import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -107,6 +109,10 @@ class BlitzNetPredictor:
             raise ConfigError(f"amp={amp}: mixed-precision inference needs a CUDA device, got {self.device}")
         self.amp, self.channels_last = amp, bool(channels_last)
         self.model, self.classes = load_weights(weights, self.device)
+        if fold_bn:
+            from blitznet.model import fold_batchnorm
+
+            fold_batchnorm(self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.model) if compile_model else self.model

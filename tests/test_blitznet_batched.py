@@ -197,6 +197,21 @@ def test_predictor_channels_last_matches_default(tmp_path):
         assert torch.allclose(ra["scores"][:5], rb["scores"][:5], atol=1e-4)
 
 
+def test_predictor_fold_bn_matches_default(tmp_path):
+    from blitznet.predict import BlitzNetPredictor
+
+    w = _weights(tmp_path)
+    base = BlitzNetPredictor(w, device="cpu", batch_size=2)
+    folded = BlitzNetPredictor(w, device="cpu", batch_size=2, fold_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
+    pa, pb = base.predict(_images()), folded.predict(_images())
+    for ra, rb in zip(pa, pb):
+        assert torch.equal(ra["mask"], rb["mask"])
+        assert torch.equal(ra["labels"][:5], rb["labels"][:5])
+        assert torch.allclose(ra["scores"][:5], rb["scores"][:5], atol=1e-4)
+        assert torch.allclose(ra["boxes"][:5], rb["boxes"][:5], atol=1e-2)
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_needs_cuda_one_clear_error(tmp_path, amp):
     from blitznet.predict import BlitzNetPredictor

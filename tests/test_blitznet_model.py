@@ -10,6 +10,7 @@ import torch
 from blitznet.anchors import anchor_count, anchors_per_location, generate_anchors, ssd_scales
 from blitznet.losses import decode_boxes, detection_loss, distillation_loss, encode_boxes, match_anchors, segmentation_loss
 from blitznet.model import BlitzNet, BlitzNetConfig, HourglassFusion, ResSkip, blitznet300, blitznet512
+from incdet.errors import ConfigError
 
 TINY = dict(backbone="resnet18", input_size=64, final_stride=8, channels=32, seg_channels=8)
 
@@ -207,3 +208,34 @@ def test_bad_learner_values_name_key_and_range(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(cfg, [override])
     assert message in str(e.value) and str(cfg) in str(e.value)
+
+
+@pytest.mark.parametrize("kw", [dict(fusion="resskip"), dict(fusion="plain"), dict(fusion="hourglass"),
+                                dict(backbone="resnet50", backbone_width=16, input_size=96)])
+def test_fold_batchnorm_same_outputs(kw):
+    """Folding every BN into its convolution leaves the eval-mode outputs unchanged (float
+    rounding) and no BatchNorm2d behind; BN statistics and affine made non-trivial first."""
+    from blitznet.model import fold_batchnorm
+
+    m = tiny(**kw)
+    g = torch.Generator().manual_seed(1)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    with pytest.raises(ConfigError, match="training mode"):
+        fold_batchnorm(m)
+    m.eval()
+    x = torch.randn(2, 3, m.config.input_size, m.config.input_size, generator=g)
+    with torch.no_grad():
+        ref = m(x)
+        fold_batchnorm(m)
+        got = m(x)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    assert ref.keys() == got.keys()
+    for k, v in ref.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.allclose(v, got[k], rtol=1e-4, atol=1e-4 * float(v.abs().max())), k

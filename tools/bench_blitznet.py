@@ -16,7 +16,7 @@
    post-processing is timed both ways: batched (one capped NMS call for the batch, what
    ``BlitzNet.postprocess`` does) and the former per-image loop (``per_image=True``); the
    ratio and NMS share are given for both. ``--channels-last``, ``--amp bf16|fp16`` (CUDA
-   only) and ``--compile`` apply to BlitzNet's network (SSD300 stays fp32, eager); with
+   only), ``--compile`` and ``--fold-bn`` apply to BlitzNet's network (SSD300 stays fp32, eager); with
    ``--channels-last`` SSD300 is also timed in NHWC, and the ratio against that is given too.
 3. Post-processing alone, batched vs per-image loop, on random BlitzNet300-sized outputs
    (45,390 anchors x 20 classes, peaked scores) at each ``--batches`` size; checks that both
@@ -24,7 +24,7 @@
 
     python tools/bench_blitznet.py [--device auto] [--out bench_blitznet.json] [--quick]
         [--weights W --images IMG... | --data-root ROOT --split test --max-images N]
-        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile]
+        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile] [--fold-bn]
 """
 from __future__ import annotations
 
@@ -206,6 +206,10 @@ def bench_speed(args, device) -> List[Dict]:
     ssd = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
     net = blitz
     ssd_cl = None
+    if args.fold_bn:
+        from blitznet.model import fold_batchnorm
+
+        fold_batchnorm(blitz)  # SSD300's VGG16 has no BatchNorm: nothing to fold there
     if args.channels_last:
         blitz = blitz.to(memory_format=torch.channels_last)
         # the peer in the same memory format too, so the ratio is not only the format's gain
@@ -316,6 +320,7 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true", help="BlitzNet in NHWC (inputs too)")
     ap.add_argument("--amp", choices=["bf16", "fp16"], help="autocast BlitzNet's network (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="torch.compile BlitzNet's network")
+    ap.add_argument("--fold-bn", action="store_true", help="fold BlitzNet's BatchNorms into its convolutions")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 1 repetition")
     args = ap.parse_args(argv)
     if args.quick:
@@ -341,7 +346,7 @@ def main(argv=None) -> int:
     print(table(post_rows, "\nCapped NMS for a batch: one batched call vs the per-image loop"))
     speed_rows = [] if args.skip_speed else bench_speed(args, dev)
     opts = ", ".join(o for o, on in (("channels_last", args.channels_last), (f"amp {args.amp}", args.amp),
-                                     ("compile", args.compile)) if on) or "fp32, eager"
+                                     ("compile", args.compile), ("BN folded", args.fold_bn)) if on) or "fp32, eager"
     print(table(speed_rows, f"\nBlitzNet300 (ResNet-50, s4; {opts}) vs torchvision ssd300_vgg16, end to end"))
     res = {"device": desc, "torch": torch.__version__, "options": opts, "nms": nms_rows, "post": post_rows,
            "speed": speed_rows, "wall_s": time.perf_counter() - t0}
