@@ -83,6 +83,18 @@ def test_c3_seeds_and_targets_by_hand(tool, tmp_path, write):
                            "the larger seed std is 2.6;") and t[1].endswith("**not met**.")
 
 
+def test_c3_command_prints_table_and_targets(tool, tmp_path, capsys):
+    out = tmp_path / "exp"
+    _write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25}]])
+    _write(out / "det_only", [[{"mAP": 0.45, "mIoU": None}]])
+    assert tool.main(["c3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| detection + segmentation | 50.0 / not run / not run | 50.0 |" in text
+    assert "joint minus detection only: +5.0 points" in text and "target >= 60: **not met**" in text
+    assert tool.main(["c3", "--out", str(tmp_path / "none")]) == 0
+    assert "no C.3 runs under" in capsys.readouterr().out
+
+
 def test_table_reads_kept_records(tool, tmp_path):
     """``table`` copies finished runs to the records folder and writes the same page from there
     when the runs are gone; ``--records none`` reads only --out."""

@@ -491,6 +491,8 @@ def main(argv=None) -> int:
                         ("all", "run, then write the markdown"),
                         ("table", "write docs/results/blitznet.md from finished run directories"),
                         ("list", "list the experiments and their commands"),
+                        ("c3", "print the table C.3 analogue (seeds of joint / detection only / segmentation "
+                               "only) and its targets for the runs under --out"),
                         ("figures", "prediction pictures of finished runs under docs/results/blitznet/")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--out", default="runs/blitznet_exp")
@@ -510,6 +512,11 @@ def main(argv=None) -> int:
     if a.cmd == "list":
         for e in EXPERIMENTS:
             print(f"{e.name:18s} {shlex.join(command_of(e, out, a.profile))}")
+        return 0
+    if a.cmd == "c3":
+        t = c3_table(out)
+        print(t if t is not None else f"no C.3 runs under {out}")
+        print("\n".join([""] + c3_targets(out)))
         return 0
     if a.cmd == "figures":
         figures(out, ROOT / "docs" / "results" / "blitznet")

@@ -188,6 +188,9 @@ def _exps() -> List[Experiment]:
         out.append(E(f"6k_15+5_unbiasedbg_s{k}", c155, seed + ["learner.bg_loss=unbiased"],
                      init_from=f"6k_15+5_distill_s{k}", split="remedy",
                      label=f"15+5 distillation, unbiased background loss, seed {k}"))
+        out.append(E(f"6k_15+5_b2000_unbiasedbg_s{k}", c155, seed + longb + ["learner.bg_loss=unbiased"],
+                     init_from=f"6k_15+5_distill_s{k}", split="remedy",
+                     label=f"15+5 distillation, unbiased background loss, B 2000 iterations, seed {k}"))
     out.append(E("6k_10+10_unbiasedbg_s0", c1010, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_10+10_distill_s0", split="remedy",
                  label="10+10 distillation, unbiased background loss, seed 0"))
@@ -773,6 +776,7 @@ def hardware_line(names: Sequence[str], out: Path) -> str:
 REMEDY_ROWS = (
     ("15+5 distillation (thesis)", "6k_15+5_distill_s{k}"),
     ("15+5 distillation + unbiased background loss", "6k_15+5_unbiasedbg_s{k}"),
+    ("15+5 distillation + unbiased background loss, B 2000 iterations", "6k_15+5_b2000_unbiasedbg_s{k}"),
     ("15+1x5 distillation (thesis)", "6k_15+1x5_distill_s{k}"),
     ("15+1x5 distillation + unbiased background loss + pool 32", "6k_15+1x5_unbiasedbg_pool32_s{k}"),
     ("10+10 distillation (thesis)", "6k_10+10_distill_s{k}"),
@@ -813,8 +817,8 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
     names = [e.name for e in EXPERIMENTS if e.split == "converged"]
     notes_arg = f" --notes {notes_path}" if notes_path else ""
     parts = ["# incdet on shapes-voc at the configs' schedule: the key rows, seed by seed", "",
-             "Produced by `python tools/incdet_experiments.py run --split converged --out runs/incdet_exp` "
-             "and `python tools/incdet_experiments.py table --page 6k --out runs/incdet_exp"
+             f"Produced by `python tools/incdet_experiments.py run --split converged --out {out}` "
+             f"and `python tools/incdet_experiments.py table --page 6k --out {out}"
              f"{notes_arg}` (writes this file). Each run is exactly the `incdet train` command listed "
              "below; a run not finished yet reads `-`.", "",
              hardware_line(names, out), "",
