@@ -194,6 +194,8 @@ def _exps() -> List[Experiment]:
     out.append(E("6k_10+10_unbiasedbg_s0", c1010, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_10+10_distill_s0", split="remedy",
                  label="10+10 distillation, unbiased background loss, seed 0"))
+    out.append(E("6k_10+10_b2000_distill_s0", c1010, ["experiment.seed=0"] + longb,
+                 init_from="6k_10+10_distill_s0", split="probe_1010", label="distillation, B 2000 iterations"))
     out.append(E("6k_10+10_b2000_unbiasedbg_s0", c1010, ["experiment.seed=0", "learner.bg_loss=unbiased",
                                                          "train.iterations=2000", "train.lr_steps=[1600]"],
                  init_from="6k_10+10_distill_s0", split="probe_1010",
@@ -852,7 +854,8 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
         if st:
             parts += [f"Per step, {BY_NAME[n].label} (`{n}`):", "", st, ""]
     parts += ["Commands (the first row's: above):", "", commands_block("probe_15x5", out), ""]
-    p1010 = ["6k_10+10_distill_s0", "6k_10+10_unbiasedbg_s0", "6k_10+10_b2000_unbiasedbg_s0"]
+    p1010 = ["6k_10+10_distill_s0", "6k_10+10_unbiasedbg_s0", "6k_10+10_b2000_distill_s0",
+             "6k_10+10_b2000_unbiasedbg_s0"]
     parts += ["## 10+10 on seed 0's A: B's length", "",
               "Classes 11-20 added at once: the config's B (500 iterations), the unbiased background loss, and "
               "both with B trained 2000 iterations (lr x0.1 at 1600).", ""]
