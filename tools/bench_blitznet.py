@@ -24,7 +24,7 @@
 
     python tools/bench_blitznet.py [--device auto] [--out bench_blitznet.json] [--quick]
         [--weights W --images IMG... | --data-root ROOT --split test --max-images N]
-        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile] [--fold-bn]
+        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile [--freezing]] [--fold-bn]
 """
 from __future__ import annotations
 
@@ -215,6 +215,10 @@ def bench_speed(args, device) -> List[Dict]:
         # the peer in the same memory format too, so the ratio is not only the format's gain
         ssd_cl = copy.deepcopy(ssd).to(memory_format=torch.channels_last)
     if args.compile:
+        if args.freezing:  # inductor's inference path: weights constant-folded and prepacked, conv+BN folded
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
         net = torch.compile(blitz)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
@@ -321,6 +325,8 @@ def main(argv=None) -> int:
     ap.add_argument("--amp", choices=["bf16", "fp16"], help="autocast BlitzNet's network (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="torch.compile BlitzNet's network")
     ap.add_argument("--fold-bn", action="store_true", help="fold BlitzNet's BatchNorms into its convolutions")
+    ap.add_argument("--freezing", action="store_true",
+                    help="with --compile: torch._inductor.config.freezing (inference-only weight folding/prepacking)")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 1 repetition")
     args = ap.parse_args(argv)
     if args.quick:
@@ -337,6 +343,9 @@ def main(argv=None) -> int:
         print(f"bench_blitznet: error: --amp {args.amp}: mixed-precision inference needs a CUDA device, got {dev}",
               file=sys.stderr)
         return 2
+    if args.freezing and not args.compile:
+        print("bench_blitznet: error: --freezing applies to --compile; add --compile", file=sys.stderr)
+        return 2
     desc = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"device: {desc}; torch {torch.__version__}")
     t0 = time.perf_counter()
@@ -346,7 +355,8 @@ def main(argv=None) -> int:
     print(table(post_rows, "\nCapped NMS for a batch: one batched call vs the per-image loop"))
     speed_rows = [] if args.skip_speed else bench_speed(args, dev)
     opts = ", ".join(o for o, on in (("channels_last", args.channels_last), (f"amp {args.amp}", args.amp),
-                                     ("compile", args.compile), ("BN folded", args.fold_bn)) if on) or "fp32, eager"
+                                     ("compile" + (" (freezing)" if args.freezing else ""), args.compile),
+                                     ("BN folded", args.fold_bn)) if on) or "fp32, eager"
     print(table(speed_rows, f"\nBlitzNet300 (ResNet-50, s4; {opts}) vs torchvision ssd300_vgg16, end to end"))
     res = {"device": desc, "torch": torch.__version__, "options": opts, "nms": nms_rows, "post": post_rows,
            "speed": speed_rows, "wall_s": time.perf_counter() - t0}
