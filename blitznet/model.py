@@ -301,8 +301,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     torchvision's ResNet blocks. Each folded BN becomes ``nn.Identity``. Only for a model in eval
     mode (a training-mode BN normalises with batch statistics): raises :class:`ConfigError`
     otherwise. Training or growing the heads of a folded model is not supported."""
-    if model.training:
-        raise ConfigError("fold_batchnorm: the model is in training mode; call model.eval() first")
+    if model.training or any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        raise ConfigError("fold_batchnorm: the model (or one of its BatchNorms) is in training mode; "
+                          "call model.eval() first")
     for mod in list(model.modules()):
         if isinstance(mod, nn.Sequential):
             names = list(mod._modules)
