@@ -821,8 +821,9 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
     parts = ["# incdet on shapes-voc at the configs' schedule: the key rows, seed by seed", "",
              f"Produced by `python tools/incdet_experiments.py run --split converged --out {out}` "
              f"and `python tools/incdet_experiments.py table --page 6k --out {out}"
-             f"{notes_arg}` (writes this file). Each run is exactly the `incdet train` command listed "
-             "below; a run not finished yet reads `-`.", "",
+             f"{notes_arg}` (writes this file). Each run is the `incdet train` command listed below "
+             "(its record, `command.txt`, keeps the command as it was run); a run not finished yet "
+             "reads `-`.", "",
              hardware_line(names, out), "",
              "The configs `configs/incdet/shapes_*.yaml` as they are: the zoo's pretrained trunk, the first "
              "task (A) trained for 6000 iterations (lr 0.002, x0.1 at 4800), each incremental step for the "
