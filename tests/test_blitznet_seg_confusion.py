@@ -30,3 +30,26 @@ def test_fg_summary_empty_and_bad_shapes(tool):
     assert s["bg_iou"] == 1.0
     with pytest.raises(ValueError, match="square confusion matrix"):
         tool.fg_summary(np.zeros((2, 3)))
+
+
+def test_measure_matches_the_run_and_refuses_other_runs(tool, tmp_path):
+    """On a tiny two-task shapes run, the tool's mIoU (background and every class) is the one the
+    driver recorded after the last task over the classes seen (same predictions, same matrix)."""
+    import json
+
+    pytest.importorskip("incdet.data.shapes")
+    from blitznet.cli import main
+    from conftest import BLITZNET_CONFIG, BLITZNET_TINY, as_cli_sets, tiny_overrides
+
+    run = tmp_path / "run"
+    assert main(["train", str(BLITZNET_CONFIG), "--out", str(run), "--quiet", "--device", "cpu",
+                 *as_cli_sets(tiny_overrides(BLITZNET_TINY, tmp_path / "shapes"))]) == 0
+    r = tool.measure(run)
+    recorded = json.loads((run / "results.json").read_text())["all_metrics"][-1][-1]["mIoU_seen"]
+    assert r["mIoU"] == pytest.approx(recorded, abs=1e-6)
+    assert set(r["iou"]) >= {"background"} and 0.0 <= r["bg_iou"] <= 100.0
+    with pytest.raises(SystemExit, match="not a run directory"):
+        tool.measure(tmp_path / "shapes")
+    (run / "checkpoint.pt").rename(tmp_path / "moved.pt")
+    with pytest.raises(SystemExit, match="needs config.yaml and checkpoint.pt"):
+        tool.measure(run)

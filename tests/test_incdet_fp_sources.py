@@ -39,3 +39,24 @@ def test_not_a_run_dir(tmp_path):
 
     with pytest.raises(SystemExit, match="not a run directory"):
         T.main([str(tmp_path)])
+
+
+def test_measure_on_a_tiny_demo_run(tmp_path):
+    import pytest
+    from incdet.demo import run_demo
+
+    out = tmp_path / "run"
+    run_demo(data=str(tmp_path / "shapes"), out=str(out), quick=True, device="cpu", iters_a=2, iters_b=1,
+             proposals="sliding_window", max_proposals=100, echo=lambda *a: None)
+    run = out / "distill"  # starts from the A run's checkpoint (tasks.init_from)
+    r0, r1 = T.measure(run, task=0, score=0.0), T.measure(run, task=1, score=0.0)
+    assert (r0["task"], r0["n_seen"], r1["task"], r1["n_seen"]) == ("1-15", 15, "16-20", 20)
+    assert r1["unseen_objects"] == 0  # after the last task every class is seen
+    for r in (r0, r1):
+        assert r["detections"] == sum(r["counts"].values())
+        assert set(r["counts"]) == set(T.CATEGORIES)
+        assert 0.0 <= r["map"] <= 100.0 and 0.0 <= r["map_without_unseen_hits"] <= 100.0
+    # nothing is dropped after the last task, so the oracle changes nothing there
+    assert {k: str(v) for k, v in r1["ap_without_unseen_hits"].items()} == {k: str(v) for k, v in r1["ap"].items()}
+    with pytest.raises(SystemExit, match="has tasks 0..1"):
+        T.measure(run, task=2)

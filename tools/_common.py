@@ -188,3 +188,45 @@ def save_markdown(path: Path, parts: Sequence[str], notes: Optional[str] = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+def load_run(run: Path):
+    """``(raw, cfg, tasks)`` of an incdet / blitznet run directory: its ``config.yaml`` as a
+    dict, as the driver's config, and the tasks it builds. ``SystemExit`` naming ``run`` when
+    it has no ``config.yaml``."""
+    from incdet.engine.builders import build_tasks
+    from incdet.engine.config import config_from_dict, load_yaml
+
+    cpath = Path(run) / "config.yaml"
+    if not cpath.is_file():
+        raise SystemExit(f"{run}: not a run directory (no config.yaml)")
+    raw = load_yaml(cpath)
+    cfg = config_from_dict(raw, source=str(cpath))
+    return raw, cfg, build_tasks(cfg)
+
+
+def run_checkpoints(run: Path, cfg) -> Dict[int, Path]:
+    """Task index -> the checkpoint written after that task: ``run/checkpoints/task<k>.pt``,
+    and for task 0 the run's ``tasks.init_from`` checkpoint when it started from another run's
+    first task (the run's own ``task0.pt`` wins when both exist). Sorted by task index."""
+    out: Dict[int, Path] = {}
+    init = getattr(cfg.tasks, "init_from", None)
+    if init and Path(init).is_file():
+        out[0] = Path(init)
+    for p in (Path(run) / "checkpoints").glob("task*.pt"):
+        if p.stem[4:].isdigit():
+            out[int(p.stem[4:])] = p
+    return dict(sorted(out.items()))
+
+
+def load_learner(cfg, checkpoint: Path, task, device: str = "cpu"):
+    """``(learner, checkpoint dict)``: the learner ``cfg`` names, built on ``device``, with the
+    state of ``checkpoint`` and resumed at ``task`` (``learner.resume_task``)."""
+    from incdet.engine import LEARNERS
+    from incdet.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, device)
+    learner.load_state_dict(ckpt["learner"])
+    learner.resume_task(task)
+    return learner, ckpt

@@ -7,7 +7,8 @@ Loads the last checkpoint of a finished BlitzNet run (``RUN_DIR/checkpoint.pt`` 
 ``evaluate`` does, and splits the pixel confusion matrix into two questions
 (:func:`fg_summary`): does the network separate the objects from the background (foreground
 recall and precision, any class), and among the object pixels it does find, does it give the
-right class (class accuracy)? mIoU (as the learner reports it) and the per-class IoU come with it.
+right class (class accuracy)? mIoU over background and every class (the learner's ``mIoU_seen``
+after the last task) and the per-class IoU come with it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_run, save_json  # noqa: E402
 
 
 def fg_summary(matrix) -> Dict[str, float]:
@@ -48,17 +52,15 @@ def fg_summary(matrix) -> Dict[str, float]:
 
 def measure(run: Path, device: str = "cpu") -> dict:
     from incdet.engine import LEARNERS
-    from incdet.engine.builders import build_tasks
     from incdet.engine.checkpoint import load_checkpoint
-    from incdet.engine.config import config_from_dict, load_yaml
 
-    cpath, ck = run / "config.yaml", run / "checkpoint.pt"
-    if not cpath.is_file() or not ck.is_file():
+    ck = run / "checkpoint.pt"
+    _, cfg, tasks = load_run(run)
+    if not ck.is_file():
         raise SystemExit(f"{run}: not a run directory (needs config.yaml and checkpoint.pt)")
-    cfg = config_from_dict(load_yaml(cpath), source=str(cpath))
     if cfg.learner.name != "blitznet":
         raise SystemExit(f"{run}: a {cfg.learner.name!r} run; this tool reads BlitzNet runs")
-    task = build_tasks(cfg)[-1]
+    task = tasks[-1]
     learner = LEARNERS.get("blitznet")(cfg.learner.options, device)
     learner.load_state_dict(load_checkpoint(ck)["learner"])
     net = learner.unwrapped
@@ -84,9 +86,6 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"right class among the object pixels found: {r['class_acc']:.1f} %")
     print("per-class IoU: " + ", ".join(f"{n} {'-' if v is None else f'{v:.1f}'}" for n, v in r["iou"].items()))
     if a.json:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _common import save_json
-
         save_json(a.json, r)
     return 0
 

@@ -25,14 +25,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save_json  # noqa: E402
+from _common import load_learner, load_run, run_checkpoints, save_json  # noqa: E402
 
 CATEGORIES = ("correct", "duplicate", "other seen class", "unseen class", "localisation", "background")
 
@@ -82,36 +82,18 @@ def on_unseen(boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, n_seen: int, i
     return hit_unseen & ~hit_seen
 
 
-def _checkpoint(run: Path, cfg, task: int) -> Path:
-    ck = run / "checkpoints" / f"task{task}.pt"
-    init = getattr(cfg.tasks, "init_from", None)
-    if not ck.is_file() and task == 0 and init and Path(init).is_file():
-        return Path(init)
-    if not ck.is_file():
-        raise SystemExit(f"{run}: no checkpoint after task {task} ({ck})")
-    return ck
-
-
 def measure(run: Path, task: int = 0, score: float = 0.5, device: str = "cpu") -> dict:
-    from incdet.engine import LEARNERS
-    from incdet.engine.builders import build_tasks
-    from incdet.engine.checkpoint import load_checkpoint
-    from incdet.engine.config import config_from_dict, load_yaml
     from incdet.eval.groups import group_map
     from incdet.eval.voc import voc_evaluate
 
-    cpath = run / "config.yaml"
-    if not cpath.is_file():
-        raise SystemExit(f"{run}: not a run directory (no config.yaml)")
-    cfg = config_from_dict(load_yaml(cpath), source=str(cpath))
-    tasks = build_tasks(cfg)
+    _, cfg, tasks = load_run(run)
     if not 0 <= task < len(tasks):
         raise SystemExit(f"{run}: --task {task}: the run has tasks 0..{len(tasks) - 1}")
-    ck = _checkpoint(run, cfg, task)
-    learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, device)
-    learner.load_state_dict(load_checkpoint(ck)["learner"])
+    ck = run_checkpoints(run, cfg).get(task)
+    if ck is None:
+        raise SystemExit(f"{run}: no checkpoint after task {task} ({run / 'checkpoints' / f'task{task}.pt'})")
     t = tasks[task]
-    learner.resume_task(t)
+    learner, _ = load_learner(cfg, ck, t, device)
     ds = t.eval_set
     dets = learner.detections(ds)
     n_seen = t.n_seen

@@ -16,7 +16,6 @@ only.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save_json  # noqa: E402
+from _common import load_learner, load_run, run_checkpoints, save_json  # noqa: E402
 
 KEYS = ("p_bg", "p_own", "p_added", "logit_bg", "logit_own", "logit_added_max")
 
@@ -48,37 +47,16 @@ def drift_stats(logits: Tensor, labels: Tensor, n_old: int) -> Dict[str, float]:
             "logit_added_max": float(lg[:, n_old + 1:].max(1).values.mean()) if added else float("nan")}
 
 
-def _checkpoints(run: Path, cfg) -> List[Path]:
-    out = []
-    init = getattr(cfg.tasks, "init_from", None)
-    if init and Path(init).is_file():
-        out.append(Path(init))
-    out += sorted((run / "checkpoints").glob("task*.pt"), key=lambda p: int(p.stem[4:]))
-    return out
-
-
 def measure(run: Path, images: int = 40, iou: float = 0.7, ap: bool = False, device: str = "cpu") -> List[dict]:
     from torchvision.ops import box_iou
 
-    from incdet.engine import LEARNERS
-    from incdet.engine.builders import build_tasks
-    from incdet.engine.checkpoint import load_checkpoint
-    from incdet.engine.config import config_from_dict, load_yaml
+    from incdet.engine.config import config_from_dict
 
-    cpath = run / "config.yaml"
-    if not cpath.is_file():
-        raise SystemExit(f"{run}: not a run directory (no config.yaml)")
-    raw = load_yaml(cpath)
-    cfg = config_from_dict(raw, source=str(cpath))
-    tasks = build_tasks(cfg)
+    raw, cfg, tasks = load_run(run)
     n_old = len(tasks[0].seen_classes)
     rows = []
-    for ck in _checkpoints(run, cfg):
-        ckpt = load_checkpoint(ck)
-        k = ckpt["task_index"]
-        learner = LEARNERS.get(cfg.learner.name)(cfg.learner.options, device)
-        learner.load_state_dict(ckpt["learner"])
-        learner.resume_task(tasks[k])
+    for k, ck in run_checkpoints(run, cfg).items():
+        learner, _ = load_learner(cfg, ck, tasks[k], device)
         net, src, ds = learner.net.eval(), learner.eval_source, tasks[k].eval_set
         lg_all, lab_all = [], []
         for i in range(min(images, len(ds))):
@@ -100,10 +78,9 @@ def measure(run: Path, images: int = 40, iou: float = 0.7, ap: bool = False, dev
                          torch.cat(lab_all) if lab_all else torch.zeros(0, dtype=torch.long), n_old)
         row = {"checkpoint": str(ck), "after": tasks[k].name, "rois": int(sum(len(x) for x in lab_all)), **st}
         if ap:  # the configured threshold with this learner; threshold 0 with one built for it
-            c0 = config_from_dict({**raw, "learner": {**raw["learner"], "eval_score_thresh": 0.0}}, source=str(cpath))
-            all_kept = LEARNERS.get(c0.learner.name)(c0.learner.options, device)
-            all_kept.load_state_dict(ckpt["learner"])
-            all_kept.resume_task(tasks[k])
+            c0 = config_from_dict({**raw, "learner": {**raw["learner"], "eval_score_thresh": 0.0}},
+                                  source=str(run / "config.yaml"))
+            all_kept, _ = load_learner(c0, ck, tasks[k], device)
             for label, lr in (("map_old", learner), ("map_old_thr0", all_kept)):
                 with torch.no_grad():
                     m = lr.evaluate(tasks[k])
