@@ -37,7 +37,7 @@ def _predict(args) -> int:
     p = BlitzNetPredictor(args.weights, device=args.device, score_thresh=args.score_thresh,
                           batch_size=args.batch_size, channels_last=args.channels_last,
                           amp=None if args.amp == "none" else args.amp, compile_model=args.compile,
-                          fold_bn=args.fold_bn)
+                          fold_bn=args.fold_bn, freezing=args.freezing)
     lines = []
     with StagedOutputs(args.out) as st:  # all files or none
         for k in range(0, len(args.images), args.batch_size):
@@ -133,6 +133,8 @@ def register(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="NHWC network and inputs")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--freezing", action="store_true",
+                   help="with --compile: inductor's inference freezing (weights folded as constants and prepacked)")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convolutions (same outputs up to rounding)")
     p.set_defaults(func=_predict)
 

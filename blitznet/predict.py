@@ -90,7 +90,8 @@ class BlitzNetPredictor:
     ``channels_last`` (NHWC network and inputs; any device), ``amp`` (``"bf16"`` or ``"fp16"``
     autocast of the network; CUDA only -- on another device it raises :class:`ConfigError`),
     ``compile_model`` (``torch.compile`` of the network; the first batch of every new shape
-    pays the compilation), ``fold_bn`` (every BatchNorm folded into the convolution before it,
+    pays the compilation; with ``freezing=True`` inductor's inference freezing: weights folded as
+    constants and prepacked -- the weights must not change afterwards), ``fold_bn`` (every BatchNorm folded into the convolution before it,
     :func:`blitznet.model.fold_batchnorm`: the same function up to float rounding, one memory
     pass fewer per layer). Post-processing always runs in fp32, batched over the batch.
     """
@@ -99,7 +100,8 @@ class BlitzNetPredictor:
 
     def __init__(self, weights: Union[str, Path], device: str = "auto", score_thresh: float = 0.01,
                  nms_method: str = "auto", batch_size: int = 8, channels_last: bool = False,
-                 amp: Optional[str] = None, compile_model: bool = False, fold_bn: bool = False, **nms_kw):
+                 amp: Optional[str] = None, compile_model: bool = False, fold_bn: bool = False, freezing: bool = False,
+                 **nms_kw):
         from incdet.engine.distributed import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -107,6 +109,8 @@ class BlitzNetPredictor:
             raise ConfigError(f"amp: {amp!r} is not one of bf16, fp16 (or none)")
         if amp is not None and self.device.type != "cuda":
             raise ConfigError(f"amp={amp}: mixed-precision inference needs a CUDA device, got {self.device}")
+        if freezing and not compile_model:
+            raise ConfigError("freezing=True applies to compile_model=True (inductor's inference freezing)")
         self.amp, self.channels_last = amp, bool(channels_last)
         self.model, self.classes = load_weights(weights, self.device)
         if fold_bn:
@@ -115,7 +119,9 @@ class BlitzNetPredictor:
             fold_batchnorm(self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model) if compile_model else self.model
+        self._forward = self.model
+        if compile_model:
+            self._forward = torch.compile(self.model, options={"freezing": True} if freezing else None)
         self.nms_kw = dict(score_thresh=score_thresh, method=nms_method, **nms_kw)
         self.batch_size = batch_size
         from blitznet.augment import ResizeOnly

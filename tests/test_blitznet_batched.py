@@ -255,10 +255,20 @@ def test_amp_on_cuda_close_to_fp32(tmp_path, amp):
 
 
 @pytest.mark.slow
-def test_predictor_compile_matches_eager(tmp_path):
+@pytest.mark.parametrize("freezing", [False, True])
+def test_predictor_compile_matches_eager(tmp_path, freezing):
     from blitznet.predict import BlitzNetPredictor
 
     w = _weights(tmp_path)
     a = BlitzNetPredictor(w, device="cpu").predict(_images()[:1])
-    b = BlitzNetPredictor(w, device="cpu", compile_model=True).predict(_images()[:1])
+    b = BlitzNetPredictor(w, device="cpu", compile_model=True, freezing=freezing).predict(_images()[:1])
+    assert torch.equal(a[0]["mask"], b[0]["mask"])
     assert torch.allclose(a[0]["scores"][:5], b[0]["scores"][:5], atol=1e-4)
+
+
+def test_freezing_needs_compile(tmp_path):
+    from blitznet.predict import BlitzNetPredictor
+    from incdet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="freezing=True applies to compile_model=True"):
+        BlitzNetPredictor(_weights(tmp_path), device="cpu", freezing=True)
