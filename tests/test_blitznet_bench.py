@@ -20,3 +20,9 @@ def test_bench_blitznet_freezing_needs_compile(tmp_path, capsys):
     m = load_tool("bench_blitznet")
     assert m.main(["--device", "cpu", "--freezing", "--quick", "--out", str(tmp_path / "b.json")]) == 2
     assert "--freezing applies to --compile" in capsys.readouterr().err
+
+
+def test_bench_blitznet_compile_peer_needs_compile(tmp_path, capsys):
+    m = load_tool("bench_blitznet")
+    assert m.main(["--device", "cpu", "--compile-peer", "--quick", "--out", str(tmp_path / "b.json")]) == 2
+    assert "--compile-peer applies to --compile" in capsys.readouterr().err and not (tmp_path / "b.json").exists()

@@ -17,14 +17,16 @@
    ``BlitzNet.postprocess`` does) and the former per-image loop (``per_image=True``); the
    ratio and NMS share are given for both. ``--channels-last``, ``--amp bf16|fp16`` (CUDA
    only), ``--compile`` and ``--fold-bn`` apply to BlitzNet's network (SSD300 stays fp32, eager); with
-   ``--channels-last`` SSD300 is also timed in NHWC, and the ratio against that is given too.
+   ``--channels-last`` SSD300 is also timed in NHWC, and the ratio against that is given too;
+   with ``--compile --compile-peer`` SSD300 is also timed with its backbone and head compiled the
+   same way (NHWC with ``--channels-last``; its transform and post-processing stay eager).
 3. Post-processing alone, batched vs per-image loop, on random BlitzNet300-sized outputs
    (45,390 anchors x 20 classes, peaked scores) at each ``--batches`` size; checks that both
    give the same detections.
 
     python tools/bench_blitznet.py [--device auto] [--out bench_blitznet.json] [--quick]
         [--weights W --images IMG... | --data-root ROOT --split test --max-images N]
-        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile [--freezing]] [--fold-bn]
+        [--skip-nms] [--skip-speed] [--channels-last] [--amp bf16|fp16] [--compile [--freezing] [--compile-peer]] [--fold-bn]
 """
 from __future__ import annotations
 
@@ -220,6 +222,10 @@ def bench_speed(args, device) -> List[Dict]:
 
             inductor_config.freezing = True
         net = torch.compile(blitz)
+    ssd_c = None
+    if args.compile_peer:  # the peer's network through the same compiler (and format); its transform
+        ssd_c = copy.deepcopy(ssd_cl if ssd_cl is not None else ssd)  # and post-processing stay eager
+        ssd_c.backbone, ssd_c.head = torch.compile(ssd_c.backbone), torch.compile(ssd_c.head)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
     def fwd(x):
@@ -246,6 +252,8 @@ def bench_speed(args, device) -> List[Dict]:
         parts = {"fwd": [], "det_post": [], "det_post_per_image": [], "seg_post": [], "fwd_noseg": [], "ssd": []}
         if ssd_cl is not None:
             parts["ssd_cl"] = []
+        if ssd_c is not None:
+            parts["ssd_c"] = []
         with torch.no_grad():
             for _ in range(2):  # warm-up at every batch size (cuDNN picks kernels per shape)
                 blitz.postprocess(fwd(x), (300, 300))
@@ -257,6 +265,8 @@ def bench_speed(args, device) -> List[Dict]:
                 ssd(xs)
                 if ssd_cl is not None:
                     ssd_cl(xs)
+                if ssd_c is not None:
+                    ssd_c(xs)
             for _ in range(reps):
                 t, out = clock(lambda: fwd(x))
                 parts["fwd"].append(t)
@@ -274,6 +284,8 @@ def bench_speed(args, device) -> List[Dict]:
                 parts["ssd"].append(clock(lambda: ssd(xs))[0])
                 if ssd_cl is not None:
                     parts["ssd_cl"].append(clock(lambda: ssd_cl(xs))[0])
+                if ssd_c is not None:
+                    parts["ssd_c"].append(clock(lambda: ssd_c(xs))[0])
         med = {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
         t_blitz = med["fwd"] + med["det_post"] + med["seg_post"]
         t_old = med["fwd"] + med["det_post_per_image"] + med["seg_post"]
@@ -290,6 +302,8 @@ def bench_speed(args, device) -> List[Dict]:
         if ssd_cl is not None:
             rows[-1].update({"ssd300_channels_last_img_s": bs / med["ssd_cl"],
                              "ratio_vs_ssd_channels_last": med["ssd_cl"] / t_blitz})
+        if ssd_c is not None:
+            rows[-1].update({"ssd300_compiled_img_s": bs / med["ssd_c"], "ratio_vs_ssd_compiled": med["ssd_c"] / t_blitz})
     return rows
 
 
@@ -325,6 +339,9 @@ def main(argv=None) -> int:
     ap.add_argument("--amp", choices=["bf16", "fp16"], help="autocast BlitzNet's network (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="torch.compile BlitzNet's network")
     ap.add_argument("--fold-bn", action="store_true", help="fold BlitzNet's BatchNorms into its convolutions")
+    ap.add_argument("--compile-peer", action="store_true",
+                    help="with --compile: also time SSD300 with its backbone and head compiled the same way "
+                         "(and in NHWC with --channels-last)")
     ap.add_argument("--freezing", action="store_true",
                     help="with --compile: torch._inductor.config.freezing (inference-only weight folding/prepacking)")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 1 repetition")
@@ -342,6 +359,9 @@ def main(argv=None) -> int:
     if args.amp and dev.type != "cuda":
         print(f"bench_blitznet: error: --amp {args.amp}: mixed-precision inference needs a CUDA device, got {dev}",
               file=sys.stderr)
+        return 2
+    if args.compile_peer and not args.compile:
+        print("bench_blitznet: error: --compile-peer applies to --compile; add --compile", file=sys.stderr)
         return 2
     if args.freezing and not args.compile:
         print("bench_blitznet: error: --freezing applies to --compile; add --compile", file=sys.stderr)
