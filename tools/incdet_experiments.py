@@ -200,6 +200,10 @@ def _exps() -> List[Experiment]:
                                                          "train.iterations=2000", "train.lr_steps=[1600]"],
                  init_from="6k_10+10_distill_s0", split="probe_1010",
                  label="distillation, unbiased background loss, B 2000 iterations"))
+    out.append(E("6k_10+10_b2000_lr1e-3_unbiasedbg_s0", c1010,
+                 ["experiment.seed=0", "learner.bg_loss=unbiased", "train.lr=0.001"] + longb,
+                 init_from="6k_10+10_distill_s0", split="probe_1010",
+                 label="distillation, unbiased background loss, B 2000 iterations at lr 1e-3 (5x the config's)"))
     # the thesis trains B "for the same number of iterations as A when many classes are added at once"
     b6000 = ["train.iterations=6000", "train.lr_steps=[4800]"]
     out.append(E("6k_10+10_b6000_distill_s0", c1010, ["experiment.seed=0"] + b6000,
@@ -866,11 +870,13 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
             parts += [f"Per step, {BY_NAME[n].label} (`{n}`):", "", st, ""]
     parts += ["Commands (the first row's: above):", "", commands_block("probe_15x5", out), ""]
     p1010 = ["6k_10+10_distill_s0", "6k_10+10_unbiasedbg_s0", "6k_10+10_b2000_distill_s0",
-             "6k_10+10_b2000_unbiasedbg_s0", "6k_10+10_b6000_distill_s0", "6k_10+10_b6000_unbiasedbg_s0"]
+             "6k_10+10_b2000_unbiasedbg_s0", "6k_10+10_b2000_lr1e-3_unbiasedbg_s0", "6k_10+10_b6000_distill_s0",
+             "6k_10+10_b6000_unbiasedbg_s0"]
     parts += ["## 10+10 on seed 0's A: B's length", "",
               "Classes 11-20 added at once: the config's B (500 iterations), the unbiased background loss, and "
-              "both with B trained 2000 iterations (lr x0.1 at 1600) and 6000 iterations (lr x0.1 at 4800: as "
-              "long as A, as the thesis trains B when many classes are added at once).", ""]
+              "both with B trained 2000 iterations (lr x0.1 at 1600; also at 5x the config's lr) and 6000 "
+              "iterations (lr x0.1 at 4800: as long as A, as the thesis trains B when many classes are added at "
+              "once).", ""]
     t = split_table("probe_1010", out, names=p1010, joint="6k_joint_s0")
     parts += [t if t is not None else "Not run yet.", "", "Command (the others': above and below):", "",
               commands_block("probe_1010", out), ""]
