@@ -427,7 +427,7 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
                   "the paper). Wall times vary with the load of the other job sharing the machine.", ""]
     elif profile == "gpu":
         parts += ["**Schedules are short** (the `gpu` profile of the tool: 2000 iterations at batch 8 = 20 "
-                  "epochs of the 800 shapes training images for a shapes model, 2/3 of the configs' 3000 and "
+                  "epochs of the 800 shapes training images for a shapes model, 2/5 of the joint config's 5000 and "
                   "far below the paper's ~10^5). One seed per row; the joint run is repeated with a second "
                   "seed to show the run-to-run spread. Wall times are of runs sharing one GPU.", ""]
     sections = [
