@@ -167,3 +167,19 @@ def test_gpu_script_names_are_experiments(tool):
         names |= set(args.split())
     assert names <= set(tool.BY_NAME), sorted(names - set(tool.BY_NAME))
     assert {tool.seed_run(b, k) for b in tool.BASE_SETS for k in tool.SEEDS} <= names
+
+
+def test_c3_at_5000_iterations(tool, tmp_path, capsys):
+    """--schedule 5k reads joint_5k_seedK / det_only_5k_seedK (no seed 0 run) and leaves the
+    2000-iteration runs alone."""
+    assert [tool.seed_run("joint", k, "5k") for k in (0, 1)] == ["joint_5k_seed0", "joint_5k_seed1"]
+    assert tool.seed_run("det_only", 0) == "det_only" and {"joint_5k_seed1", "det_only_5k_seed2"} <= set(tool.BY_NAME)
+    out = tmp_path / "exp"
+    _write(out / "joint", [[{"mAP": 0.5, "mIoU": 0.25}]])
+    _write(out / "joint_5k_seed1", [[{"mAP": 0.71, "mIoU": 0.44}]])
+    _write(out / "det_only_5k_seed1", [[{"mAP": 0.70, "mIoU": None}]])
+    assert tool.main(["c3", "--out", str(out), "--schedule", "5k"]) == 0
+    text = capsys.readouterr().out
+    assert "wall time, first seed run |" in text
+    assert "| detection + segmentation | not run / 71.0 / not run | 71.0 |" in text
+    assert "joint minus detection only: +1.0 points (means of 1 and 1 seed(s)" in text

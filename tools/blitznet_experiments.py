@@ -101,9 +101,11 @@ RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc
                         "joint_5k_seed1", "det_only_5k_seed1", "joint_5k_seed2", "det_only_5k_seed2"]
 
 
-def seed_run(base: str, seed: int) -> str:
-    """The run name of a C.3 row (``joint``, ``det_only``, ``seg_only``) at ``seed``."""
-    return base if seed == 0 else f"{base}_seed{seed}"
+def seed_run(base: str, seed: int, schedule: str = "") -> str:
+    """The run name of a C.3 row (``joint``, ``det_only``, ``seg_only``) at ``seed``; ``schedule``
+    ``"5k"``: the row trained 5000 iterations (``joint_5k_seed1``, ...)."""
+    base = f"{base}_{schedule}" if schedule else base
+    return base if seed == 0 and not schedule else f"{base}_seed{seed}"
 
 _NW = ["train.num_workers=0"]  # one core: data loading in the training process
 PROFILES: Dict[str, Dict[str, List[str]]] = {
@@ -260,12 +262,12 @@ def _map_miou_table(first: str, rows, out: Path) -> str:
     return "\n".join(lines)
 
 
-def c3_seeds(out: Path) -> Dict[str, Dict[str, List[float]]]:
+def c3_seeds(out: Path, schedule: str = "") -> Dict[str, Dict[str, List[float]]]:
     """``{row: {"mAP": [per seed], "mIoU": [per seed]}}`` of the C.3 rows' finished runs (seeds
     :data:`SEEDS`; a run not finished is left out)."""
     res: Dict[str, Dict[str, List[float]]] = {}
     for base in BASE_SETS:
-        runs = [load_run(out / seed_run(base, k)) for k in SEEDS]
+        runs = [load_run(out / seed_run(base, k, schedule)) for k in SEEDS]
         ms = [_last(d) for d in runs if d is not None]
         res[base] = {"mAP": [_num(m.get("mAP")) for m in ms], "mIoU": [_num(m.get("mIoU")) for m in ms]}
     return res
@@ -278,29 +280,30 @@ def _mean_std(xs: Sequence[float]) -> str:
     return f"{m:.1f}" + ("" if sd != sd else f" ({sd:.1f})")
 
 
-def c3_table(out: Path) -> Optional[str]:
+def c3_table(out: Path, schedule: str = "") -> Optional[str]:
     """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint, per seed
     (:data:`SEEDS`), with the mean and the sample standard deviation."""
-    if all(load_run(out / seed_run(b, k)) is None for b in BASE_SETS for k in SEEDS):
+    if all(load_run(out / seed_run(b, k, schedule)) is None for b in BASE_SETS for k in SEEDS):
         return None
-    seeds = c3_seeds(out)
-    lines = ["| trained for | mAP (%) per seed | mAP mean (std) | mIoU (%) per seed | mIoU mean (std) | wall time, seed 0 |",
+    seeds = c3_seeds(out, schedule)
+    first = "seed 0" if not schedule else "first seed run"
+    lines = [f"| trained for | mAP (%) per seed | mAP mean (std) | mIoU (%) per seed | mIoU mean (std) | wall time, {first} |",
              "|---|---:|---:|---:|---:|---:|"]
     for base in ("det_only", "seg_only", "joint"):
-        per = [load_run(out / seed_run(base, k)) for k in SEEDS]
+        per = [load_run(out / seed_run(base, k, schedule)) for k in SEEDS]
         if all(d is None for d in per):
             lines.append(f"| {BASE_LABELS[base]} | not run | | | | |")
             continue
         cells = {k: " / ".join(_f(_num(_last(d).get(k))) if d else "not run" for d in per) for k in ("mAP", "mIoU")}
         lines.append(f"| {BASE_LABELS[base]} | {cells['mAP']} | {_mean_std(seeds[base]['mAP'])} | "
-                     f"{cells['mIoU']} | {_mean_std(seeds[base]['mIoU'])} | {_wall(per[0])} |")
+                     f"{cells['mIoU']} | {_mean_std(seeds[base]['mIoU'])} | {_wall(next(d for d in per if d))} |")
     return "\n".join(lines)
 
 
-def c3_targets(out: Path) -> List[str]:
+def c3_targets(out: Path, schedule: str = "") -> List[str]:
     """Issue 13's BlitzNet targets, computed from the C.3 runs: joint mIoU >= 60 %, and joint
     training at least as good as detection alone on detection mAP (means over the seeds)."""
-    seeds = c3_seeds(out)
+    seeds = c3_seeds(out, schedule)
     lines = []
     miou = [x for x in seeds["joint"]["mIoU"] if x == x]
     if miou:
@@ -504,6 +507,9 @@ def main(argv=None) -> int:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--out", default="runs/blitznet_exp")
         s.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+        if name == "c3":
+            s.add_argument("--schedule", default="", choices=["", "5k"],
+                           help="5k: the rows trained 5000 iterations (joint_5k_seed1, ...)")
         if name in ("run", "all"):
             s.add_argument("--only", nargs="*", default=[], choices=sorted(BY_NAME), metavar="NAME")
             s.add_argument("--threads", type=int, default=1)
@@ -521,9 +527,9 @@ def main(argv=None) -> int:
             print(f"{e.name:18s} {shlex.join(command_of(e, out, a.profile))}")
         return 0
     if a.cmd == "c3":
-        t = c3_table(out)
+        t = c3_table(out, a.schedule)
         print(t if t is not None else f"no C.3 runs under {out}")
-        print("\n".join([""] + c3_targets(out)))
+        print("\n".join([""] + c3_targets(out, a.schedule)))
         return 0
     if a.cmd == "figures":
         figures(out, ROOT / "docs" / "results" / "blitznet")
