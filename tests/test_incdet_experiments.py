@@ -290,7 +290,7 @@ def test_converged_page_by_hand_and_records(tool, tmp_path):
     md2 = tmp_path / "p2.md"
     assert tool.main(["table", "--page", "6k", "--out", str(out), "--md", str(md2), "--records", str(rec)]) == 0
     assert md2.read_text() == text.replace(f"--md {md}", f"--md {md2}")  # the page names its own file
-    assert f"--md {md}`" in text
+    assert f"--md {md} --records {rec}`" in text  # records other than the default: named too
     tool.main(["table", "--page", "6k", "--out", str(out), "--md", str(md2), "--records", "none"])
     assert "| distill old | - | - | - | " in md2.read_text()
 

@@ -830,6 +830,8 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
     ``converged``: A 6000 iterations), every seed, and issue 13's targets measured on them."""
     names = [e.name for e in EXPERIMENTS if e.split == "converged"]
     notes_arg = f" --notes {notes_path}" if notes_path else ""
+    if _records is not None and Path(_records).resolve() != Path(RECORDS).resolve():  # other records: say which
+        notes_arg = f" --records {_records}" + notes_arg
     if Path(md).name != "incdet_6k.md":  # another page than the default: say which
         notes_arg = f" --md {md}" + notes_arg
     parts = ["# incdet on shapes-voc at the configs' schedule: the key rows, seed by seed", "",
