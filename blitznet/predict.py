@@ -91,17 +91,17 @@ class BlitzNetPredictor:
     autocast of the network; CUDA only -- on another device it raises :class:`ConfigError`),
     ``compile_model`` (``torch.compile`` of the network; the first batch of every new shape
     pays the compilation; with ``freezing=True`` inductor's inference freezing: weights folded as
-    constants and prepacked -- the weights must not change afterwards), ``fold_bn`` (every BatchNorm folded into the convolution before it,
-    :func:`blitznet.model.fold_batchnorm`: the same function up to float rounding, one memory
-    pass fewer per layer). Post-processing always runs in fp32, batched over the batch.
+    constants and prepacked -- the weights must not change afterwards), ``fold_bn`` (every
+    BatchNorm folded into the convolution before it, :func:`blitznet.model.fold_batchnorm`: the
+    same function up to float rounding, one memory pass fewer per layer). Post-processing always runs in fp32, batched over the batch.
     """
 
     AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
     def __init__(self, weights: Union[str, Path], device: str = "auto", score_thresh: float = 0.01,
                  nms_method: str = "auto", batch_size: int = 8, channels_last: bool = False,
-                 amp: Optional[str] = None, compile_model: bool = False, fold_bn: bool = False, freezing: bool = False,
-                 **nms_kw):
+                 amp: Optional[str] = None, compile_model: bool = False, fold_bn: bool = False,
+                 freezing: bool = False, **nms_kw):
         from incdet.engine.distributed import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
