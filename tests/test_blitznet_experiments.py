@@ -183,3 +183,16 @@ def test_c3_at_5000_iterations(tool, tmp_path, capsys):
     assert "wall time, first seed run |" in text
     assert "| detection + segmentation | not run / 71.0 / not run | 71.0 |" in text
     assert "joint minus detection only: +1.0 points (means of 1 and 1 seed(s)" in text
+
+
+def test_percent_run_without_metric_unit_is_not_scaled(tool, tmp_path):
+    """A run in % whose wall.json lacks ``metric_unit`` (started by hand) reads as it is, never
+    x100; a fraction run (older records) is still scaled."""
+    _write(tmp_path / "pct", [[{"mAP": 0.711, "mIoU": 0.438}]])
+    w = json.loads((tmp_path / "pct" / "wall.json").read_text())
+    del w["metric_unit"]
+    (tmp_path / "pct" / "wall.json").write_text(json.dumps(w))
+    m = tool._last(tool.load_run(tmp_path / "pct"))
+    assert m["mAP"] == pytest.approx(71.1) and m["mIoU"] == pytest.approx(43.8)
+    _write(tmp_path / "frac", [[{"mAP": 0.711, "mIoU": 0.438}]], unit="fraction")
+    assert tool._last(tool.load_run(tmp_path / "frac"))["mAP"] == pytest.approx(71.1)

@@ -189,7 +189,13 @@ _PCT_KEYS = ("mAP", "mAP_seen", "mIoU", "mIoU_seen")
 
 def _fractions_to_percent(d: dict) -> None:
     """Runs recorded by this tool before the learner reported percentages (a ``wall.json``
-    without ``metric_unit``) hold fractions: scale their metrics to % in place."""
+    without ``metric_unit``) hold fractions: scale their metrics to % in place. A run with any
+    such value above 1 is in % already (e.g. started by hand, its ``wall.json`` written without
+    the key) and is left as it is."""
+    vals = [float(m[k]) for row in d.get("all_metrics") or [] for m in row for k in (m or {})
+            if (k in _PCT_KEYS or k.startswith("AP/")) and m[k] is not None]
+    if any(v > 1.0 for v in vals):
+        return
     for row in d.get("all_metrics") or []:
         for m in row:
             for k in list(m or {}):
