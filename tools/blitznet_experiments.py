@@ -93,7 +93,7 @@ EXPERIMENTS: List[Experiment] = [
 ]
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: the C.3 rows and the incremental runs first, then the other seeds, the C.8 ablations, the probe, VOC,
-#: the longer joint run
+#: the C.3 rows at 5000 iterations
 RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc15+5_naive",
                         "joint_seed1", "det_only_seed1", "seg_only_seed1",
                         "joint_seed2", "det_only_seed2", "seg_only_seed2",
@@ -192,15 +192,12 @@ def _fractions_to_percent(d: dict) -> None:
     without ``metric_unit``) hold fractions: scale their metrics to % in place. A run with any
     such value above 1 is in % already (e.g. started by hand, its ``wall.json`` written without
     the key) and is left as it is."""
-    vals = [float(m[k]) for row in d.get("all_metrics") or [] for m in row for k in (m or {})
-            if (k in _PCT_KEYS or k.startswith("AP/")) and m[k] is not None]
-    if any(v > 1.0 for v in vals):
+    keyed = [(m, k) for row in d.get("all_metrics") or [] for m in row for k in list(m or {})
+             if (k in _PCT_KEYS or k.startswith("AP/")) and m[k] is not None]
+    if any(float(m[k]) > 1.0 for m, k in keyed):
         return
-    for row in d.get("all_metrics") or []:
-        for m in row:
-            for k in list(m or {}):
-                if (k in _PCT_KEYS or k.startswith("AP/")) and m[k] is not None:
-                    m[k] = 100.0 * float(m[k])
+    for m, k in keyed:
+        m[k] = 100.0 * float(m[k])
 
 
 def class_aps(metrics: dict) -> Dict[str, float]:
@@ -268,13 +265,19 @@ def _map_miou_table(first: str, rows, out: Path) -> str:
     return "\n".join(lines)
 
 
-def c3_seeds(out: Path, schedule: str = "") -> Dict[str, Dict[str, List[float]]]:
+def _c3_runs(out: Path, schedule: str = "") -> Dict[str, List[Optional[dict]]]:
+    """``{row: [load_run of each seed in SEEDS]}`` for the C.3 rows (None: not finished)."""
+    return {base: [load_run(out / seed_run(base, k, schedule)) for k in SEEDS] for base in BASE_SETS}
+
+
+def c3_seeds(out: Path, schedule: str = "", runs: Optional[Dict[str, List[Optional[dict]]]] = None
+             ) -> Dict[str, Dict[str, List[float]]]:
     """``{row: {"mAP": [per seed], "mIoU": [per seed]}}`` of the C.3 rows' finished runs (seeds
-    :data:`SEEDS`; a run not finished is left out)."""
+    :data:`SEEDS`; a run not finished is left out); ``runs``: :func:`_c3_runs`, read if not given."""
+    runs = _c3_runs(out, schedule) if runs is None else runs
     res: Dict[str, Dict[str, List[float]]] = {}
-    for base in BASE_SETS:
-        runs = [load_run(out / seed_run(base, k, schedule)) for k in SEEDS]
-        ms = [_last(d) for d in runs if d is not None]
+    for base, per in runs.items():
+        ms = [_last(d) for d in per if d is not None]
         res[base] = {"mAP": [_num(m.get("mAP")) for m in ms], "mIoU": [_num(m.get("mIoU")) for m in ms]}
     return res
 
@@ -289,14 +292,15 @@ def _mean_std(xs: Sequence[float]) -> str:
 def c3_table(out: Path, schedule: str = "") -> Optional[str]:
     """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint, per seed
     (:data:`SEEDS`), with the mean and the sample standard deviation."""
-    if all(load_run(out / seed_run(b, k, schedule)) is None for b in BASE_SETS for k in SEEDS):
+    runs = _c3_runs(out, schedule)
+    if all(d is None for per in runs.values() for d in per):
         return None
-    seeds = c3_seeds(out, schedule)
+    seeds = c3_seeds(out, schedule, runs)
     first = "seed 0" if not schedule else "first seed run"
     lines = [f"| trained for | mAP (%) per seed | mAP mean (std) | mIoU (%) per seed | mIoU mean (std) | wall time, {first} |",
              "|---|---:|---:|---:|---:|---:|"]
     for base in ("det_only", "seg_only", "joint"):
-        per = [load_run(out / seed_run(base, k, schedule)) for k in SEEDS]
+        per = runs[base]
         if all(d is None for d in per):
             lines.append(f"| {BASE_LABELS[base]} | not run | | | | |")
             continue
