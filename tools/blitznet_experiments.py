@@ -89,7 +89,7 @@ EXPERIMENTS: List[Experiment] = [
     *[Experiment(f"{base}_5k_seed{k}", JOINT_CFG, "shapes",
                  [f"experiment.seed={k}", "train.iterations=5000", "train.lr_steps=[3500,4500]"] + BASE_SETS[base],
                  label=f"{BASE_LABELS[base]}, 5000 iterations, seed {k}")
-      for k in (1, 2) for base in ("joint", "det_only")],
+      for k in (0, 1, 2) for base in ("joint", "det_only")],
 ]
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: the C.3 rows and the incremental runs first, then the other seeds, the C.8 ablations, the probe, VOC,
@@ -98,7 +98,8 @@ RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc
                         "joint_seed1", "det_only_seed1", "seg_only_seed1",
                         "joint_seed2", "det_only_seed2", "seg_only_seed2",
                         "fusion_plain", "fusion_hourglass", "fusion_resskip_proj", "inc15+5_distill_w10", "voc100",
-                        "joint_5k_seed1", "det_only_5k_seed1", "joint_5k_seed2", "det_only_5k_seed2"]
+                        "joint_5k_seed1", "det_only_5k_seed1", "joint_5k_seed2", "det_only_5k_seed2",
+                        "joint_5k_seed0", "det_only_5k_seed0"]
 
 
 def seed_run(base: str, seed: int, schedule: str = "") -> str:
