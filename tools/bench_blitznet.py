@@ -216,16 +216,16 @@ def bench_speed(args, device) -> List[Dict]:
         blitz = blitz.to(memory_format=torch.channels_last)
         # the peer in the same memory format too, so the ratio is not only the format's gain
         ssd_cl = copy.deepcopy(ssd).to(memory_format=torch.channels_last)
+    # inductor's inference freezing (weights constant-folded and prepacked) as a per-call option, as
+    # BlitzNetPredictor(freezing=True) passes it; the global inductor config is left alone
+    compile_opts = {"freezing": True} if args.freezing else None
     if args.compile:
-        if args.freezing:  # inductor's inference path: weights constant-folded and prepacked, conv+BN folded
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True
-        net = torch.compile(blitz)
+        net = torch.compile(blitz, options=compile_opts)
     ssd_c = None
     if args.compile_peer:  # the peer's network through the same compiler (and format); its transform
         ssd_c = copy.deepcopy(ssd_cl if ssd_cl is not None else ssd)  # and post-processing stay eager
-        ssd_c.backbone, ssd_c.head = torch.compile(ssd_c.backbone), torch.compile(ssd_c.head)
+        ssd_c.backbone = torch.compile(ssd_c.backbone, options=compile_opts)
+        ssd_c.head = torch.compile(ssd_c.head, options=compile_opts)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
     def fwd(x):
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
                     help="with --compile: also time SSD300 with its backbone and head compiled the same way "
                          "(and in NHWC with --channels-last)")
     ap.add_argument("--freezing", action="store_true",
-                    help="with --compile: torch._inductor.config.freezing (inference-only weight folding/prepacking)")
+                    help="with --compile: inductor's inference freezing, torch.compile(options={'freezing': True}) (weight folding/prepacking)")
     ap.add_argument("--quick", action="store_true", help="batch 1 only, 1 repetition")
     args = ap.parse_args(argv)
     if args.quick:
