@@ -46,17 +46,6 @@ from incdet.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 
-def _read_run_meta(path: Path) -> dict:
-    """``task`` / ``step`` / ``phase`` of a driver checkpoint (empty for other files)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(obj, dict) and obj.get("format") == "incdet-run":
-        return {k: obj.get(k) for k in ("task_index", "step", "phase") if k in obj}
-    return {}
-
-
 def entropy_tensor_names(model: torch.nn.Module) -> set:
     """state_dict names of tensors that belong to an entropy model (kept float32 by ``--half``)."""
     prefixes = [n + "." for n, m in model.named_modules() if isinstance(m, EntropyModel) and n]
@@ -87,8 +76,8 @@ def export_codec(src: str, out, half: bool = False) -> dict:
         raise CheckpointError(f"{path}: no such codec checkpoint")
     if out.exists() and out.resolve() == path.resolve():
         raise ConfigError(f"-o {out}: would overwrite the source checkpoint")
-    run_meta = _read_run_meta(path)
-    model, _ = load_codec(str(path))
+    model, ckpt_meta = load_codec(str(path))  # the file is read once
+    run_meta = ckpt_meta.get("run_meta", {})
     if run_meta.get("phase") not in (None, "done"):
         log.info("%s: a mid-task checkpoint (phase %s, step %s): recomputing the entropy-coding tables",
                  path, run_meta.get("phase"), run_meta.get("step"))

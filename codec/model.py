@@ -326,7 +326,8 @@ def save_checkpoint(path, model: nn.Module, extra: Optional[dict] = None) -> Non
 def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:
     """Load a codec checkpoint written by :func:`save_checkpoint` (or a plain compressai
     state_dict of a supported architecture, :func:`import_compressai`), or a zoo entry ``zoo:NAME`` (sha256 checked). Returns ``(model in
-    eval mode, checkpoint dict without weights)``."""
+    eval mode, checkpoint dict without weights)``; for a driver checkpoint the dict's ``run_meta`` holds
+    its ``task_index`` / ``step`` / ``phase``."""
     from incdet import zoo
 
     if zoo.is_zoo_ref(str(path)):
@@ -342,7 +343,8 @@ def load_codec(path, map_location="cpu") -> Tuple[nn.Module, dict]:
         raise CheckpointError(f"{path}: not a codec checkpoint (a {type(obj).__name__})")
     if obj.get("format") == "incdet-run" and isinstance(obj.get("learner"), dict) and "arch" in obj["learner"]:
         obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": obj["learner"]["arch"],
-               "state_dict": obj["learner"]["model"], "task": obj.get("task_index"), "run_checkpoint": str(path)}
+               "state_dict": obj["learner"]["model"], "task": obj.get("task_index"), "run_checkpoint": str(path),
+               "run_meta": {k: obj.get(k) for k in ("task_index", "step", "phase") if k in obj}}
     elif "arch" in obj and "model" in obj and "format" not in obj:  # a CodecLearner.state_dict()
         obj = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "arch": obj["arch"], "state_dict": obj["model"]}
     if obj.get("format") != CKPT_FORMAT:

@@ -126,6 +126,25 @@ def test_export_roundtrip_and_half(tmp_path, kind):
     assert _same_weights(src, half, atol=1e-2) and not _same_weights(src, half)
 
 
+def test_export_from_mid_task_driver_checkpoint(tmp_path):
+    """A driver checkpoint written mid-task: its task / step / phase go into ``exported_from`` and the
+    stale entropy-coding tables are recomputed, as ``end_task`` would."""
+    torch.manual_seed(0)
+    m = build_codec({"kind": "factorized", "N": 8, "M": 8})
+    finish_tables(m)
+    done = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():  # training moved the quantiles after the tables were computed
+        m.entropy_bottleneck.quantiles.add_(0.5)
+    stale = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    torch.save({"format": "incdet-run", "task_index": 1, "step": 40, "phase": "train",
+                "learner": {"arch": m.arch(), "model": stale}}, tmp_path / "run.pt")
+    meta = export_codec(str(tmp_path / "run.pt"), tmp_path / "out.pt")
+    assert {k: meta["exported_from"][k] for k in ("task_index", "step", "phase")} == \
+        {"task_index": 1, "step": 40, "phase": "train"}
+    out = torch.load(tmp_path / "out.pt", weights_only=True)["state_dict"]
+    assert torch.allclose(out["entropy_bottleneck.quantiles"], done["entropy_bottleneck.quantiles"], atol=1e-3)
+
+
 def test_export_refuses_bad_input(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
