@@ -294,10 +294,12 @@ def _mean_std(xs: Sequence[float]) -> str:
     return f"{m:.1f}" + ("" if sd != sd else f" ({sd:.1f})")
 
 
-def c3_table(out: Path, schedule: str = "") -> Optional[str]:
+def c3_table(out: Path, schedule: str = "", runs: Optional[Dict[str, List[Optional[dict]]]] = None
+             ) -> Optional[str]:
     """Table C.3 analogue: mAP and mIoU of detection only / segmentation only / joint, per seed
-    (:data:`SEEDS`), with the mean and the sample standard deviation."""
-    runs = _c3_runs(out, schedule)
+    (:data:`SEEDS`), with the mean and the sample standard deviation; ``runs``: :func:`_c3_runs`,
+    read if not given."""
+    runs = _c3_runs(out, schedule) if runs is None else runs
     if all(d is None for per in runs.values() for d in per):
         return None
     seeds = c3_seeds(out, schedule, runs)
@@ -315,10 +317,12 @@ def c3_table(out: Path, schedule: str = "") -> Optional[str]:
     return "\n".join(lines)
 
 
-def c3_targets(out: Path, schedule: str = "") -> List[str]:
+def c3_targets(out: Path, schedule: str = "", runs: Optional[Dict[str, List[Optional[dict]]]] = None
+               ) -> List[str]:
     """Issue 13's BlitzNet targets, computed from the C.3 runs: joint mIoU >= 60 %, and joint
-    training at least as good as detection alone on detection mAP (means over the seeds)."""
-    seeds = c3_seeds(out, schedule)
+    training at least as good as detection alone on detection mAP (means over the seeds);
+    ``runs``: :func:`_c3_runs`, read if not given."""
+    seeds = c3_seeds(out, schedule, runs)
     lines = []
     miou = [x for x in seeds["joint"]["mIoU"] if x == x]
     if miou:
@@ -448,8 +452,9 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
                   "epochs of the 800 shapes training images for a shapes model, 2/5 of the joint config's 5000 and "
                   "far below the paper's ~10^5). One seed per row; the joint run is repeated with a second "
                   "seed to show the run-to-run spread. Wall times are of runs sharing one GPU.", ""]
+    c3_runs = _c3_runs(out)
     sections = [
-        ("## Detection, segmentation, or both (table C.3 analogue)", c3_table(out),
+        ("## Detection, segmentation, or both (table C.3 analogue)", c3_table(out, runs=c3_runs),
          [seed_run(b, k) for k in SEEDS for b in ("det_only", "seg_only", "joint")]),
         ("## Fusion block of the upscale stream (table C.8 analogue, joint training)", c8_table(out),
          ["joint", "fusion_plain", "fusion_hourglass", "fusion_resskip_proj"]),
@@ -464,7 +469,7 @@ def write_markdown(out: Path, md: Path, profile: str = "cpu", notes: str = "", n
             continue
         parts += ["Commands:", "", _cmds(names, out, profile), "", _hardware(out, names), "", table, ""]
         if names[0] == "det_only":
-            targets = c3_targets(out)
+            targets = c3_targets(out, runs=c3_runs)
             if targets:
                 parts += ["Issue 13's BlitzNet targets, computed from these runs:", ""] + targets + [""]
         if names[0] == "inc15+5_distill":
@@ -542,9 +547,10 @@ def main(argv=None) -> int:
             print(f"{e.name:18s} {shlex.join(command_of(e, out, a.profile))}")
         return 0
     if a.cmd == "c3":
-        t = c3_table(out, a.schedule)
+        runs = _c3_runs(out, a.schedule)  # each run read once for the table and the targets
+        t = c3_table(out, a.schedule, runs)
         print(t if t is not None else f"no C.3 runs under {out}")
-        print("\n".join([""] + c3_targets(out, a.schedule)))
+        print("\n".join([""] + c3_targets(out, a.schedule, runs)))
         return 0
     if a.cmd == "figures":
         figures(out, ROOT / "docs" / "results" / "blitznet")
