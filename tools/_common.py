@@ -139,6 +139,11 @@ def fmt_number(v, nd: int = 2, sign: bool = True) -> str:
     return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
 
 
+def fmt_pct(x) -> str:
+    """A percentage with one decimal; ``-`` when missing (None / NaN)."""
+    return "-" if x is None or x != x else f"{x:.1f}"
+
+
 def mean_std(xs: Sequence[Optional[float]]) -> tuple:
     """(mean, sample standard deviation (ddof 1), n) of the values that are there (None/NaN: absent)."""
     v = [float(x) for x in xs if x is not None and x == x]

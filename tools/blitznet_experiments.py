@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
-from _common import keep_records as _keep_records, mean_std  # noqa: E402
+from _common import fmt_pct, keep_records as _keep_records, mean_std  # noqa: E402
 
 JOINT_CFG = "configs/blitznet/shapes_joint.yaml"
 INC_CFG = "configs/blitznet/shapes_15+5.yaml"
@@ -184,9 +184,7 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def _f(x) -> str:
-    """A percentage with one decimal; '-' when missing."""
-    return "-" if x is None or x != x else f"{x:.1f}"
+_f = fmt_pct  # one decimal, '-' when missing (tools/_common.py)
 
 
 _PCT_KEYS = ("mAP", "mAP_seen", "mIoU", "mIoU_seen")

@@ -71,6 +71,9 @@ from torch import Tensor
 
 from incdet.errors import CheckpointError, ConfigError, DataError, IncdetError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt_number  # noqa: E402  (shared by the tools)
+
 ORIGINAL = "original"
 
 
@@ -498,9 +501,7 @@ def rate_at_accuracy_table(rows: Sequence[dict], metric: str, fractions: Sequenc
 
 # ----------------------------------------------------------------------------------- outputs
 def _f(v, nd=2, sign=False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+    return fmt_number(v, nd, sign)  # n/a when missing (tools/_common.py)
 
 
 def write_markdown(res: dict, path) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QueuedRun, cpu_name, run_finished, run_queue, save_markdown  # noqa: E402  (shared by the tools)
-from _common import keep_records as _keep_records, mean_std  # noqa: E402
+from _common import fmt_pct, keep_records as _keep_records, mean_std  # noqa: E402
 
 
 @dataclass
@@ -421,8 +421,7 @@ def _task_classes(d: dict) -> List[List[str]]:
     return out
 
 
-def _f(x) -> str:
-    return "-" if x is None or x != x else f"{x:.1f}"
+_f = fmt_pct  # one decimal, '-' when missing (tools/_common.py)
 
 
 #: the thesis table each shapes-voc split is the analogue of (``THESIS_TABLES`` index)
