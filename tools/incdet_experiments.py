@@ -172,6 +172,10 @@ def _exps() -> List[Experiment]:
                  split="probe_b", label="distillation, B 2000 iterations (lr x0.1 at 1600)"))
     out.append(E("6k_15+5_b2000_naive_s0", c155, ["experiment.seed=0"] + longb + ["learner.distill=none"],
                  init_from="6k_15+5_distill_s0", split="probe_b", label="w/o distillation, B 2000 iterations"))
+    # the thesis trains B "for the same number of iterations as A when many classes are added at once"
+    b6000 = ["train.iterations=6000", "train.lr_steps=[4800]"]
+    out.append(E("6k_15+5_b6000_distill_s0", c155, ["experiment.seed=0"] + b6000, init_from="6k_15+5_distill_s0",
+                 split="probe_b", label="distillation, B 6000 iterations (as long as A, as the thesis)"))
     out.append(E("6k_15+5_unbiasedbg_s0", c155, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_15+5_distill_s0", split="probe_b",
                  label="distillation, unbiased background loss (B 500 iterations)"))
@@ -204,8 +208,6 @@ def _exps() -> List[Experiment]:
                  ["experiment.seed=0", "learner.bg_loss=unbiased", "train.lr=0.001"] + longb,
                  init_from="6k_10+10_distill_s0", split="probe_1010",
                  label="distillation, unbiased background loss, B 2000 iterations at lr 1e-3 (5x the config's)"))
-    # the thesis trains B "for the same number of iterations as A when many classes are added at once"
-    b6000 = ["train.iterations=6000", "train.lr_steps=[4800]"]
     out.append(E("6k_10+10_b6000_distill_s0", c1010, ["experiment.seed=0"] + b6000,
                  init_from="6k_10+10_distill_s0", split="probe_1010",
                  label="distillation, B 6000 iterations (as long as A, as the thesis)"))
@@ -851,7 +853,8 @@ def write_converged_markdown(out: Path, md: Path, extra_notes: str = "", notes_p
     b = ["6k_15+5_distill_s0", "6k_15+5_naive_s0"] + [e.name for e in EXPERIMENTS if e.split == "probe_b"]
     parts += ["## 15+5 on seed 0's A: B trained longer", "",
               "The configs train B (classes 16-20) for 500 iterations; the thesis trains B as long as A when "
-              "several classes are added at once. Same A (seed 0), B for 2000 iterations.", ""]
+              "several classes are added at once. Same A (seed 0), B for 2000 iterations, and for 6000 (as long "
+              "as A, lr x0.1 at 4800).", ""]
     t = split_table("probe_b", out, names=b, joint="6k_joint_s0")
     parts += [t if t is not None else "Not run yet.", "", "Commands (the first two rows': above):", "",
               commands_block("probe_b", out), ""]
