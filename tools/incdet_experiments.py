@@ -176,6 +176,9 @@ def _exps() -> List[Experiment]:
     b6000 = ["train.iterations=6000", "train.lr_steps=[4800]"]
     out.append(E("6k_15+5_b6000_distill_s0", c155, ["experiment.seed=0"] + b6000, init_from="6k_15+5_distill_s0",
                  split="probe_b", label="distillation, B 6000 iterations (as long as A, as the thesis)"))
+    out.append(E("6k_15+5_b6000_unbiasedbg_s0", c155, ["experiment.seed=0", "learner.bg_loss=unbiased"] + b6000,
+                 init_from="6k_15+5_distill_s0", split="probe_b",
+                 label="distillation, unbiased background loss, B 6000 iterations"))
     out.append(E("6k_15+5_unbiasedbg_s0", c155, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_15+5_distill_s0", split="probe_b",
                  label="distillation, unbiased background loss (B 500 iterations)"))
