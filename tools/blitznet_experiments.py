@@ -91,9 +91,10 @@ EXPERIMENTS: List[Experiment] = [
                  label=f"{BASE_LABELS[base]}, 5000 iterations, seed {k}")
       for k in (0, 1, 2) for base in ("joint", "det_only")],
     # probe (not in the paper): the segmentation loss x3 (mIoU was still rising at 5000 iterations)
-    Experiment("joint_5k_segw3_seed1", JOINT_CFG, "shapes",
-               ["experiment.seed=1", "train.iterations=5000", "train.lr_steps=[3500,4500]", "learner.seg_weight=3"],
-               label="detection + segmentation, segmentation loss x3, 5000 iterations, seed 1 (probe)"),
+    *[Experiment(f"joint_5k_segw3_seed{k}", JOINT_CFG, "shapes",
+                 [f"experiment.seed={k}", "train.iterations=5000", "train.lr_steps=[3500,4500]", "learner.seg_weight=3"],
+                 label=f"detection + segmentation, segmentation loss x3, 5000 iterations, seed {k} (probe)")
+      for k in (1, 2)],
 ]
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: the C.3 rows and the incremental runs first, then the other seeds, the C.8 ablations, the probe, VOC,
@@ -103,7 +104,7 @@ RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc
                         "joint_seed2", "det_only_seed2", "seg_only_seed2",
                         "fusion_plain", "fusion_hourglass", "fusion_resskip_proj", "inc15+5_distill_w10", "voc100",
                         "joint_5k_seed1", "det_only_5k_seed1", "joint_5k_seed2", "det_only_5k_seed2",
-                        "joint_5k_seed0", "det_only_5k_seed0", "joint_5k_segw3_seed1"]
+                        "joint_5k_seed0", "det_only_5k_seed0", "joint_5k_segw3_seed1", "joint_5k_segw3_seed2"]
 
 
 def seed_run(base: str, seed: int, schedule: str = "") -> str:

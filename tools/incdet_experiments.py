@@ -198,6 +198,9 @@ def _exps() -> List[Experiment]:
         out.append(E(f"6k_15+5_b2000_unbiasedbg_s{k}", c155, seed + longb + ["learner.bg_loss=unbiased"],
                      init_from=f"6k_15+5_distill_s{k}", split="remedy",
                      label=f"15+5 distillation, unbiased background loss, B 2000 iterations, seed {k}"))
+        out.append(E(f"6k_15+5_b6000_unbiasedbg_s{k}", c155, seed + b6000 + ["learner.bg_loss=unbiased"],
+                     init_from=f"6k_15+5_distill_s{k}", split="remedy",
+                     label=f"15+5 distillation, unbiased background loss, B 6000 iterations, seed {k}"))
     out.append(E("6k_10+10_unbiasedbg_s0", c1010, ["experiment.seed=0", "learner.bg_loss=unbiased"],
                  init_from="6k_10+10_distill_s0", split="remedy",
                  label="10+10 distillation, unbiased background loss, seed 0"))
@@ -795,6 +798,7 @@ REMEDY_ROWS = (
     ("15+5 distillation (thesis)", "6k_15+5_distill_s{k}"),
     ("15+5 distillation + unbiased background loss", "6k_15+5_unbiasedbg_s{k}"),
     ("15+5 distillation + unbiased background loss, B 2000 iterations", "6k_15+5_b2000_unbiasedbg_s{k}"),
+    ("15+5 distillation + unbiased background loss, B 6000 iterations (as long as A)", "6k_15+5_b6000_unbiasedbg_s{k}"),
     ("15+1x5 distillation (thesis)", "6k_15+1x5_distill_s{k}"),
     ("15+1x5 distillation + unbiased background loss + pool 32", "6k_15+1x5_unbiasedbg_pool32_s{k}"),
     ("10+10 distillation (thesis)", "6k_10+10_distill_s{k}"),
