@@ -181,8 +181,8 @@ def _num(x) -> float:
 
 
 def _mean(xs) -> float:
-    xs = [x for x in xs if x is not None and x == x]
-    return sum(xs) / len(xs) if xs else float("nan")
+    """Mean of the values that are there (None / NaN absent; NaN when none): ``_common.mean_std``."""
+    return mean_std(xs)[0]
 
 
 _f = fmt_pct  # one decimal, '-' when missing (tools/_common.py)

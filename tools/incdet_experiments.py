@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -373,9 +372,9 @@ def _wt(d: dict) -> str:
     return f"{w['seconds']:.0f} s ({'GPU' if w.get('gpu') else 'CPU'})"
 
 
-def _mean(xs: List[float]) -> float:
-    xs = [x for x in xs if x is not None and x == x]
-    return float(np.mean(xs)) if xs else float("nan")
+def _mean(xs) -> float:
+    """Mean of the values that are there (None / NaN absent; NaN when none): ``_common.mean_std``."""
+    return mean_std(xs)[0]
 
 
 def class_aps(metrics: dict) -> Dict[str, float]:
