@@ -196,3 +196,40 @@ def test_percent_run_without_metric_unit_is_not_scaled(tool, tmp_path):
     assert m["mAP"] == pytest.approx(71.1) and m["mIoU"] == pytest.approx(43.8)
     _write(tmp_path / "frac", [[{"mAP": 0.711, "mIoU": 0.438}]], unit="fraction")
     assert tool._last(tool.load_run(tmp_path / "frac"))["mAP"] == pytest.approx(71.1)
+
+
+def test_c3_segw3_reads_the_probe_against_the_5k_detection_rows(tool, tmp_path, capsys):
+    """--schedule 5k_segw3: the joint row is the segmentation-loss-x3 probe, the detection-only
+    row the 5k run of the same seed (it has no segmentation loss to weight)."""
+    assert tool.seed_run("joint", 2, "5k_segw3") == "joint_5k_segw3_seed2"
+    assert tool.seed_run("det_only", 2, "5k_segw3") == "det_only_5k_seed2"
+    assert {f"joint_5k_segw3_seed{k}" for k in tool.SEEDS} <= set(tool.BY_NAME)
+    out = tmp_path / "exp"
+    _write(out / "joint_5k_seed1", [[{"mAP": 0.60, "mIoU": 0.40}]])
+    _write(out / "joint_5k_segw3_seed1", [[{"mAP": 0.71, "mIoU": 0.478}]])
+    _write(out / "det_only_5k_seed1", [[{"mAP": 0.70, "mIoU": None}]])
+    assert tool.main(["c3", "--out", str(out), "--schedule", "5k_segw3"]) == 0
+    text = capsys.readouterr().out
+    assert "| detection + segmentation | not run / 71.0 / not run | 71.0 |" in text
+    assert "| not run / 47.8 / not run | 47.8 |" in text
+    assert "joint minus detection only: +1.0 points" in text
+
+
+def test_figures_of_a_schedule_draw_its_first_joint_seed(tool, tmp_path, monkeypatch):
+    """figures --schedule 5k draws joint_5k_seed0 to joint_5k_shapes_test.png and nothing else."""
+    import sys
+    import types
+
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"x")
+    monkeypatch.setitem(tool.FIGURES, "joint", ("joint_shapes_test.png", [str(img)]))
+    out = tmp_path / "exp"
+    for name in ("joint", "joint_5k_seed0", "joint_5k_seed1"):
+        _write(out / name, [[{"mAP": 0.7, "mIoU": 0.4}]])
+        (out / name / "checkpoint.pt").write_bytes(b"")
+    drawn = []
+    fake = types.ModuleType("showcase")
+    fake.blitznet_tiles = lambda ck, imgs, png, min_score: drawn.append((Path(ck).parent.name, Path(png).name)) or png
+    monkeypatch.setitem(sys.modules, "showcase", fake)
+    assert tool.figures(out, tmp_path / "fig", schedule="5k") == [str(tmp_path / "fig" / "joint_5k_shapes_test.png")]
+    assert drawn == [("joint_5k_seed0", "joint_5k_shapes_test.png")]

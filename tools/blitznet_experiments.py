@@ -94,7 +94,7 @@ EXPERIMENTS: List[Experiment] = [
     *[Experiment(f"joint_5k_segw3_seed{k}", JOINT_CFG, "shapes",
                  [f"experiment.seed={k}", "train.iterations=5000", "train.lr_steps=[3500,4500]", "learner.seg_weight=3"],
                  label=f"detection + segmentation, segmentation loss x3, 5000 iterations, seed {k} (probe)")
-      for k in (1, 2)],
+      for k in (1, 2, 0)],
 ]
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: the C.3 rows and the incremental runs first, then the other seeds, the C.8 ablations, the probe, VOC,
@@ -104,12 +104,22 @@ RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc
                         "joint_seed2", "det_only_seed2", "seg_only_seed2",
                         "fusion_plain", "fusion_hourglass", "fusion_resskip_proj", "inc15+5_distill_w10", "voc100",
                         "joint_5k_seed1", "det_only_5k_seed1", "joint_5k_seed2", "det_only_5k_seed2",
-                        "joint_5k_seed0", "det_only_5k_seed0", "joint_5k_segw3_seed1", "joint_5k_segw3_seed2"]
+                        "joint_5k_seed0", "det_only_5k_seed0", "joint_5k_segw3_seed1", "joint_5k_segw3_seed2",
+                        "joint_5k_segw3_seed0"]
+
+
+#: ``--schedule`` of ``c3`` and ``figures``: "" the profile's rows, "5k" the rows trained 5000
+#: iterations, "5k_segw3" the joint row of the segmentation-loss-x3 probe with the 5k
+#: detection-only rows (without segmentation the loss weight changes nothing)
+SCHEDULES = ("", "5k", "5k_segw3")
 
 
 def seed_run(base: str, seed: int, schedule: str = "") -> str:
     """The run name of a C.3 row (``joint``, ``det_only``, ``seg_only``) at ``seed``; ``schedule``
-    ``"5k"``: the row trained 5000 iterations (``joint_5k_seed1``, ...)."""
+    ``"5k"``: the row trained 5000 iterations (``joint_5k_seed1``, ...); ``"5k_segw3"``: the joint
+    row with the segmentation loss x3 (``joint_5k_segw3_seed1``), the other rows as ``"5k"``."""
+    if schedule == "5k_segw3" and base != "joint":
+        schedule = "5k"
     base = f"{base}_{schedule}" if schedule else base
     return base if seed == 0 and not schedule else f"{base}_seed{seed}"
 
@@ -496,14 +506,20 @@ FIGURES = {  # run -> (picture under docs/results/blitznet/, images)
 }
 
 
-def figures(out: Path, fig_dir: Path, min_score: float = 0.3) -> List[Path]:
+def figures(out: Path, fig_dir: Path, min_score: float = 0.3, schedule: str = "") -> List[Path]:
     """Boxes (score >= ``min_score``) and masks of finished runs on a few test images (PNG tiles,
-    drawn by ``tools/showcase.py``); returns the pictures written."""
+    drawn by ``tools/showcase.py``); returns the pictures written. With a ``schedule`` (see
+    :data:`SCHEDULES`) only the joint row's first seed of that schedule is drawn, to
+    ``joint_<schedule>_shapes_test.png``."""
     sys.path.insert(0, str(ROOT / "tools"))
     from showcase import blitznet_tiles
 
     written = []
-    for name, (png, images) in FIGURES.items():
+    figs = FIGURES
+    if schedule:
+        png, images = FIGURES["joint"]
+        figs = {seed_run("joint", 0, schedule): (png.replace("joint_", f"joint_{schedule}_", 1), images)}
+    for name, (png, images) in figs.items():
         ck = out / name / "checkpoint.pt"
         imgs = [str(ROOT / i) for i in images if (ROOT / i).is_file()]
         if load_run(out / name) is None or not ck.is_file() or not imgs:
@@ -526,9 +542,11 @@ def main(argv=None) -> int:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--out", default="runs/blitznet_exp")
         s.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-        if name == "c3":
-            s.add_argument("--schedule", default="", choices=["", "5k"],
-                           help="5k: the rows trained 5000 iterations (joint_5k_seed1, ...)")
+        if name in ("c3", "figures"):
+            s.add_argument("--schedule", default="", choices=list(SCHEDULES),
+                           help="5k: the rows trained 5000 iterations (joint_5k_seed1, ...); 5k_segw3: the "
+                                "joint row with the segmentation loss x3 (joint_5k_segw3_seed1, ...) against "
+                                "the 5k detection-only rows")
         if name in ("run", "all"):
             s.add_argument("--only", nargs="*", default=[], choices=sorted(BY_NAME), metavar="NAME")
             s.add_argument("--threads", type=int, default=1)
@@ -552,7 +570,7 @@ def main(argv=None) -> int:
         print("\n".join([""] + c3_targets(out, a.schedule, runs)))
         return 0
     if a.cmd == "figures":
-        figures(out, ROOT / "docs" / "results" / "blitznet")
+        figures(out, ROOT / "docs" / "results" / "blitznet", schedule=a.schedule)
         return 0
     rc = 0
     if a.cmd in ("run", "all"):
