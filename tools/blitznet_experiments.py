@@ -95,6 +95,9 @@ EXPERIMENTS: List[Experiment] = [
                  [f"experiment.seed={k}", "train.iterations=5000", "train.lr_steps=[3500,4500]", "learner.seg_weight=3"],
                  label=f"detection + segmentation, segmentation loss x3, 5000 iterations, seed {k} (probe)")
       for k in (1, 2, 0)],
+    Experiment("joint_5k_segw10_seed1", JOINT_CFG, "shapes",
+               ["experiment.seed=1", "train.iterations=5000", "train.lr_steps=[3500,4500]", "learner.seg_weight=10"],
+               label="detection + segmentation, segmentation loss x10, 5000 iterations, seed 1 (probe)"),
 ]
 BY_NAME: Dict[str, Experiment] = {e.name: e for e in EXPERIMENTS}
 #: the C.3 rows and the incremental runs first, then the other seeds, the C.8 ablations, the probe, VOC,
@@ -105,7 +108,7 @@ RUN_ORDER: List[str] = ["joint", "det_only", "seg_only", "inc15+5_distill", "inc
                         "fusion_plain", "fusion_hourglass", "fusion_resskip_proj", "inc15+5_distill_w10", "voc100",
                         "joint_5k_seed1", "det_only_5k_seed1", "joint_5k_seed2", "det_only_5k_seed2",
                         "joint_5k_seed0", "det_only_5k_seed0", "joint_5k_segw3_seed1", "joint_5k_segw3_seed2",
-                        "joint_5k_segw3_seed0"]
+                        "joint_5k_segw3_seed0", "joint_5k_segw10_seed1"]
 
 
 #: ``--schedule`` of ``c3`` and ``figures``: "" the profile's rows, "5k" the rows trained 5000
