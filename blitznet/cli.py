@@ -4,7 +4,7 @@
     blitznet eval RUN_DIR                             # shared: re-evaluate a run's weights
     blitznet report RUN_DIR                           # shared: results matrix + forgetting
     blitznet predict --weights W IMG... --out DIR     # IMG.json (COCO results), IMG_mask.png, IMG_overlay.jpg
-    blitznet eval-weights --weights W --root VOC_ROOT [--split val]   # VOC mAP + mIoU of a weights file
+    blitznet eval-weights --weights W --root VOC_ROOT [--split val] [--fold-bn --channels-last --compile]   # VOC mAP + mIoU
     blitznet export RUN_DIR/checkpoint.pt --out W.pt  # standalone weights file from a run checkpoint
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _eval_weights(args) -> int:
     import torch
 
     from blitznet.learner import BlitzNetLearner, BlitzNetLearnerConfig
-    from blitznet.predict import load_weights
+    from blitznet.predict import check_inference_options, load_weights, prepare_inference
     from incdet.data import VOCDetection
     from incdet.engine import Task
     from incdet.engine.distributed import resolve_device
@@ -67,6 +67,7 @@ def _eval_weights(args) -> int:
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
     check_range("", "--max-images", args.max_images, 1, allow_none=True)
+    check_inference_options(args.compile, args.freezing)
     if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
         raise ConfigError(f"--json {args.json}: not a file path in an existing folder")
     device = resolve_device(args.device)
@@ -81,6 +82,8 @@ def _eval_weights(args) -> int:
         ds = First(ds, args.max_images)
     learner = BlitzNetLearner(BlitzNetLearnerConfig(model=model.config, nms_method=args.nms), device)
     learner.model = model
+    learner.inference_forward = prepare_inference(model, channels_last=args.channels_last, fold_bn=args.fold_bn,
+                                                  compile_model=args.compile, freezing=args.freezing)
     learner.classes = list(classes)
     task = Task(index=0, name="eval", new_classes=list(classes), seen_classes=list(classes), eval_set=ds)
     with torch.no_grad():
@@ -112,6 +115,15 @@ def _export(args) -> int:
     return 0
 
 
+def _inference_options(p) -> None:
+    """The network options of ``predict`` and ``eval-weights`` (:func:`blitznet.predict.prepare_inference`)."""
+    p.add_argument("--channels-last", action="store_true", help="NHWC network and inputs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--freezing", action="store_true",
+                   help="with --compile: inductor's inference freezing (weights folded as constants and prepacked)")
+    p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convolutions (same outputs up to rounding)")
+
+
 def register(sub) -> None:
     """Add the blitznet-specific commands (and the shared train/eval/report when available)."""
     from incdet.engine import cli as engine_cli
@@ -130,12 +142,8 @@ def register(sub) -> None:
     p.add_argument("--score-thresh", type=float, default=0.01, help="detections kept in the JSON")
     p.add_argument("--vis-thresh", type=float, default=0.3, help="detections drawn on the overlay")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--channels-last", action="store_true", help="NHWC network and inputs")
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast (CUDA only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--freezing", action="store_true",
-                   help="with --compile: inductor's inference freezing (weights folded as constants and prepacked)")
-    p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convolutions (same outputs up to rounding)")
+    _inference_options(p)
     p.set_defaults(func=_predict)
 
     names = ["eval-weights"] + ([] if "eval" in sub.choices else ["eval"])
@@ -149,6 +157,7 @@ def register(sub) -> None:
         p.add_argument("--nms", default="auto", choices=["auto", "cluster", "batched"])
         p.add_argument("--json", help="also write the metrics to this JSON file")
         p.add_argument("--ignore-class-names", action="store_true")
+        _inference_options(p)
         p.set_defaults(func=_eval_weights)
 
     p = sub.add_parser("export", help="standalone weights file from a blitznet run checkpoint")

@@ -143,6 +143,9 @@ class BlitzNetLearner(Learner):
         self.version = 0
         self._cache_version = -1
         self._cache: Dict[Any, dict] = {}
+        #: inference only (``blitznet eval-weights``): the callable ``predict_samples`` runs instead
+        #: of the network (:func:`blitznet.predict.prepare_inference`); not part of the state
+        self.inference_forward = None
 
     # -- structure -----------------------------------------------------------------------
     def _build(self, num_classes: int) -> BlitzNet:
@@ -220,7 +223,7 @@ class BlitzNetLearner(Learner):
         size = m.config.input_size
         tf = ResizeOnly(size)
         imgs = torch.stack([tf(s)[0] for s in samples]).to(self.device)
-        out = m(m.normalize(imgs))
+        out = (self.inference_forward or m)(m.normalize(imgs))
         c = self.config
         return m.postprocess(out, (size, size), [tuple(s.orig_size or s.image.shape[-2:]) for s in samples],
                              score_thresh=c.score_thresh, pre_nms_top=c.pre_nms_top, iou_thresh=c.nms_iou,

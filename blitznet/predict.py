@@ -50,6 +50,37 @@ def save_weights(model: BlitzNet, path: Union[str, Path], classes: Optional[Sequ
         raise CheckpointError(f"{path}: cannot write the weights file ({e.strerror or e})") from None
 
 
+def check_inference_options(compile_model: bool, freezing: bool) -> None:
+    """``freezing`` only with ``compile_model`` (a :class:`ConfigError` otherwise)."""
+    if freezing and not compile_model:
+        raise ConfigError("freezing=True applies to compile_model=True (inductor's inference freezing)")
+
+
+def prepare_inference(model: BlitzNet, channels_last: bool = False, fold_bn: bool = False,
+                      compile_model: bool = False, freezing: bool = False):
+    """Apply the inference options to ``model`` in place and return the callable that runs it on a
+    normalized ``[B, 3, S, S]`` batch: ``fold_bn`` (BatchNorm folded into the convolutions),
+    ``channels_last`` (NHWC weights; the callable converts its input too), ``compile_model``
+    (``torch.compile``; ``freezing``: inductor's inference freezing, the weights must not change
+    afterwards). With no option the callable is ``model`` itself. Used by
+    :class:`BlitzNetPredictor` and ``blitznet eval-weights``, so both run the same network."""
+    check_inference_options(compile_model, freezing)
+    if fold_bn:
+        from blitznet.model import fold_batchnorm
+
+        fold_batchnorm(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model, options={"freezing": True} if freezing else None) if compile_model else model
+    if not channels_last:
+        return fwd
+
+    def forward_nhwc(x):
+        return fwd(x.contiguous(memory_format=torch.channels_last))
+
+    return forward_nhwc
+
+
 def load_weights(path: Union[str, Path], device="cpu"):
     """``(model in eval mode, class names)`` from a weights file or a blitznet run checkpoint."""
     path = Path(path)
@@ -109,19 +140,11 @@ class BlitzNetPredictor:
             raise ConfigError(f"amp: {amp!r} is not one of bf16, fp16 (or none)")
         if amp is not None and self.device.type != "cuda":
             raise ConfigError(f"amp={amp}: mixed-precision inference needs a CUDA device, got {self.device}")
-        if freezing and not compile_model:
-            raise ConfigError("freezing=True applies to compile_model=True (inductor's inference freezing)")
-        self.amp, self.channels_last = amp, bool(channels_last)
+        check_inference_options(compile_model, freezing)
+        self.amp = amp
         self.model, self.classes = load_weights(weights, self.device)
-        if fold_bn:
-            from blitznet.model import fold_batchnorm
-
-            fold_batchnorm(self.model)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self._forward = self.model
-        if compile_model:
-            self._forward = torch.compile(self.model, options={"freezing": True} if freezing else None)
+        self._forward = prepare_inference(self.model, channels_last=channels_last, fold_bn=fold_bn,
+                                          compile_model=compile_model, freezing=freezing)
         self.nms_kw = dict(score_thresh=score_thresh, method=nms_method, **nms_kw)
         self.batch_size = batch_size
         from blitznet.augment import ResizeOnly
@@ -138,8 +161,6 @@ class BlitzNetPredictor:
             chunk = imgs[k:k + self.batch_size]
             x = torch.stack([self._resize({"image": i})[0] for i in chunk]).to(self.device)
             x = m.normalize(x)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             if self.amp:
                 with torch.autocast("cuda", dtype=self.AMP[self.amp]):
                     raw = self._forward(x)
@@ -154,5 +175,5 @@ class BlitzNetPredictor:
         return out
 
 
-__all__ = ["BlitzNetPredictor", "load_weights", "save_weights", "weights_dict", "palette", "coco_results",
+__all__ = ["BlitzNetPredictor", "prepare_inference", "load_weights", "save_weights", "weights_dict", "palette", "coco_results",
            "write_outputs"]

@@ -240,6 +240,17 @@ def test_cli_eval_weights_json_and_export_bad_targets(tmp_path, capsys):
         assert main(argv + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("blitznet: error: "), err
+    # the predictor's network options: same metrics (BN folding changes outputs by rounding only)
+    js2 = tmp_path / "m2.json"
+    assert main(argv + ["--json", str(js2), "--fold-bn", "--channels-last"]) == 0
+    m2 = json.loads(js2.read_text())
+    for k in ("mAP", "mIoU"):
+        assert (m[k] is None and m2[k] is None) or abs(m[k] - m2[k]) < 0.5, (k, m[k], m2[k])
+    js2.unlink()
+    capsys.readouterr()
+    assert main(argv + ["--freezing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "freezing" in err[0], err
     (tmp_path / "dir").mkdir()
     assert main(["export", str(w), "--out", str(tmp_path / "dir")]) == 2
     assert "folder" in capsys.readouterr().err and not list((tmp_path / "dir").iterdir())
@@ -275,3 +286,29 @@ def test_single_task_variants(det, seg):
     assert ("loss_seg" in h[0]) == seg and ("loss_cls" in h[0]) == det
     m = L.evaluate(task)
     assert np.isnan(m["mAP"]) != det and np.isnan(m["mIoU"]) != seg
+
+
+def test_prepare_inference_runs_the_same_network_in_nhwc():
+    """prepare_inference: with channels_last the weights are NHWC, the callable takes an NCHW
+    batch and returns the model's outputs; with no option it is the model itself."""
+    from blitznet.predict import prepare_inference
+
+    torch.manual_seed(0)
+    L = learner()
+    L.begin_task(Task(0, "all", ["a", "b"], ["a", "b"]))
+    m = L.unwrapped.eval()
+    x = torch.randn(2, 3, m.config.input_size, m.config.input_size)
+    with torch.no_grad():
+        ref = m(x)
+        assert prepare_inference(m) is m
+        fwd = prepare_inference(m, channels_last=True)
+        out = fwd(x)
+    conv = next(mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(out) == set(ref)
+    leaves = torch.utils._pytree.tree_leaves
+    for k in ref:
+        got, want = leaves(out[k]), leaves(ref[k])
+        assert len(got) == len(want) and len(want) > 0, k
+        for a, b in zip(got, want):
+            assert (torch.allclose(a, b, atol=1e-5) if torch.is_tensor(b) else a == b), k
