@@ -316,7 +316,8 @@ def test_run_split_selects_that_tables_runs_in_order(tool, monkeypatch):
     monkeypatch.setattr(tool, "run", lambda names, out, threads, device: seen.setdefault("names", list(names)) and 0)
     tool.main(["run", "--split", "probe_b"])
     assert seen["names"] == ["6k_15+5_b2000_distill_s0", "6k_15+5_b2000_naive_s0", "6k_15+5_b6000_distill_s0",
-                             "6k_15+5_b6000_unbiasedbg_s0", "6k_15+5_unbiasedbg_s0", "6k_15+5_b2000_unbiasedbg_s0"]
+                             "6k_15+5_b6000_unbiasedbg_s0", "6k_15+5_unbiasedbg_s0", "6k_15+5_b2000_unbiasedbg_s0",
+                             "6k_15+5_b2000_lr1e-3_unbiasedbg_s0", "6k_15+5_b6000_lr1e-3_unbiasedbg_s0"]
     seen.clear()
     tool.main(["run", "--split", "converged", "--only", "joint"])
     names = seen["names"]

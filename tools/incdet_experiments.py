@@ -184,6 +184,12 @@ def _exps() -> List[Experiment]:
     out.append(E("6k_15+5_b2000_unbiasedbg_s0", c155, ["experiment.seed=0"] + longb + ["learner.bg_loss=unbiased"],
                  init_from="6k_15+5_distill_s0", split="probe_b",
                  label="distillation, unbiased background loss, B 2000 iterations"))
+    # the new classes stop at ~71 after B: does 5x the lr (as for 10+10) move them?
+    for it, steps in ((2000, 1600), (6000, 4800)):
+        out.append(E(f"6k_15+5_b{it}_lr1e-3_unbiasedbg_s0", c155,
+                     ["experiment.seed=0", "learner.bg_loss=unbiased", "train.lr=0.001", f"train.iterations={it}",
+                      f"train.lr_steps=[{steps}]"], init_from="6k_15+5_distill_s0", split="probe_b",
+                     label=f"distillation, unbiased background loss, B {it} iterations at lr 1e-3 (5x the config's)"))
     # beyond the thesis: the unbiased background loss (learner.bg_loss, Cermelli et al. 2022), on the
     # seeds' own A checkpoints (seed 0's runs are the probes above)
     for k in SEEDS[1:]:
