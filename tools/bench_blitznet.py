@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from blitznet.losses import decode_boxes  # noqa: E402
 from blitznet.model import BlitzNet, blitznet300  # noqa: E402
 from blitznet.nms import capped_nms, capped_nms_per_image, capped_nms_single, uncapped_nms  # noqa: E402
+from blitznet.predict import prepare_inference  # noqa: E402
 
 
 def _sync(device):
@@ -206,21 +207,16 @@ def bench_speed(args, device) -> List[Dict]:
     torch.manual_seed(0)
     blitz = BlitzNet(blitznet300(num_classes=20)).to(device).eval()
     ssd = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
-    net = blitz
     ssd_cl = None
-    if args.fold_bn:
-        from blitznet.model import fold_batchnorm
-
-        fold_batchnorm(blitz)  # SSD300's VGG16 has no BatchNorm: nothing to fold there
+    # BlitzNet's network exactly as BlitzNetPredictor / `blitznet predict` build it (SSD300's VGG16
+    # has no BatchNorm: nothing to fold there)
+    net = prepare_inference(blitz, channels_last=args.channels_last, fold_bn=args.fold_bn,
+                            compile_model=args.compile, freezing=args.freezing)
     if args.channels_last:
-        blitz = blitz.to(memory_format=torch.channels_last)
         # the peer in the same memory format too, so the ratio is not only the format's gain
         ssd_cl = copy.deepcopy(ssd).to(memory_format=torch.channels_last)
-    # inductor's inference freezing (weights constant-folded and prepacked) as a per-call option, as
-    # BlitzNetPredictor(freezing=True) passes it; the global inductor config is left alone
+    # inductor's inference freezing as a per-call option, as prepare_inference passes it
     compile_opts = {"freezing": True} if args.freezing else None
-    if args.compile:
-        net = torch.compile(blitz, options=compile_opts)
     ssd_c = None
     if args.compile_peer:  # the peer's network through the same compiler (and format); its transform
         ssd_c = copy.deepcopy(ssd_cl if ssd_cl is not None else ssd)  # and post-processing stay eager
@@ -230,8 +226,6 @@ def bench_speed(args, device) -> List[Dict]:
 
     def fwd(x):
         x = blitz.normalize(x)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if amp_dtype is not None:
             with torch.autocast(device.type, dtype=amp_dtype):
                 return net(x)
